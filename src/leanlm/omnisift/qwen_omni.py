@@ -1,0 +1,265 @@
+"""OmniSIFT inside transformers' ``Qwen2_5OmniThinkerForConditionalGeneration`` (transformers 5.x).
+
+:class:`OmniSIFTThinker` subclasses the thinker and changes only the prefill of an audio-visual input
+(``use_audio_in_video=True`` with both video and audio present), in the paper's order (§3.1, reference
+``modeling_qwen2_5_omni.py``): (1) the encoders and their projectors run and their outputs are scattered
+into ``inputs_embeds`` at the placeholder ids; (2) ``get_rope_index`` computes TMRoPE ids on the
+*uncompressed* sequence; (3) the compressor returns a keep-mask (text is never pruned); (4) embeddings
+(times the STE gate when training), attention mask, position ids and labels are gathered before
+``self.model``. Kept tokens keep their original TMRoPE ids.
+
+Decoding after pruning (the transformers-5 divergence): 5.x computes decode positions as
+``past_key_values.get_seq_length() + rope_deltas``, and the cache now holds fewer tokens than the prompt, so
+``rope_deltas`` is recomputed from the gathered positions (``max kept id + 1 − compressed length``; for one
+sequence this is the original delta plus the number of pruned tokens). ``generate()`` keeps extending the
+*uncompressed* attention mask and cache positions, so each decode step replaces the prompt part of the mask
+with the compressed one and recomputes ``cache_position`` from the cache. Batches whose rows keep different
+numbers of tokens are left-padded after gathering (attention mask 0, label −100).
+
+Works with real Qwen2.5-Omni-3B/7B weights (``OmniSIFTThinker.from_pretrained(path, compressor=...)`` or
+:func:`attach` on a loaded thinker): nothing here depends on sizes, and the selector's hidden size is
+taken from the text config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerCausalLMOutputWithPast
+
+from leanlm.omnisift.base import AVCompressor, CompressionResult
+from leanlm.omnisift.layout import AVLayout, build_layouts
+
+
+@dataclass
+class CompressionStats:
+    """What the last compressed prefill did: the keep-mask over the original sequence and kept counts."""
+
+    keep: torch.Tensor
+    layouts: list[AVLayout]
+    video_kept: int
+    video_total: int
+    audio_kept: int
+    audio_total: int
+
+    @property
+    def retention(self) -> float:
+        total = self.video_total + self.audio_total
+        return (self.video_kept + self.audio_kept) / total if total else 1.0
+
+
+def gather_rows(
+    keep: torch.Tensor, tensors: dict[str, torch.Tensor | None], pad: dict[str, Any], seq_dim: dict[str, int]
+) -> tuple[dict[str, torch.Tensor | None], int]:
+    """Gather each tensor's kept sequence positions per row, left-padding rows to the longest one."""
+    batch = keep.shape[0]
+    counts = keep.sum(dim=1)
+    new_len = int(counts.max())
+    out: dict[str, torch.Tensor | None] = {}
+    for name, tensor in tensors.items():
+        if tensor is None:
+            out[name] = None
+            continue
+        dim = seq_dim[name]
+        shape = list(tensor.shape)
+        shape[dim] = new_len
+        result = torch.full(shape, pad[name], dtype=tensor.dtype, device=tensor.device)
+        for b in range(batch):
+            n = int(counts[b])
+            idx = torch.nonzero(keep[b], as_tuple=True)[0]
+            if dim == 1:
+                result[b, new_len - n :] = tensor[b, idx]
+            else:  # position ids [3, B, L]
+                result[:, b, new_len - n :] = tensor[:, b, idx]
+        out[name] = result
+    return out, new_len
+
+
+class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
+    """The thinker with a token compressor between the TMRoPE computation and the language model."""
+
+    def __init__(self, config: Qwen2_5OmniThinkerConfig, compressor: AVCompressor | None = None) -> None:
+        super().__init__(config)
+        self.compressor = compressor
+        self._reset_compression_state()
+
+    def _reset_compression_state(self) -> None:
+        self.last_compression: CompressionStats | None = None
+        self._prompt_len: int | None = None
+        self._compressed_mask: torch.Tensor | None = None
+
+    def set_compressor(self, compressor: AVCompressor | None) -> None:
+        self.compressor = compressor
+
+    def forward(  # noqa: C901 - mirrors the parent's forward, step by step
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        audio_feature_lengths: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        rope_deltas: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        use_audio_in_video: bool | None = None,
+        cache_position: torch.LongTensor | None = None,
+        video_second_per_grid: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> Qwen2_5OmniThinkerCausalLMOutputWithPast:
+        past_len = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if past_len > 0:
+            return self._decode_step(
+                input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds, position_ids=position_ids, labels=labels, use_cache=use_cache,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                logits_to_keep=logits_to_keep, **kwargs,
+            )
+        self._reset_compression_state()
+        compress = (
+            self.compressor is not None and bool(use_audio_in_video) and input_ids is not None
+            and (pixel_values_videos is not None or inputs_embeds is not None)
+            and bool((input_ids == self.config.video_token_id).any()) and bool((input_ids == self.config.audio_token_id).any())
+        )
+        if not compress:
+            out = super().forward(
+                input_ids=input_ids, input_features=input_features, pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                attention_mask=attention_mask, feature_attention_mask=feature_attention_mask,
+                audio_feature_lengths=audio_feature_lengths, position_ids=position_ids,
+                past_key_values=past_key_values, inputs_embeds=inputs_embeds, rope_deltas=rope_deltas, labels=labels,
+                use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                return_dict=True, use_audio_in_video=use_audio_in_video, cache_position=cache_position,
+                video_second_per_grid=video_second_per_grid, **kwargs,
+            )
+            return out
+
+        # 1-2. encoders + scatter into the embeddings (as the parent does)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if input_features is not None:
+            audio_features = self.get_audio_features(
+                input_features, feature_attention_mask=feature_attention_mask,
+                audio_feature_lengths=audio_feature_lengths, return_dict=True,
+            ).last_hidden_state.to(inputs_embeds.device, inputs_embeds.dtype)
+            _, _, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
+        if pixel_values is not None:
+            image_embeds = self.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
+            image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_mask, _, _ = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
+        if pixel_values_videos is not None:
+            video_embeds = self.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True).pooler_output
+            video_embeds = video_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            _, video_mask, _ = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, video_features=video_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(video_mask, video_embeds)
+        if feature_attention_mask is not None:
+            audio_feature_lengths = torch.sum(feature_attention_mask, dim=1)
+
+        # 3. TMRoPE on the uncompressed sequence
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids, _ = self.get_rope_index(
+                input_ids, image_grid_thw, video_grid_thw, attention_mask, use_audio_in_video,
+                audio_feature_lengths, video_second_per_grid,
+            )
+
+        # 4. compress, apply the STE gate, gather
+        layouts = build_layouts(input_ids, position_ids, self.config.video_token_id, self.config.audio_token_id)
+        result: CompressionResult = self.compressor(inputs_embeds, layouts)
+        keep = result.keep & attention_mask.bool()
+        if result.gate is not None:
+            inputs_embeds = inputs_embeds * result.gate.unsqueeze(-1).to(inputs_embeds.dtype)
+        gathered, new_len = gather_rows(
+            keep,
+            {"embeds": inputs_embeds, "mask": attention_mask, "pos": position_ids.to(inputs_embeds.device), "labels": labels},
+            pad={"embeds": 0.0, "mask": 0, "pos": 1, "labels": -100},
+            seq_dim={"embeds": 1, "mask": 1, "pos": 2, "labels": 1},
+        )
+        vk, vt, ak, at = result.kept_counts(layouts)
+        self.last_compression = CompressionStats(keep, layouts, vk, vt, ak, at)
+        new_mask, new_pos = gathered["mask"], gathered["pos"]
+        max_pos = torch.where(new_mask.bool().unsqueeze(0), new_pos, torch.zeros_like(new_pos)).amax(dim=(0, 2))
+        self.rope_deltas = (max_pos + 1 - new_len).unsqueeze(1)
+        self._prompt_len = input_ids.shape[1]
+        self._compressed_mask = new_mask
+
+        outputs = self.model(
+            attention_mask=new_mask, position_ids=new_pos, past_key_values=past_key_values,
+            inputs_embeds=gathered["embeds"], use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+            cache_position=torch.arange(new_len, device=inputs_embeds.device), **kwargs,
+        )
+        return self._head(outputs, gathered["labels"], logits_to_keep)
+
+    def _head(self, outputs: Any, labels: torch.Tensor | None, logits_to_keep: int) -> Qwen2_5OmniThinkerCausalLMOutputWithPast:
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+            if labels is not None:
+                labels = labels[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size)
+        return Qwen2_5OmniThinkerCausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, rope_deltas=self.rope_deltas,
+        )
+
+    def _decode_step(
+        self, *, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past_key_values: Any,
+        inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor | None, labels: torch.Tensor | None,
+        use_cache: bool | None, output_attentions: bool | None, output_hidden_states: bool | None,
+        logits_to_keep: int, **kwargs: Any,
+    ) -> Qwen2_5OmniThinkerCausalLMOutputWithPast:
+        """A step after the prefill: positions ``past_len + rope_deltas``, compressed prompt mask."""
+        kwargs.pop("cache_position", None)
+        for name in ("pixel_values", "pixel_values_videos", "input_features", "image_grid_thw", "video_grid_thw",
+                     "feature_attention_mask", "audio_feature_lengths", "use_audio_in_video", "video_second_per_grid",
+                     "return_dict", "rope_deltas"):
+            kwargs.pop(name, None)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        batch, q_len = inputs_embeds.shape[:2]
+        past_len = past_key_values.get_seq_length()
+        if attention_mask is not None and self._compressed_mask is not None and self._prompt_len is not None:
+            if attention_mask.shape[1] == self._prompt_len + (past_len - self._compressed_mask.shape[1]) + q_len:
+                attention_mask = torch.cat([self._compressed_mask, attention_mask[:, self._prompt_len :]], dim=1)
+        if position_ids is None:
+            if self.rope_deltas is None:
+                raise ValueError("decode step without a prefill: rope_deltas is unset")
+            steps = torch.arange(q_len, device=inputs_embeds.device).view(1, -1) + past_len
+            position_ids = (steps + self.rope_deltas.to(inputs_embeds.device)).unsqueeze(0).expand(3, -1, -1)
+        cache_position = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)
+        outputs = self.model(
+            attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, cache_position=cache_position, **kwargs,
+        )
+        return self._head(outputs, labels, logits_to_keep)
+
+
+def attach(thinker: Qwen2_5OmniThinkerForConditionalGeneration, compressor: AVCompressor | None) -> OmniSIFTThinker:
+    """Turn a loaded thinker (e.g. real Qwen2.5-Omni weights) into an :class:`OmniSIFTThinker` in place."""
+    if not isinstance(thinker, Qwen2_5OmniThinkerForConditionalGeneration):
+        raise TypeError(f"attach needs a Qwen2_5OmniThinkerForConditionalGeneration, got {type(thinker).__name__}")
+    thinker.__class__ = OmniSIFTThinker
+    thinker.compressor = compressor  # type: ignore[attr-defined]
+    thinker._reset_compression_state()  # type: ignore[attr-defined]
+    return thinker  # type: ignore[return-value]
