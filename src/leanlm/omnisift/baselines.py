@@ -20,7 +20,6 @@ Ties between anchor-frame tokens (DyCoke) are broken uniformly at random with th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from leanlm.omnisift.base import AVCompressor, CompressionResult
 from leanlm.omnisift.layout import AVLayout
@@ -180,8 +179,5 @@ class OmniZipStyle(AVCompressor):
         keep[b, frames[0][~keep_least_similar(-dpc_knn_scores(f1, self.knn), per[0])]] = False
         if len(frames) > 1:
             f2 = embeds[b, frames[1]].detach()
-            if f2.shape == f1.shape:
-                sim = temporal_similarity(f1, f2).cpu()
-            else:
-                sim = -dpc_knn_scores(f2, self.knn)
+            sim = temporal_similarity(f1, f2).cpu() if f2.shape == f1.shape else -dpc_knn_scores(f2, self.knn)
             keep[b, frames[1][~keep_least_similar(sim, per[1])]] = False

@@ -94,7 +94,7 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
     def set_compressor(self, compressor: AVCompressor | None) -> None:
         self.compressor = compressor
 
-    def forward(  # noqa: C901 - mirrors the parent's forward, step by step
+    def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         input_features: torch.FloatTensor | None = None,
@@ -236,11 +236,14 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             kwargs.pop(name, None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        batch, q_len = inputs_embeds.shape[:2]
+        _batch, q_len = inputs_embeds.shape[:2]
         past_len = past_key_values.get_seq_length()
-        if attention_mask is not None and self._compressed_mask is not None and self._prompt_len is not None:
-            if attention_mask.shape[1] == self._prompt_len + (past_len - self._compressed_mask.shape[1]) + q_len:
-                attention_mask = torch.cat([self._compressed_mask, attention_mask[:, self._prompt_len :]], dim=1)
+        compressed = self._compressed_mask
+        if (
+            attention_mask is not None and compressed is not None and self._prompt_len is not None
+            and attention_mask.shape[1] == self._prompt_len + (past_len - compressed.shape[1]) + q_len
+        ):
+            attention_mask = torch.cat([compressed, attention_mask[:, self._prompt_len :]], dim=1)
         if position_ids is None:
             if self.rope_deltas is None:
                 raise ValueError("decode step without a prefill: rope_deltas is unset")

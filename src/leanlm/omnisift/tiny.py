@@ -122,8 +122,7 @@ def av_prompt(
         body += [config.video_token_id] * per_frame * sum(1 for t in frame_t if t // chunk_t == c)
         body += [config.audio_token_id] * sum(1 for t in audio_t if t // chunk_t == c)
     ids = (
-        list(prefix) + [config.vision_start_token_id, config.audio_start_token_id] + body
-        + [config.audio_end_token_id, config.vision_end_token_id] + list(suffix)
+        [*list(prefix), config.vision_start_token_id, config.audio_start_token_id, *body, config.audio_end_token_id, config.vision_end_token_id, *list(suffix)]
     )
     return AVPrompt(
         input_ids=torch.tensor([ids]),
