@@ -1,0 +1,139 @@
+"""``leanlm elastic ...``: train an elastic MoE, extract sub-models, evaluate them, run the study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(help="ERNIE 5.0 elastic MoE training: one run, a family of deployable sub-models.", no_args_is_help=True)
+
+
+def _load_json_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., help="run directory (checkpoint.pt, history.jsonl, model/)"),
+    config: Path = typer.Option(None, help="JSON TrainConfig (fields of leanlm.elastic.train.TrainConfig)"),
+    steps: int = typer.Option(None, help="override TrainConfig.steps"),
+    seed: int = typer.Option(None, help="override TrainConfig.seed"),
+    elastic: bool = typer.Option(True, help="--no-elastic trains the plain (non-elastic) baseline"),
+    nproc: int = typer.Option(1, help="data-parallel processes (torch.distributed, gloo on CPU)"),
+    resume: bool = typer.Option(True, help="continue from out/checkpoint.pt if it exists"),
+    init: Path = typer.Option(None, help="continue training this saved model (e.g. an extracted sub-model)"),
+) -> None:
+    """Train an elastic MoE LM on offline Wikipedia bytes + the synthetic grouped modality."""
+    from leanlm.common.progress import get_logger
+    from leanlm.elastic.train import TrainConfig, train_distributed
+    from leanlm.elastic.train import train as run_train
+
+    data = _load_json_config(config)
+    if steps is not None:
+        data["steps"] = steps
+    if seed is not None:
+        data["seed"] = seed
+    data["elastic"] = {**data.get("elastic", {}), "enabled": elastic}
+    try:
+        cfg = TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{config}: {exc}") from exc
+    log = get_logger("leanlm.elastic.cli")
+    if nproc > 1:
+        if init is not None:
+            raise typer.BadParameter("--init is not supported with --nproc > 1")
+        train_distributed(cfg, nproc, out_dir=out)
+    else:
+        init_model = None
+        if init is not None:
+            from leanlm.elastic.model import ElasticMoeForCausalLM
+
+            init_model = ElasticMoeForCausalLM.from_pretrained(init)
+        result = run_train(cfg, out_dir=out, resume=resume, init_model=init_model)
+        log.info("done: %d tokens in %.1f s; held-out text loss %.4f nats/byte", result.tokens, result.seconds,
+                 result.final_eval["text_loss"])
+    log.info("wrote %s", out)
+
+
+@app.command()
+def extract(
+    model: Path = typer.Argument(..., help="a trained elastic model directory (save_pretrained format)"),
+    out: Path = typer.Option(..., help="where to save the extracted sub-model"),
+    depth: int = typer.Option(None, help="layers to keep (evenly spaced, first and last kept)"),
+    experts: int = typer.Option(None, help="routed experts to keep per MoE layer"),
+    top_k: int = typer.Option(None, "--top-k", help="new default top-k"),
+    expert_rule: str = typer.Option("usage", help="'usage' (most used in training) or 'index' (first n)"),
+) -> None:
+    """Cut a standalone smaller model (layers, experts, router rows/biases sliced; new k) and save it."""
+    from leanlm.common.progress import get_logger
+    from leanlm.elastic.extract import extract as do_extract
+    from leanlm.elastic.extract import plan_subnet
+    from leanlm.elastic.model import ElasticMoeForCausalLM
+    from leanlm.elastic.train import save_model
+
+    parent = ElasticMoeForCausalLM.from_pretrained(model)
+    try:
+        subnet = plan_subnet(parent, depth=depth, experts=experts, top_k=top_k, expert_rule=expert_rule)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    small = do_extract(parent, subnet)
+    save_model(small, out)
+    before = sum(p.numel() for p in parent.parameters())
+    after = sum(p.numel() for p in small.parameters())
+    get_logger("leanlm.elastic.cli").info(
+        "extracted %s: %d -> %d parameters (%.1f%%), layers %s, %d experts, top-k %d; saved to %s",
+        subnet.describe(), before, after, 100 * after / before, small.config.source_layers, small.config.num_experts,
+        small.config.num_experts_per_tok, out,
+    )
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="a saved elastic model directory"),
+    depth: int = typer.Option(None), experts: int = typer.Option(None), top_k: int = typer.Option(None, "--top-k"),
+    batches: int = typer.Option(8), batch_size: int = typer.Option(16), seq_len: int = typer.Option(128),
+) -> None:
+    """Held-out loss (nats/byte on text, nats/token on the grouped modality) of a model or one of its sub-models."""
+    from leanlm.elastic.extract import plan_subnet
+    from leanlm.elastic.model import ElasticMoeForCausalLM
+    from leanlm.elastic.train import TrainConfig, make_corpora
+    from leanlm.elastic.train import evaluate as do_eval
+
+    m = ElasticMoeForCausalLM.from_pretrained(model)
+    subnet = plan_subnet(m, depth=depth, experts=experts, top_k=top_k) if any(v is not None for v in (depth, experts, top_k)) else None
+    _, ev = make_corpora(TrainConfig(seq_len=seq_len, codebook=(m.config.vocab_size - 259) // 2))
+    typer.echo(json.dumps(do_eval(m, ev.eval_batches(batches, batch_size), subnet), indent=2))
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("/tmp/elastic-study"), help="study directory (runs/, study.json, report)"),
+    config: Path = typer.Option(None, help="JSON with StudyConfig fields (base, seeds, c_sizes, workers)"),
+    quick: bool = typer.Option(False, help="use the registered quick configuration"),
+    workers: int = typer.Option(None, help="training processes in parallel"),
+) -> None:
+    """Run (or resume) the A/B/C study and write study.json + results.md in OUT."""
+    from leanlm.elastic.experiments import FULL, QUICK, render
+    from leanlm.elastic.study import StudyConfig, run_study
+
+    data = dict(QUICK if quick else FULL)
+    data.update(_load_json_config(config))
+    if workers is not None:
+        data["workers"] = workers
+    cfg = StudyConfig(**data)
+    result = run_study(cfg, out)
+    render(result, out)
+    typer.echo(str(out / "results.md"))

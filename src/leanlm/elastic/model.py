@@ -1,0 +1,397 @@
+"""The elastic sparse MoE decoder as transformers classes (ERNIE 5.0, arXiv 2602.04705, §2 and §3.3).
+
+- Decoder: pre-norm RMSNorm, RoPE, grouped-query attention (``torch.nn.functional.scaled_dot_product_attention``),
+  KV cache through transformers' ``Cache`` objects so ``generate`` works.
+- MoE FFN (:class:`ElasticMoe`): E fine-grained routed SwiGLU experts + optional shared experts. The router is an
+  FP32 softmax over the experts; top-k is taken on ``probs + bias`` where ``bias`` is the selection-only
+  correction bias of auxiliary-loss-free balancing; the combine weights are the *unbiased* probabilities of the
+  chosen experts renormalised to sum 1 (denominator clamped at ``moe_norm_min``) -- as ERNIE 4.5 /
+  ``Ernie4_5_Moe``. No capacity limit, so no token is ever dropped (§2, "training never drops tokens").
+- Elastic execution (§3.3): a :class:`~leanlm.elastic.subnet.SubNet` skips layers (identity on the residual),
+  masks removed experts with -inf *before* the softmax and top-k (they can never receive a token), and sets k.
+- MTP (§2, next-group prediction for text): one DeepSeek-V3-style module, ``h' = W [norm(h_t); norm(E(x_{t+1}))]``,
+  a SwiGLU block, the shared output head, predicting x_{t+2}. For the grouped modality (groups of 2 codes) the
+  main head and the MTP head together predict the whole next group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from leanlm.elastic.config import ElasticMoeConfig
+from leanlm.elastic.subnet import SubNet
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (computed in fp32)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for positions ``[B, T]`` -> ``[B, 1, T, head_dim]`` (half-split rotation as Llama)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ElasticMoeConfig) -> None:
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: Cache | None, cache_index: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, cache_index)
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        s = k.shape[2]
+        if t == 1:
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif t == s:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk appended after cached tokens: causal with an offset
+            mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=s - t)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclass
+class RouterChoice:
+    """The router's decision for ``N`` tokens: chosen experts ``[N, k]`` and their combine weights ``[N, k]``."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    probs: torch.Tensor  # [N, E] fp32, masked experts have probability 0
+
+
+class ElasticMoe(nn.Module):
+    """Routed experts (stacked weights ``[E, d, f]``) + shared experts, with elastic width and sparsity.
+
+    The correction bias ``router_bias`` is a buffer: it only affects *which* experts are chosen, never the
+    weights, and is updated outside the optimizer by :func:`leanlm.elastic.balance.update_router_biases`.
+    ``expert_usage`` accumulates the tokens routed to each expert while training (used by extraction).
+    """
+
+    def __init__(self, config: ElasticMoeConfig) -> None:
+        super().__init__()
+        d, f, e = config.hidden_size, config.moe_intermediate_size, config.num_experts
+        self.num_experts = e
+        self.top_k = config.num_experts_per_tok
+        self.norm_min = config.moe_norm_min
+        self.dispatch = config.moe_dispatch
+        self.router = nn.Linear(d, e, bias=False)
+        self.w_gate = nn.Parameter(torch.empty(e, d, f))
+        self.w_up = nn.Parameter(torch.empty(e, d, f))
+        self.w_down = nn.Parameter(torch.empty(e, f, d))
+        self.register_buffer("router_bias", torch.zeros(e, dtype=torch.float32))
+        self.register_buffer("expert_usage", torch.zeros(e, dtype=torch.float64))
+        self.shared = SwiGLU(d, f * config.num_shared_experts) if config.num_shared_experts else None
+        self.last_counts: torch.Tensor | None = None  # tokens per expert in the last forward (for balancing)
+
+    def route(self, x: torch.Tensor, expert_mask: torch.Tensor | None, top_k: int) -> RouterChoice:
+        """FP32 softmax router; top-k on probs + bias (selection only); renormalised unbiased weights."""
+        logits = F.linear(x.float(), self.router.weight.float())
+        scores_bias = self.router_bias
+        if expert_mask is not None:
+            logits = logits.masked_fill(~expert_mask, float("-inf"))
+            scores_bias = scores_bias.masked_fill(~expert_mask, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        indices = torch.topk(probs + scores_bias, top_k, dim=-1).indices
+        chosen = probs.gather(-1, indices)
+        weights = chosen / chosen.sum(-1, keepdim=True).clamp_min(self.norm_min)
+        return RouterChoice(indices=indices, weights=weights, probs=probs)
+
+    def expert_ffn(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return (F.silu(x @ self.w_gate[e]) * (x @ self.w_up[e])) @ self.w_down[e]
+
+    def forward(self, x: torch.Tensor, expert_mask: torch.Tensor | None = None, top_k: int | None = None) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        k = top_k or self.top_k
+        choice = self.route(flat, expert_mask, k)
+        out = self.dispatch_experts(flat, choice)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.reshape(shape)
+
+    def dispatch_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
+        """Sort the (token, expert) pairs by expert and run each expert once on its contiguous block.
+
+        ``"sorted"``: one matmul chain per non-empty expert (a loop over experts, never over tokens);
+        ``"bmm"``: the blocks padded to the largest one and run as one batched matmul over all experts.
+        """
+        n, k = choice.indices.shape
+        flat_experts = choice.indices.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)
+        token_of = order // k
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        self.last_counts = counts.detach()
+        xs = flat[token_of]
+        weights = choice.weights.reshape(-1)[order].to(flat.dtype)
+        if self.dispatch == "bmm":
+            ys = self._bmm_blocks(xs, counts)
+        else:
+            ys = torch.empty_like(xs)
+            start = 0
+            for e, c in enumerate(counts.tolist()):
+                if c:
+                    ys[start : start + c] = self.expert_ffn(e, xs[start : start + c])
+                    start += c
+        out = torch.zeros_like(flat)
+        out.index_add_(0, token_of, ys * weights[:, None])
+        return out
+
+    def _bmm_blocks(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        e = self.num_experts
+        cap = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(xs.shape[0], device=xs.device) - torch.repeat_interleave(starts, counts)
+        owner = torch.repeat_interleave(torch.arange(e, device=xs.device), counts)
+        padded = xs.new_zeros(e, cap, xs.shape[-1])
+        padded[owner, slot] = xs
+        h = F.silu(torch.bmm(padded, self.w_gate)) * torch.bmm(padded, self.w_up)
+        return torch.bmm(h, self.w_down)[owner, slot]
+
+    def dense_reference(self, x: torch.Tensor, expert_mask: torch.Tensor | None = None, top_k: int | None = None) -> torch.Tensor:
+        """Brute force: run *every* expert on every token and mix with the router's combine weights (tests)."""
+        flat = x.reshape(-1, x.shape[-1])
+        choice = self.route(flat, expert_mask, top_k or self.top_k)
+        gates = torch.zeros(flat.shape[0], self.num_experts, dtype=flat.dtype, device=flat.device)
+        gates.scatter_(1, choice.indices, choice.weights.to(flat.dtype))
+        all_out = torch.stack([self.expert_ffn(e, flat) for e in range(self.num_experts)], dim=1)
+        out = (gates[..., None] * all_out).sum(1)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.reshape(x.shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ElasticMoeConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.is_moe = index >= config.first_k_dense_layers
+        self.mlp: nn.Module = ElasticMoe(config) if self.is_moe else SwiGLU(config.hidden_size, config.dense_intermediate_size)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: Cache | None, cache_index: int,
+        expert_mask: torch.Tensor | None, top_k: int | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), positions, cache, cache_index)
+        h = self.post_attn_norm(x)
+        return x + (self.mlp(h, expert_mask, top_k) if self.is_moe else self.mlp(h))
+
+
+class MTPModule(nn.Module):
+    """DeepSeek-V3-style MTP depth 1: combine h_t with the embedding of x_{t+1} to predict x_{t+2}."""
+
+    def __init__(self, config: ElasticMoeConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.hidden_norm = RMSNorm(d, config.rms_norm_eps)
+        self.embed_norm = RMSNorm(d, config.rms_norm_eps)
+        self.proj = nn.Linear(2 * d, d, bias=False)
+        self.block_norm = RMSNorm(d, config.rms_norm_eps)
+        self.block = SwiGLU(d, config.moe_intermediate_size * 2)
+        self.final_norm = RMSNorm(d, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, next_embeds: torch.Tensor) -> torch.Tensor:
+        h = self.proj(torch.cat([self.hidden_norm(hidden), self.embed_norm(next_embeds)], dim=-1))
+        h = h + self.block(self.block_norm(h))
+        return self.final_norm(h)
+
+
+@dataclass
+class ElasticMoeOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the next-token loss, the MTP loss and per-layer expert token counts."""
+
+    lm_loss: torch.Tensor | None = None
+    mtp_loss: torch.Tensor | None = None
+    expert_counts: dict[int, torch.Tensor] | None = None
+
+
+class ElasticMoePreTrainedModel(PreTrainedModel):
+    config_class = ElasticMoeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["DecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, ElasticMoe):
+            for p in (module.w_gate, module.w_up, module.w_down):
+                p.normal_(0.0, std)
+            module.router_bias.zero_()
+            module.expert_usage.zero_()
+
+
+class ElasticMoeModel(ElasticMoePreTrainedModel):
+    """The decoder stack (embeddings, layers, final norm)."""
+
+    def __init__(self, config: ElasticMoeConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def expert_masks(self, subnet: SubNet | None, device: torch.device) -> dict[int, torch.Tensor]:
+        if subnet is None or subnet.experts is None:
+            return {}
+        masks = {}
+        for layer, kept in subnet.experts:
+            mask = torch.zeros(self.config.num_experts, dtype=torch.bool, device=device)
+            mask[list(kept)] = True
+            masks[layer] = mask
+        return masks
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Cache | None = None,
+        subnet: SubNet | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        if subnet is not None:
+            subnet.validate(len(self.layers), self.config.num_experts, self.config.moe_layers)
+        x = self.embed_tokens(input_ids)
+        masks = self.expert_masks(subnet, x.device)
+        top_k = subnet.top_k if subnet is not None else None
+        run = subnet.layers if subnet is not None and subnet.layers is not None else range(len(self.layers))
+        counts: dict[int, torch.Tensor] = {}
+        for slot, i in enumerate(run):
+            layer = self.layers[i]
+            x = layer(x, positions, cache, slot, masks.get(i), top_k)
+            if layer.is_moe:
+                counts[i] = layer.mlp.last_counts
+        return self.norm(x), counts
+
+
+class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
+    """Causal LM with an elastic MoE decoder, an optional MTP module and a (re)settable active sub-network.
+
+    ``forward(..., subnet=SubNet(...))`` runs a sub-network for one call; ``model.active_subnet`` sets the
+    default used when ``subnet`` is not given (so ``generate`` can decode with a sub-network).
+    """
+
+    def __init__(self, config: ElasticMoeConfig) -> None:
+        super().__init__(config)
+        self.model = ElasticMoeModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.mtp = MTPModule(config) if config.num_mtp_modules else None
+        self.active_subnet: SubNet | None = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def moe_blocks(self) -> dict[int, ElasticMoe]:
+        """Layer index -> its :class:`ElasticMoe`."""
+        return {i: layer.mlp for i, layer in enumerate(self.model.layers) if layer.is_moe}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        subnet: SubNet | None = None,
+        logits_to_keep: int = 0,
+        **kwargs: object,
+    ) -> ElasticMoeOutput:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("ElasticMoeForCausalLM does not support padding: attention_mask must be all ones")
+        subnet = subnet if subnet is not None else self.active_subnet
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        b, t = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
+        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet)
+        kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        logits = self.lm_head(kept)
+        loss = lm_loss = mtp_loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+            loss = lm_loss
+            if self.mtp is not None and t > 2:
+                # position t sees h_t and the embedding of x_{t+1}; it predicts x_{t+2}
+                next_emb = self.model.embed_tokens(input_ids[:, 1:-1])
+                mtp_hidden = self.mtp(hidden[:, :-2], next_emb)
+                mtp_logits = self.lm_head(mtp_hidden)
+                mtp_loss = F.cross_entropy(
+                    mtp_logits.reshape(-1, mtp_logits.shape[-1]).float(), labels[:, 2:].reshape(-1), ignore_index=-100
+                )
+                loss = lm_loss + self.config.mtp_loss_weight * mtp_loss
+        return ElasticMoeOutput(
+            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None,
+            lm_loss=lm_loss, mtp_loss=mtp_loss, expert_counts=counts,
+        )
