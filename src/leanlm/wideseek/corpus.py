@@ -24,6 +24,7 @@ import os
 import re
 import sqlite3
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,13 @@ def country_records() -> tuple[dict[str, Any], ...]:
                               | ({info["nativeName"]} if isinstance(info.get("nativeName"), str) else set())),
         }
         out.append(record)
+    # countryinfo spells one subregion two ways ("South-eastern Asia" / "South-Eastern Asia"): use the commoner
+    spellings = Counter(r["subregion"] for r in out if r["subregion"])
+    canonical = {s.lower(): max((t for t in spellings if t.lower() == s.lower()), key=lambda t: spellings[t])
+                 for s in spellings}
+    for r in out:
+        if r["subregion"]:
+            r["subregion"] = canonical[r["subregion"].lower()]
     return tuple(sorted(out, key=lambda r: r["name"]))
 
 
