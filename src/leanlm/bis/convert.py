@@ -1,0 +1,115 @@
+"""Conversion of kept rollouts to the MM-PRM training format the official code writes (brief §1.1, output).
+
+``{"image": …, "conversations": [{"from": "human", "value": "Question: q\\nProcess: step1<prm>\\n\\nstep2<prm>…"},
+{"from": "gpt", "value": [1.0, 0.0, …]}]}`` with hard labels y = 1.0 iff score > 0, the question taken from
+``question_orig`` falling back to ``question`` and stripped, step texts stripped, serialised like the official
+script (``json.dumps(..., ensure_ascii=False)``) so the bytes match.
+
+Two modes:
+
+* ``official`` (``--compat official``): exactly ``build_prm_from_rec`` of ``scripts/build_bis_subset.py``: a
+  rollout is silently dropped when it has no image, no steps, or any step with empty text or no score.
+* ``default``: nothing is dropped. A rollout without an image is written without the ``image`` key (a
+  text-only sample in the InternVL format); an empty step keeps its ``<prm>`` and label; a step without a score
+  keeps its text as context but gets no ``<prm>`` marker and no label (there is nothing to supervise it with).
+
+Either way every such case is counted (:class:`ConversionCounts`) and reported in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from leanlm.bis.schema import Fields
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
+@dataclass
+class ConversionCounts:
+    """What conversion met among the kept rollouts; ``dropped_*`` are only non-zero in official mode."""
+
+    converted: int = 0
+    no_image: int = 0
+    empty_step: int = 0
+    unscored_step: int = 0
+    dropped_no_image: int = 0
+    dropped_no_steps: int = 0
+    dropped_bad_step: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_no_image + self.dropped_no_steps + self.dropped_bad_step
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "dropped": self.dropped}
+
+    def add(self, other: ConversionCounts) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+def _question(rec: dict[str, Any], fields: Fields) -> str:
+    q: Any = ""
+    for name in fields.question:
+        q = rec.get(name)
+        if q:
+            break
+    return str(q or "").strip()
+
+
+def _score(step: dict[str, Any], fields: Fields) -> float | None:
+    if fields.counts_mode:
+        c, t = step.get(fields.mc_correct), step.get(fields.mc_total)  # type: ignore[arg-type]
+        return None if c is None or not t else float(c) / float(t)
+    s = step.get(fields.score)
+    return None if s is None else float(s)
+
+
+def to_mmprm(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionCounts) -> dict[str, Any] | None:
+    """Convert one rollout (``mode`` = ``official`` or ``default``); ``None`` means dropped (official only)."""
+    image = rec.get(fields.image, "")
+    steps = rec.get(fields.steps) or []
+    official = mode == "official"
+    if not image:
+        counts.no_image += 1
+        if official:
+            counts.dropped_no_image += 1
+            return None
+    if not steps and official:
+        counts.dropped_no_steps += 1
+        return None
+    pieces: list[str] = []
+    labels: list[float] = []
+    empty = unscored = False
+    for step in steps:
+        text = str(step.get(fields.step_text) or "").strip()
+        score = _score(step, fields)
+        if not text:
+            empty = True
+        if score is None:
+            unscored = True
+        if official and (not text or score is None):
+            counts.empty_step += int(not text)
+            counts.unscored_step += int(score is None)
+            counts.dropped_bad_step += 1
+            return None
+        if score is None:
+            pieces.append(text)
+        else:
+            pieces.append(text + "<prm>")
+            labels.append(1.0 if score > 0.0 else 0.0)
+    counts.empty_step += int(empty)
+    counts.unscored_step += int(unscored)
+    human = {"from": "human", "value": f"Question: {_question(rec, fields)}\nProcess: " + "\n\n".join(pieces)}
+    out: dict[str, Any] = {"image": image} if image else {}
+    out["conversations"] = [human, {"from": "gpt", "value": labels}]
+    counts.converted += 1
+    return out
+
+
+def encode_mmprm(rec: dict[str, Any]) -> str:
+    """Serialise like the official script: ``json.dumps(prm, ensure_ascii=False) + "\\n"``."""
+    return _ENCODE(rec) + "\n"
