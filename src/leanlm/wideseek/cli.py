@@ -1,0 +1,236 @@
+"""``leanlm wideseek serve|run|eval|tasks|score|index``: the WideSeek-R1 system from the command line.
+
+Without ``--base-url``, ``run`` and ``eval`` start the embedded llama.cpp server (SmolLM2-135M-Instruct,
+loopback, free port) and stop it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from leanlm.common.progress import get_logger
+
+app = typer.Typer(help="WideSeek-R1: lead/subagent broad search, offline world, WideSearch scorer.", no_args_is_help=True)
+log = get_logger("leanlm.wideseek.cli")
+
+
+@contextlib.contextmanager
+def _backend(base_url: Optional[str], model: str, tool_mode: str, max_tokens: int, temperature: float,
+             n_ctx: int, timeout: float) -> Iterator[tuple[object, int]]:
+    """An OpenAI backend on ``base_url``, or on an embedded llama.cpp server started for the duration."""
+    from leanlm.wideseek.llm import OpenAIBackend
+
+    if base_url:
+        yield OpenAIBackend(base_url, model=model, tool_mode=tool_mode, max_tokens=max_tokens, temperature=temperature,
+                            timeout=timeout), 32_000
+        return
+    from leanlm.wideseek.server import LlamaServer, ServerError
+
+    try:
+        server = LlamaServer(n_ctx=n_ctx).start()
+    except ServerError as exc:
+        raise typer.BadParameter(f"no --base-url given and the embedded server failed: {exc}") from exc
+    try:
+        yield OpenAIBackend(server.base_url, model="embedded", tool_mode=tool_mode, max_tokens=max_tokens,
+                            temperature=temperature, timeout=timeout), int(n_ctx * 0.8)
+    finally:
+        server.stop()
+
+
+def _config(subagents: int, lead_turns: int, sub_turns: int, single_turns: int, context: int, fmt: str):
+    from leanlm.wideseek.agents import AgentConfig
+
+    return AgentConfig(max_lead_turns=lead_turns, max_sub_turns=sub_turns, max_single_turns=single_turns,
+                       max_subagents_per_call=subagents, max_concurrency=subagents, context_tokens=context,
+                       answer_format=fmt)
+
+
+def _load_tasks(tasks: Optional[Path], only: Optional[list[str]]):
+    from leanlm.common.records import RecordError
+    from leanlm.wideseek.tasks import generate_tasks, load_tasks
+
+    try:
+        items = load_tasks(tasks) if tasks else generate_tasks()
+    except RecordError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    if only:
+        known = {t.instance_id for t in items}
+        missing = [x for x in only if x not in known]
+        if missing:
+            raise typer.BadParameter(f"unknown task id(s) {missing}; known: {sorted(known)[:10]}...", param_hint="--only")
+        items = [t for t in items if t.instance_id in set(only)]
+    return items
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    from leanlm.common.report import Table, table_markdown
+
+    typer.echo(table_markdown(Table(title, columns, rows)))
+
+
+BASE_URL = typer.Option(None, help="OpenAI-compatible server (vLLM, SGLang, llama.cpp); default: start the embedded one")
+MODEL = typer.Option("default", help="model name sent to the server")
+TOOL_MODE = typer.Option("native", help="native (server tool parsing) or text (<tool_call> parsed here)")
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, help="GGUF file (default: embedded SmolLM2-135M-Instruct)"),
+    port: Optional[int] = typer.Option(None, help="port on 127.0.0.1 (default: a free one)"),
+    n_ctx: int = typer.Option(8192, help="context window"),
+    chat_format: str = typer.Option("chatml-function-calling", help="llama.cpp chat format"),
+) -> None:
+    """Start llama.cpp's OpenAI-compatible server on loopback and keep it running until Ctrl-C."""
+    from leanlm.wideseek.server import LlamaServer, ServerError
+
+    try:
+        server = LlamaServer(model, port=port, n_ctx=n_ctx, chat_format=chat_format).start()
+    except ServerError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"serving {server.model.name} at {server.base_url} (model name 'embedded'); log: {server.log_path}")
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def tasks(
+    out: Path = typer.Option(..., help="directory for tasks.jsonl and gold/<id>.csv"),
+    n_table: int = typer.Option(6, help="table (WideSearch-style) tasks"),
+    n_qa: int = typer.Option(3, help="two-hop QA tasks"),
+    seed: int = typer.Option(0),
+    max_rows: int = typer.Option(12, help="largest gold table"),
+) -> None:
+    """Generate a task set with exact gold tables from the offline world, in WideSearch's file layout."""
+    from leanlm.wideseek.tasks import generate_tasks, write_tasks
+
+    items = generate_tasks(n_table=n_table, n_qa=n_qa, seed=seed, max_rows=max_rows)
+    path = write_tasks(items, out)
+    _print_table(f"{len(items)} tasks written to {path}", ["instance_id", "kind", "gold"],
+                 [[t.instance_id, t.kind, f"{t.gold_csv.count(chr(10)) - 1} rows" if t.gold_csv else t.answers[0]]
+                  for t in items])
+
+
+@app.command()
+def run(
+    query: Optional[str] = typer.Argument(None, help="a free-form task (or use --task with --tasks)"),
+    task: Optional[str] = typer.Option(None, help="task id from --tasks (or from the generated set)"),
+    tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="tasks.jsonl"),
+    mode: str = typer.Option("multi", help="multi (lead + subagents) or single (SingleSeek)"),
+    subagents: int = typer.Option(10, help="max subagents per create_sub_agents call (and concurrency)"),
+    base_url: Optional[str] = BASE_URL, model: str = MODEL, tool_mode: str = TOOL_MODE,
+    max_tokens: int = typer.Option(512), temperature: float = typer.Option(0.7),
+    lead_turns: int = typer.Option(10), sub_turns: int = typer.Option(20), single_turns: int = typer.Option(50),
+    n_ctx: int = typer.Option(8192, help="context of the embedded server"),
+    timeout: float = typer.Option(120.0, help="seconds per model request"),
+    trace: Path = typer.Option(Path("wideseek-trace.jsonl"), help="where to write the JSONL trace"),
+) -> None:
+    """Run one task end to end and print the answer (and its WideSearch scores when the task has gold)."""
+    from leanlm.wideseek.runner import default_world, run_task
+    from leanlm.wideseek.tasks import Task
+
+    if (query is None) == (task is None):
+        raise typer.BadParameter("give either a QUERY or --task ID")
+    item = _load_tasks(tasks_file, [task])[0] if task else Task("query", query or "", kind="table")
+    world = default_world()
+    with _backend(base_url, model, tool_mode, max_tokens, temperature, n_ctx, timeout) as (backend, context):
+        result = run_task(item, backend, world, _config(subagents, lead_turns, sub_turns, single_turns, context,
+                                                        "qa" if item.kind == "qa" else "table"), mode)
+    result.trace.write(trace)
+    typer.echo(result.answer or "(no answer)")
+    typer.echo(f"\nstatus {result.status}; {json.dumps(result.stats)}; trace: {trace}")
+    if task:
+        typer.echo(json.dumps(item.score(result.answer).as_dict(), indent=1))
+
+
+@app.command("eval")
+def eval_(
+    tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="tasks.jsonl (default: the generated set)"),
+    only: Optional[list[str]] = typer.Option(None, help="task ids to run (repeatable)"),
+    n: int = typer.Option(4, help="trials per task (Avg@N / Max@N / Pass@N)"),
+    mode: str = typer.Option("multi"), subagents: int = typer.Option(10),
+    base_url: Optional[str] = BASE_URL, model: str = MODEL, tool_mode: str = TOOL_MODE,
+    max_tokens: int = typer.Option(512), temperature: float = typer.Option(0.7),
+    lead_turns: int = typer.Option(10), sub_turns: int = typer.Option(20), single_turns: int = typer.Option(50),
+    n_ctx: int = typer.Option(8192), timeout: float = typer.Option(120.0),
+    block: str = typer.Option("first", help="answer table: first ```markdown block (WideSearch) or last (RLinf)"),
+    out: Path = typer.Option(Path("wideseek-eval"), help="results.jsonl, summary.json, traces/ (resumable)"),
+) -> None:
+    """Run a task set N times and print the WideSearch metrics table."""
+    from leanlm.wideseek.runner import default_world, evaluate, metrics_rows
+
+    items = _load_tasks(tasks_file, only)
+    world = default_world()
+    with _backend(base_url, model, tool_mode, max_tokens, temperature, n_ctx, timeout) as (backend, context):
+        report = evaluate(items, backend, world, _config(subagents, lead_turns, sub_turns, single_turns, context, "table"),
+                          n=n, mode=mode, out_dir=out, block=block)
+    if report["summary"]:
+        _print_table(f"WideSearch metrics over {report['summary_json']['table_tasks']} table tasks, N={n} ({mode})",
+                     ["metric (%)", f"Avg@{n}", f"Max@{n} (Pass@{n})", f"Min@{n}"], metrics_rows(report["summary"]))
+    if report["qa"]:
+        typer.echo(f"\nQA exact match over {report['qa']['tasks']} tasks: Avg@{n} {100 * report['qa']['avg_n']:.1f}%, "
+                   f"Pass@{n} {100 * report['qa']['pass_n']:.1f}%")
+    typer.echo(f"\nresults: {out / 'results.jsonl'}; summary: {out / 'summary.json'}; traces: {out / 'traces'}")
+
+
+@app.command()
+def score(
+    responses: Path = typer.Argument(..., help="JSONL with instance_id, response, trial_idx (WideSearch layout)"),
+    tasks_file: Path = typer.Option(..., "--tasks", help="tasks.jsonl with gold/ beside it"),
+    block: str = typer.Option("first"),
+    out: Optional[Path] = typer.Option(None, help="write per-response scores and the summary as JSON"),
+) -> None:
+    """Score existing responses with the WideSearch metrics (no model needed)."""
+    from leanlm.common.atomic import atomic_write_json
+    from leanlm.common.records import RecordError, read_jsonl
+    from leanlm.wideseek.runner import metrics_rows, summarize_rows
+
+    items = {t.instance_id: t for t in _load_tasks(tasks_file, None)}
+    rows = []
+    try:
+        for line, record in read_jsonl(responses):
+            iid = record.get("instance_id")
+            if iid not in items:
+                raise RecordError(responses, line, f"instance_id {iid!r} is not in {tasks_file}")
+            if not isinstance(record.get("response"), (str, type(None))):
+                raise RecordError(responses, line, "field 'response' must be a string or null")
+            task = items[iid]
+            rows.append({"instance_id": iid, "trial_idx": record.get("trial_idx", 0), "kind": task.kind,
+                         **task.score(record.get("response"), block=block).as_dict()})
+    except RecordError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    counts = {}
+    for r in rows:
+        counts[r["instance_id"]] = counts.get(r["instance_id"], 0) + 1
+    n = max(counts.values()) if counts else 1
+    report = summarize_rows(rows, n)
+    if report["summary"]:
+        _print_table(f"WideSearch metrics, N={n}", ["metric (%)", f"Avg@{n}", f"Max@{n}", f"Min@{n}"],
+                     metrics_rows(report["summary"]))
+    if out:
+        atomic_write_json(out, {"rows": rows, **report["summary_json"]})
+
+
+@app.command()
+def index(
+    wiki_limit: Optional[int] = typer.Option(None, help="cap the Wikipedia pages"),
+    queries_per_kind: int = typer.Option(40),
+) -> None:
+    """Measure the search indexes (SQLite FTS5, bm25s) on the offline corpus."""
+    from leanlm.wideseek.corpus import build_corpus
+    from leanlm.wideseek.index import known_item_queries, measure
+
+    corpus = build_corpus(wiki_limit=wiki_limit)
+    rows = measure(corpus, queries=known_item_queries(corpus, queries_per_kind))
+    _print_table(f"Search indexes on {len(corpus)} pages", list(rows[0]), [list(r.values()) for r in rows])
