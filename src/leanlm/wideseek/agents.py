@@ -220,7 +220,8 @@ class WideSeek:
             run.completion_tokens += completion.completion_tokens or 0
             trace.add(agent, "llm_call", turn=run.turns, t_start=t_start, seconds=completion.seconds,
                       prompt_tokens=completion.prompt_tokens or 0, completion_tokens=completion.completion_tokens or 0,
-                      finish_reason=completion.finish_reason, attempts=completion.attempts, ok=True)
+                      finish_reason=completion.finish_reason, attempts=completion.attempts, ok=True,
+                      **({"simulated_s": completion.simulated_s} if completion.simulated_s is not None else {}))
             for attempt in completion.attempts:
                 trace.add(agent, "error", kind="retried", message=attempt.get("error"))
             assistant: dict[str, Any] = {"role": "assistant", "content": completion.content}

@@ -152,18 +152,25 @@ class OraclePolicy:
 
 
 def critical_path(result: RunResult) -> float:
-    """Ideal wall time with unlimited servers: lead model time plus, per lead turn, the slowest subagent chain."""
+    """Ideal wall time with unlimited servers: lead model time plus, per lead turn, the slowest subagent chain.
+
+    Model time is the simulated latency of each call when the backend sleeps for one (else measured seconds);
+    tool time is measured.
+    """
     trace = result.trace
+
+    def model_s(agent: str) -> float:
+        return sum(e.get("simulated_s", e["seconds"]) for e in trace.of(agent, "llm_call"))
+
     if result.lead.agent == "single":
-        return sum(e["seconds"] for e in trace.of("single", "llm_call")) + sum(
-            e["seconds"] for e in trace.of("single", "tool_result"))
-    lead_llm = sum(e["seconds"] for e in trace.of("lead", "llm_call"))
+        return model_s("single") + sum(e["seconds"] for e in trace.of("single", "tool_result"))
+    lead_llm = model_s("lead")
     chains: dict[int, float] = {}
     for start in trace.of(type="start"):
         if start["agent"] == "lead":
             continue
         agent = start["agent"]
-        chain = sum(e["seconds"] for e in trace.of(agent, "llm_call"))
+        chain = model_s(agent)
         chain += sum(e["seconds"] for e in trace.of(agent, "tool_result"))
         chains[start["lead_turn"]] = max(chains.get(start["lead_turn"], 0.0), chain)
     return lead_llm + sum(chains.values())

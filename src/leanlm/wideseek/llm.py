@@ -62,6 +62,7 @@ class Completion:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    simulated_s: float | None = None
 
 
 class BackendError(RuntimeError):
@@ -305,26 +306,30 @@ class ScriptedBackend:
             if self._sem is None:
                 self._sem = asyncio.Semaphore(self.slots)
             async with self._sem:
-                out = await self._call(messages, tools, agent)
+                out, slept = await self._call(messages, tools, agent)
         else:
-            out = await self._call(messages, tools, agent)
+            out, slept = await self._call(messages, tools, agent)
         if isinstance(out, str):
             content, calls = parse_tool_calls(out)
             out = Completion(content=content, tool_calls=calls)
         out.seconds = time.perf_counter() - start
+        out.simulated_s = slept if self.latency is not None else None
         if out.prompt_tokens is None:
             out.prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4
         if out.completion_tokens is None:
             out.completion_tokens = len(out.content) // 4 + 8 * len(out.tool_calls)
         return out
 
-    async def _call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], agent: str) -> Completion | str:
+    async def _call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                    agent: str) -> tuple[Completion | str, float]:
+        slept = 0.0
         if self.latency is not None:
-            await asyncio.sleep(self.latency())
+            slept = self.latency()
+            await asyncio.sleep(slept)
         result = self.policy(agent, messages, tools)
         if asyncio.iscoroutine(result):
             result = await result
-        return result  # type: ignore[return-value]
+        return result, slept  # type: ignore[return-value]
 
 
 def jitter_rng(seed: int) -> random.Random:
