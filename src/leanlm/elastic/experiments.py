@@ -22,7 +22,8 @@ _MODEL_QUICK = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads"
 
 FULL: dict[str, Any] = {
     "base": {"model": _MODEL_FULL, "steps": 240, "batch_size": 16, "seq_len": 128, "train_articles": 8000,
-             "eval_articles": 500, "eval_batches": 8, "eval_batch_size": 16, "log_every": 10},
+             "eval_articles": 500, "eval_batches": 8, "eval_batch_size": 16, "log_every": 10,
+             "checkpoint_every": 40},
     "seeds": [0, 1, 2],
     "c_sizes": ["depth_1/2", "experts_1/2", "topk_1"],
     "workers": 2,

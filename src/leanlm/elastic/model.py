@@ -270,18 +270,19 @@ class ElasticMoePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # transformers.initialization skips tensors already loaded from a checkpoint (``_is_hf_initialized``)
+        from transformers import initialization as init
+
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, 0.0, std)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.ones_(module.weight)
         elif isinstance(module, ElasticMoe):
             for p in (module.w_gate, module.w_up, module.w_down):
-                p.normal_(0.0, std)
-            module.router_bias.zero_()
-            module.expert_usage.zero_()
+                init.normal_(p, 0.0, std)
+            init.zeros_(module.router_bias)
+            init.zeros_(module.expert_usage)
 
 
 class ElasticMoeModel(ElasticMoePreTrainedModel):

@@ -255,6 +255,7 @@ def train(
         log.info("resumed from %s at step %d", ckpt, start_step)
     eval_set = eval_corpus.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
     per_rank = cfg.batch_size // world
+    tokens_at_start = tokens
     t0 = time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, start_step + stop_after)
 
@@ -306,8 +307,10 @@ def train(
                 entry["eval"] = evaluate(model, eval_set)
             if (step + 1) % cfg.log_every == 0 or step + 1 == end or "eval" in entry:
                 history.append(entry)
-                if rank == 0:
-                    log.debug("step %d loss %.4f", step + 1, entry["loss"])
+                if rank == 0 and (step + 1) % (cfg.log_every * 5) == 0:
+                    elapsed = time.perf_counter() - t0
+                    log.info("seed %d step %d/%d loss %.4f (%.0f tokens/s)", cfg.seed, step + 1, cfg.steps, entry["loss"],
+                             (tokens - tokens_at_start) / max(elapsed, 1e-9))
             bar.update(1)
             bar.set_postfix(loss=f"{entry['loss']:.3f}")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
