@@ -1,0 +1,107 @@
+"""Width benchmark pieces, the eval runner (resume) and the CLI commands that need no model server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from leanlm.wideseek.agents import AgentConfig, WideSeek
+from leanlm.wideseek.bench import LatencyModel, OraclePolicy, critical_path, run_point
+from leanlm.wideseek.cli import app
+from leanlm.wideseek.corpus import build_corpus
+from leanlm.wideseek.llm import ScriptedBackend
+from leanlm.wideseek.runner import evaluate
+from leanlm.wideseek.tasks import countries_task, generate_tasks, gold_answer_text
+from leanlm.wideseek.tools import WorldTools
+
+
+@pytest.fixture(scope="module")
+def world():
+    return WorldTools(build_corpus(kinds=("country", "city", "element"), wiki_limit=0))
+
+
+def test_latency_model_fit_and_samples():
+    model = LatencyModel(median=1.0, sigma=0.0)
+    assert [model() for _ in range(3)] == [1.0, 1.0, 1.0] and model.samples == [1.0, 1.0, 1.0]
+    fitted = LatencyModel.fit([1.0, 4.0])
+    assert fitted.median == pytest.approx(2.0) and fitted.source == "measured"
+    assert LatencyModel(median=0.0)() == 0.0
+
+
+def test_oracle_width_sweep_is_correct_and_faster_when_wider(world):
+    task = countries_task("Northern America")  # 4 gold rows
+    narrow = run_point(task, world, LatencyModel(median=0.05, sigma=0.0), 1, None)
+    wide = run_point(task, world, LatencyModel(median=0.05, sigma=0.0), 4, None)
+    assert narrow.item_f1 == wide.item_f1 == 1.0 and narrow.success == 1.0
+    # width 1: lead 2 calls + one subagent with 4 searches, 4 accesses, 1 report = 11 calls on the critical path
+    assert narrow.llm_calls == 11 and 11 * 0.05 <= narrow.ideal_s < 11 * 0.05 + 0.15  # + measured tool time
+    # width 4: 2 lead calls + 4 subagents x 3 calls; critical path 2 + 3 calls
+    assert wide.llm_calls == 14 and 5 * 0.05 <= wide.ideal_s < narrow.ideal_s
+    assert narrow.wall_s >= narrow.ideal_s - 0.01 and wide.wall_s >= wide.ideal_s - 0.01
+    assert wide.wall_s < 0.7 * narrow.wall_s
+    one_slot = run_point(task, world, LatencyModel(median=0.05, sigma=0.0), 4, 1)
+    assert one_slot.model_busy_s == pytest.approx(14 * 0.05) and one_slot.wall_s >= 14 * 0.05
+    single = run_point(task, world, LatencyModel(median=0.0), 1, None, mode="single")
+    assert single.item_f1 == 1.0 and single.llm_calls == 9
+
+
+def test_critical_path_uses_simulated_latency(world):
+    task = countries_task("Northern America")
+    backend = ScriptedBackend(OraclePolicy(task, 2), latency=LatencyModel(median=0.02, sigma=0.0))
+    result = WideSeek(backend, world, AgentConfig()).run(task.query)
+    calls = result.trace.of(type="llm_call")
+    assert all(e["simulated_s"] == 0.02 for e in calls)
+    # lead 2 calls + slowest subagent chain (2 entities: 2 searches + 2 accesses + report) plus its tool time
+    tools = max(sum(e["seconds"] for e in result.trace.of(a, "tool_result")) for a in ("sub-1", "sub-2"))
+    assert critical_path(result) == pytest.approx(7 * 0.02 + tools, abs=0.01)
+
+
+def test_evaluate_writes_results_and_resumes(tmp_path, world):
+    tasks = [countries_task("Northern America")] + generate_tasks(n_table=0, n_qa=1, seed=0)
+    calls = []
+
+    def policy(agent, messages, tools):
+        calls.append(agent)
+        task = next(t for t in tasks if t.query in messages[1]["content"])
+        return gold_answer_text(task)
+
+    backend = ScriptedBackend(policy)
+    report = evaluate(tasks, backend, world, AgentConfig(), n=2, out_dir=tmp_path)
+    assert report["summary"]["f1_by_item"] == {"avg_n": 1.0, "max_n": 1.0, "min_n": 1.0}
+    assert report["qa"] == {"avg_n": 1.0, "pass_n": 1.0, "tasks": 1}
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and len(list((tmp_path / "traces").glob("*.jsonl"))) == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["n"] == 2
+    before = len(calls)
+    again = evaluate(tasks, backend, world, AgentConfig(), n=2, out_dir=tmp_path)
+    assert len(calls) == before and again["summary"] == report["summary"]  # nothing re-run
+
+
+def test_cli_tasks_and_score(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["tasks", "--out", str(tmp_path), "--n-table", "2", "--n-qa", "1"])
+    assert out.exit_code == 0, out.output
+    assert "3 tasks written" in out.output
+    from leanlm.wideseek.tasks import load_tasks
+
+    tasks = load_tasks(tmp_path / "tasks.jsonl")
+    responses = tmp_path / "responses.jsonl"
+    with open(responses, "w") as f:
+        for task in tasks:
+            f.write(json.dumps({"instance_id": task.instance_id, "response": gold_answer_text(task), "trial_idx": 0}) + "\n")
+    result = runner.invoke(app, ["score", str(responses), "--tasks", str(tmp_path / "tasks.jsonl"),
+                                 "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert "| item F1 | 100 | 100 | 100 |" in result.output
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert len(saved["rows"]) == 3 and saved["table"]["score"]["avg_n"] == 1.0
+    responses.write_text('{"instance_id": "nope", "response": "x"}\n')
+    bad = runner.invoke(app, ["score", str(responses), "--tasks", str(tmp_path / "tasks.jsonl")])
+    assert bad.exit_code != 0 and "responses.jsonl:1" in bad.output
+
+
+def test_cli_run_needs_query_or_task():
+    result = CliRunner().invoke(app, ["run", "--base-url", "http://127.0.0.1:9/v1"])
+    assert result.exit_code != 0 and "either a QUERY or --task" in result.output
