@@ -41,8 +41,14 @@ def _duckdb_sql(path: Path, config: Any) -> str:
         score_expr = (f'list_transform("{f.steps}", lambda s: CASE WHEN s."{f.mc_total}" IS NULL OR s."{f.mc_total}" = 0 '
                       f'THEN NULL ELSE s."{f.mc_correct}"::DOUBLE / s."{f.mc_total}"::DOUBLE END)')
     else:
-        step_type = f'STRUCT("{f.score}" DOUBLE)[]'
-        score_expr = f'list_transform("{f.steps}", lambda s: s."{f.score}")'
+        # The score is read as JSON and type-checked: a string or boolean score is an error (as in the
+        # stream engine), not silently cast; the error sends the file to the stream engine, which names the line.
+        step_type = f'STRUCT("{f.score}" JSON)[]'
+        score_expr = (f'list_transform("{f.steps}", lambda s: CASE WHEN s."{f.score}" IS NULL '
+                      f"OR json_type(s.\"{f.score}\") = 'NULL' THEN NULL "
+                      f"WHEN json_type(s.\"{f.score}\") IN ('DOUBLE', 'BIGINT', 'UBIGINT') "
+                      f'THEN CASE WHEN isfinite(s."{f.score}"::DOUBLE) THEN s."{f.score}"::DOUBLE '
+                      f"ELSE error('non-finite step score') END ELSE error('wrong type of step score') END)")
     group_sel = f', "{f.group}"::VARCHAR AS grp' if f.group else ""
     if is_parquet(path):
         source = f"read_parquet('{p}')"

@@ -1,0 +1,156 @@
+"""``leanlm bis``: select, score, stats and synth for Monte-Carlo-annotated PRM rollouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from leanlm.common.records import RecordError
+
+app = typer.Typer(help="BIS data selection for MC-annotated PRM rollouts (arXiv 2602.04145).", no_args_is_help=True)
+
+_FIELD_HELP = "Field names of the annotation layout (defaults: VisualPRM400K-v1.1-Raw)."
+
+
+def _fields(steps: str, score: str, step_text: str, image: str, question: str, mc_correct: str | None,
+            mc_total: str | None):
+    from leanlm.bis.schema import Fields
+
+    return Fields(steps=steps, score=score, step_text=step_text, image=image,
+                  question=tuple(q.strip() for q in question.split(",") if q.strip()),
+                  mc_correct=mc_correct, mc_total=mc_total)
+
+
+def _parse_ratios(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"--ratio-for expects NAME=RATIO, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--ratio-for {item!r}: {value!r} is not a number") from exc
+    return out
+
+
+@app.command("select")
+def select_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Annotation files or directories (*.jsonl[.gz|.zst], *.parquet)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Selected rows (.jsonl, or .parquet with --format parquet)."),
+    ratio: float = typer.Option(0.25, help="Fraction kept per group: max(1, floor(m * ratio))."),
+    alpha: float = typer.Option(0.05, help="BIS smoothing α in (p(1-p) + α)·R (paper: 0.2 for 10%, 0.05 for 25%)."),
+    ratio_for: list[str] = typer.Option([], "--ratio-for", help="Per-group ratio, NAME=RATIO (repeatable)."),
+    group_by: str = typer.Option("file", help="'file' (one stratum per source file), 'global', or a field name."),
+    scorer: str = typer.Option("bis", help="bis | mixture | reliability | random | mixed | low-mc | external"),
+    scores_file: Path | None = typer.Option(None, help="With --scorer external: a score file (file, row, score)."),
+    seed: int = typer.Option(0, help="Seed of the random and mixed scorers."),
+    engine: str = typer.Option("stream", help="stream (msgspec, default) | duckdb | ray"),
+    workers: int = typer.Option(1, help="Processes over files (stream) or Ray CPUs (ray)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (original lines) | mmprm (training format) | parquet"),
+    compat: str = typer.Option("default", help="'official' drops what the official converter drops (mmprm)."),
+    skip_invalid: bool = typer.Option(False, help="Write invalid lines to the rejects file instead of failing."),
+    rejects: Path | None = typer.Option(None, help="Rejects file (default <output>.rejects.jsonl)."),
+    manifest: Path | None = typer.Option(None, help="Manifest JSON (default <output>.manifest.json)."),
+    no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of each input in the manifest."),
+    steps_field: str = typer.Option("steps_with_score", help=_FIELD_HELP),
+    score_field: str = typer.Option("score"),
+    step_text_field: str = typer.Option("step"),
+    image_field: str = typer.Option("image"),
+    question_fields: str = typer.Option("question_orig,question", help="Tried in order."),
+    mc_correct_field: str | None = typer.Option(None, help="Per-step MC success count (score = correct/total)."),
+    mc_total_field: str | None = typer.Option(None),
+) -> None:
+    """Select the most informative rollouts of each source by BIS (or another scorer)."""
+    from leanlm.bis.score import make_scorer
+    from leanlm.bis.select import SelectConfig, select
+    from leanlm.bis.stats import load_external
+
+    try:
+        sc = load_external(scores_file) if scorer == "external" and scores_file else make_scorer(scorer, alpha=alpha,
+                                                                                                  seed=seed)
+        config = SelectConfig(ratio=ratio, scorer=sc, group_by=group_by, ratios=_parse_ratios(ratio_for),
+                              fields=_fields(steps_field, score_field, step_text_field, image_field, question_fields,
+                                             mc_correct_field, mc_total_field),
+                              engine=engine, output_format=fmt, compat=compat, skip_invalid=skip_invalid,
+                              workers=workers, hash_input=not no_hash)
+        doc = select(inputs, output, config, manifest=manifest, rejects=rejects)
+    except (RecordError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    t = doc["totals"]
+    typer.echo(f"kept {t['kept']} of {t['candidates']} candidates ({t['rows']} rows, {t['malformed']} rejected, "
+               f"{t['without_scores']} without scores); wrote {t['written']} to {output}")
+
+
+@app.command("score")
+def score_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Annotation files or directories."),
+    output: Path = typer.Option(..., "--output", "-o", help="Score file: .parquet, .csv or .jsonl."),
+    alpha: float = typer.Option(0.05),
+    scorer: str = typer.Option("bis"),
+    seed: int = typer.Option(0),
+    skip_invalid: bool = typer.Option(False),
+) -> None:
+    """Write every rollout's n, n_pos, p, R and score (one row per non-blank line)."""
+    from leanlm.bis.score import make_scorer
+    from leanlm.bis.stats import score_corpus
+
+    try:
+        n = score_corpus(inputs, output, scorer=make_scorer(scorer, alpha=alpha, seed=seed), skip_invalid=skip_invalid)
+    except (RecordError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"scored {n} rollouts -> {output}")
+
+
+@app.command("stats")
+def stats_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Annotation files or directories."),
+    alpha: float = typer.Option(0.05),
+    png: Path | None = typer.Option(None, help="Histogram figure of p, R and BIS."),
+    json_out: Path | None = typer.Option(None, "--json", help="Per-source summary as JSON."),
+    skip_invalid: bool = typer.Option(False),
+) -> None:
+    """Distribution of p (mixture), R (reliability) and BIS per source."""
+    from leanlm.bis.stats import corpus_stats, stats_figure
+    from leanlm.common.atomic import atomic_write_bytes, atomic_write_json
+
+    try:
+        stats, edges = corpus_stats(inputs, alpha=alpha, skip_invalid=skip_invalid)
+    except (RecordError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    summary = {name: s.summary(edges) for name, s in stats.items()}
+    cols = ["rows", "candidates", "mixed_share", "mean_p", "mean_R", "mean_bis", "median_bis"]
+    typer.echo("source\t" + "\t".join(cols))
+    for name, s in summary.items():
+        typer.echo(name + "\t" + "\t".join(str(s[c]) for c in cols))
+    if json_out:
+        atomic_write_json(json_out, {"alpha": alpha, "sources": summary})
+    if png:
+        import io
+
+        fig = stats_figure(stats, edges, title=f"{len(stats)} sources, α = {alpha}")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(png, buf.getvalue())
+        typer.echo(f"histogram -> {png}")
+
+
+@app.command("synth")
+def synth_cmd(
+    out_dir: Path = typer.Argument(..., help="Directory for <source>.jsonl files."),
+    rollouts: int = typer.Option(10_000, help="Number of rollouts N."),
+    sources: int = typer.Option(38, help="Number of source files S."),
+    seed: int = typer.Option(0),
+    single_file: str | None = typer.Option(None, help="Write one file with a 'source' field instead."),
+) -> None:
+    """Write a VisualPRM400K-shaped synthetic corpus of N rollouts over S sources."""
+    from leanlm.bis.synth import SynthConfig, write_corpus
+
+    files = write_corpus(out_dir, SynthConfig(rollouts=rollouts, sources=sources, seed=seed), single_file=single_file)
+    size = sum(f.stat().st_size for f in files)
+    typer.echo(json.dumps({"files": len(files), "rollouts": rollouts, "bytes": size, "dir": str(out_dir)}))
