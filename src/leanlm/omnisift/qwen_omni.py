@@ -118,8 +118,11 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         cache_position: torch.LongTensor | None = None,
         video_second_per_grid: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        av_layouts: list[AVLayout] | None = None,
         **kwargs: Any,
     ) -> Qwen2_5OmniThinkerCausalLMOutputWithPast:
+        """The parent's forward with compression in the prefill. Extra arguments: ``logits_to_keep`` (compute
+        logits for the last n positions only) and ``av_layouts`` (precomputed chunk layouts, one per row)."""
         past_len = 0 if past_key_values is None else past_key_values.get_seq_length()
         if past_len > 0:
             return self._decode_step(
@@ -134,19 +137,6 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             and (pixel_values_videos is not None or inputs_embeds is not None)
             and bool((input_ids == self.config.video_token_id).any()) and bool((input_ids == self.config.audio_token_id).any())
         )
-        if not compress:
-            out = super().forward(
-                input_ids=input_ids, input_features=input_features, pixel_values=pixel_values,
-                pixel_values_videos=pixel_values_videos, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
-                attention_mask=attention_mask, feature_attention_mask=feature_attention_mask,
-                audio_feature_lengths=audio_feature_lengths, position_ids=position_ids,
-                past_key_values=past_key_values, inputs_embeds=inputs_embeds, rope_deltas=rope_deltas, labels=labels,
-                use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                return_dict=True, use_audio_in_video=use_audio_in_video, cache_position=cache_position,
-                video_second_per_grid=video_second_per_grid, **kwargs,
-            )
-            return out
-
         # 1-2. encoders + scatter into the embeddings (as the parent does)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -172,7 +162,7 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
 
         # 3. TMRoPE on the uncompressed sequence
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         if position_ids is None:
             position_ids, _ = self.get_rope_index(
                 input_ids, image_grid_thw, video_grid_thw, attention_mask, use_audio_in_video,
@@ -180,32 +170,40 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             )
 
         # 4. compress, apply the STE gate, gather
-        layouts = build_layouts(input_ids, position_ids, self.config.video_token_id, self.config.audio_token_id)
-        result: CompressionResult = self.compressor(inputs_embeds, layouts)
-        keep = result.keep & attention_mask.bool()
-        if result.gate is not None:
-            inputs_embeds = inputs_embeds * result.gate.unsqueeze(-1).to(inputs_embeds.dtype)
-        gathered, new_len = gather_rows(
-            keep,
-            {"embeds": inputs_embeds, "mask": attention_mask, "pos": position_ids.to(inputs_embeds.device), "labels": labels},
-            pad={"embeds": 0.0, "mask": 0, "pos": 1, "labels": -100},
-            seq_dim={"embeds": 1, "mask": 1, "pos": 2, "labels": 1},
-        )
-        vk, vt, ak, at = result.kept_counts(layouts)
-        self.last_compression = CompressionStats(keep, layouts, vk, vt, ak, at)
-        new_mask, new_pos = gathered["mask"], gathered["pos"]
-        max_pos = torch.where(new_mask.bool().unsqueeze(0), new_pos, torch.zeros_like(new_pos)).amax(dim=(0, 2))
+        if not compress:
+            new_len = inputs_embeds.shape[1]
+            new_mask, new_pos, new_embeds, new_labels = attention_mask, position_ids, inputs_embeds, labels
+        else:
+            layouts = av_layouts or build_layouts(
+                input_ids, position_ids, self.config.video_token_id, self.config.audio_token_id
+            )
+            result: CompressionResult = self.compressor(inputs_embeds, layouts)
+            keep = result.keep & attention_mask.bool()
+            if result.gate is not None:
+                inputs_embeds = inputs_embeds * result.gate.unsqueeze(-1).to(inputs_embeds.dtype)
+            gathered, new_len = gather_rows(
+                keep,
+                {"embeds": inputs_embeds, "mask": attention_mask, "pos": position_ids.to(inputs_embeds.device),
+                 "labels": labels},
+                pad={"embeds": 0.0, "mask": 0, "pos": 1, "labels": -100},
+                seq_dim={"embeds": 1, "mask": 1, "pos": 2, "labels": 1},
+            )
+            vk, vt, ak, at = result.kept_counts(layouts)
+            self.last_compression = CompressionStats(keep, layouts, vk, vt, ak, at)
+            new_mask, new_pos, new_embeds, new_labels = gathered["mask"], gathered["pos"], gathered["embeds"], gathered["labels"]
+            self._prompt_len = input_ids.shape[1]
+            self._compressed_mask = new_mask
+        valid = new_mask.bool().unsqueeze(0).to(new_pos.device)
+        max_pos = torch.where(valid, new_pos, torch.zeros_like(new_pos)).amax(dim=(0, 2))
         self.rope_deltas = (max_pos + 1 - new_len).unsqueeze(1)
-        self._prompt_len = input_ids.shape[1]
-        self._compressed_mask = new_mask
 
         outputs = self.model(
             attention_mask=new_mask, position_ids=new_pos, past_key_values=past_key_values,
-            inputs_embeds=gathered["embeds"], use_cache=use_cache, output_attentions=output_attentions,
+            inputs_embeds=new_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
             cache_position=torch.arange(new_len, device=inputs_embeds.device), **kwargs,
         )
-        return self._head(outputs, gathered["labels"], logits_to_keep)
+        return self._head(outputs, new_labels, logits_to_keep)
 
     def _head(self, outputs: Any, labels: torch.Tensor | None, logits_to_keep: int) -> Qwen2_5OmniThinkerCausalLMOutputWithPast:
         hidden = outputs.last_hidden_state

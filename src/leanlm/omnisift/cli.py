@@ -1,0 +1,126 @@
+"""``leanlm omnisift``: the synthetic study, prefill latency / FLOPs, ratio presets, and a compression demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="OmniSIFT modality-asymmetric token compression (arXiv 2602.04804).", no_args_is_help=True)
+
+
+def _load_config(path: Optional[Path]) -> dict:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"{path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: expected a JSON object of study settings")
+    return data
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("reports/omnisift-study"), help="output directory (results.json, checkpoints)"),
+    seeds: int = typer.Option(1, help="number of seeds (0..n-1)"),
+    quick: bool = typer.Option(True, help="the quick configuration (the one `leanlm reproduce --quick` runs)"),
+    config: Optional[Path] = typer.Option(None, help="JSON file overriding study settings (StudyConfig fields)"),
+) -> None:
+    """Train on full tokens, fine-tune with compression, compare methods at 35% / 25% retention."""
+    from leanlm.common.atomic import atomic_write_json
+    from leanlm.common.progress import get_logger
+    from leanlm.omnisift.experiments import FULL, QUICK
+    from leanlm.omnisift.study import StudyConfig, run_study, summarize
+
+    log = get_logger("leanlm.omnisift.cli")
+    settings = dict(QUICK["study"] if quick else FULL["study"])
+    settings["seeds"] = list(range(seeds))
+    settings.update(_load_config(config))
+    cfg = StudyConfig.from_dict(settings)
+    result = run_study(cfg, out)
+    rows = summarize(result["records"])
+    atomic_write_json(out / "results.json", {"summary": rows, **result})
+    for row in rows:
+        log.info("%-20s target %-4s kept %.3f  acc %.3f ± %.3f", row["method"], row["target"], row["retention"],
+                 row["accuracy"], row["std"])
+    log.info("wrote %s", out / "results.json")
+
+
+@app.command()
+def ratios(
+    n_p: int = typer.Option(320, help="video tokens per LLM frame"),
+    audio: int = typer.Option(50, help="audio tokens per 2-s chunk"),
+    chunks: int = typer.Option(30, help="number of chunks"),
+) -> None:
+    """Table 6 presets and the video ratio that matches each retention in a given geometry."""
+    from leanlm.common.progress import get_logger
+    from leanlm.omnisift.presets import PAPER_RATIOS, kept_tokens, solve_rho_v
+
+    log = get_logger("leanlm.omnisift.cli")
+    sizes, audio_counts = [[n_p, n_p]] * chunks, [audio] * chunks
+    total = chunks * (2 * n_p + audio)
+    for method, table in PAPER_RATIOS.items():
+        for retention, (rho_a, rho_v) in table.items():
+            kept = kept_tokens(sizes, audio_counts, rho_v, rho_a)
+            solved = solve_rho_v(sizes, audio_counts, rho_a, retention)
+            log.info("%-8s %.0f%%: paper rho_a=%.2f rho_v=%.2f keeps %.1f%%; calibrated rho_v=%.4f", method,
+                     100 * retention, rho_a, rho_v, 100 * kept / total, solved)
+
+
+@app.command()
+def latency(
+    frames: int = typer.Option(16, help="LLM frames (1 s each)"),
+    grid: int = typer.Option(16, help="patches per side before the 2x2 merge"),
+    repeats: int = typer.Option(5),
+    hidden: int = typer.Option(256, help="hidden size of the tiny thinker"),
+) -> None:
+    """Prefill wall time of a tiny thinker at 100/35/25% retention (interleaved runs, medians)."""
+    from leanlm.common.progress import get_logger
+    from leanlm.omnisift.study import StudyConfig, prefill_latency
+
+    log = get_logger("leanlm.omnisift.cli")
+    for row in prefill_latency(StudyConfig(), frames, (grid, grid), [0.35, 0.25], repeats, hidden_size=hidden):
+        log.info("retention %.2f: %d tokens, %.4f s (x%.2f of full)", row["retention"], row["sequence"],
+                 row["median_s"], row["ratio_to_full"])
+
+
+@app.command()
+def demo(
+    rho_v: float = typer.Option(0.77, help="video removal ratio"),
+    rho_a: float = typer.Option(0.5, help="audio removal ratio"),
+    method: str = typer.Option("omnisift", help="omnisift | random | dycoke | omnizip"),
+) -> None:
+    """Compress a random tiny Qwen2.5-Omni input through the real encoders and generate a few tokens."""
+    import torch
+
+    from leanlm.common.progress import get_logger
+    from leanlm.omnisift import DyCokeTTM, OmniSIFT, OmniZipStyle, RandomPruning
+    from leanlm.omnisift.tiny import av_prompt, tiny_thinker
+
+    log = get_logger("leanlm.omnisift.cli")
+    makers = {"omnisift": lambda: OmniSIFT(rho_v, rho_a, 64, selector_dim=32, selector_heads=4),
+              "random": lambda: RandomPruning(rho_v, rho_a), "dycoke": lambda: DyCokeTTM(rho_v, rho_a),
+              "omnizip": lambda: OmniZipStyle(rho_v, rho_a)}
+    if method not in makers:
+        raise typer.BadParameter(f"--method must be one of {', '.join(makers)}, got {method!r}")
+    model = tiny_thinker(compressor=makers[method]())
+    p = av_prompt(model.config, 4, (8, 8), 100, [100, 101], [102])
+    vc = model.config.vision_config
+    pixels = torch.randn(4 * 64, vc.in_channels * vc.temporal_patch_size * vc.patch_size**2)
+    mel = int(p.audio_feature_lengths[0])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids), pixel_values_videos=pixels,
+            video_grid_thw=p.video_grid_thw, input_features=torch.randn(1, model.config.audio_config.num_mel_bins, mel),
+            feature_attention_mask=torch.ones(1, mel, dtype=torch.long), use_audio_in_video=True,
+            video_second_per_grid=p.video_second_per_grid, max_new_tokens=4, do_sample=False,
+        )
+    s = model.last_compression
+    log.info("%s: video %d/%d, audio %d/%d kept (%.1f%%); generated %s", method, s.video_kept, s.video_total,
+             s.audio_kept, s.audio_total, 100 * s.retention, out[0, p.input_ids.shape[1]:].tolist())

@@ -1,0 +1,314 @@
+"""The synthetic audio-visual study (paper §4 protocol at toy scale): train, fine-tune with compression, compare.
+
+Protocol, following OmniSIFT §4.1 / Appendix B on a tiny random-init Qwen2.5-Omni thinker and the task of
+:mod:`leanlm.omnisift.synth`:
+
+1. train the thinker on full tokens (stage A);
+2. from stage A, fine-tune for the same number of steps (a) on full tokens — the backbone the training-free
+   baselines (random, DyCoke-style, OmniZip-style) are applied to, as in the paper's fairness protocol —
+   and (b) backbone + selector with each compressing method: OmniSIFT and the ablations (w/o spatial,
+   w/o temporal, audio-only selector, VGAS→random, STVP→random), at the reference code's training ratios
+   ρv = 0.7, ρa = 0.3;
+3. evaluate at 35% and 25% retention: each method uses its Table 6 audio ratio, and ρv is solved so that
+   every method keeps the same number of tokens in this geometry (paper Table 6 note).
+
+Checkpoints of every stage are saved under the output directory and reused when the run is repeated with
+the same configuration (resume at stage granularity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leanlm.common.atomic import atomic_write
+from leanlm.common.progress import get_logger, progress_bar
+from leanlm.omnisift.base import AVCompressor
+from leanlm.omnisift.baselines import DyCokeTTM, OmniZipStyle, RandomPruning
+from leanlm.omnisift.layout import build_layouts
+from leanlm.omnisift.omnisift import OmniSIFT
+from leanlm.omnisift.presets import DEFAULT_RHO_A, DEFAULT_RHO_V, kept_tokens, paper_ratios, solve_rho_v
+from leanlm.omnisift.synth import AVTask, TaskConfig
+from leanlm.omnisift.tiny import tiny_thinker
+
+log = get_logger("leanlm.omnisift.study")
+
+#: Trained variants: name -> OmniSIFT constructor flags (None = full tokens).
+TRAINED: dict[str, dict[str, Any] | None] = {
+    "full tokens": None,
+    "OmniSIFT": {},
+    "w/o spatial": {"spatial": False},
+    "w/o temporal": {"temporal": False},
+    "audio-only selector": {"audio": "self"},
+    "VGAS→random": {"audio": "random"},
+    "STVP→random": {"video": "random"},
+}
+#: Training-free baselines applied to the full-token fine-tuned backbone: name -> (class, Table 6 row).
+TRAINING_FREE = {"Random": (RandomPruning, "random"), "DyCoke-style": (DyCokeTTM, "dycoke"),
+                 "OmniZip-style": (OmniZipStyle, "omnizip")}
+
+
+@dataclass
+class StudyConfig:
+    seeds: list[int] = field(default_factory=lambda: [0])
+    pretrain_steps: int = 400
+    finetune_steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-3
+    finetune_lr: float = 1e-3
+    eval_samples: int = 256
+    retentions: list[float] = field(default_factory=lambda: [0.35, 0.25])
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    selector_dim: int = 128
+    threads: int = 1
+    variants: list[str] = field(default_factory=lambda: list(TRAINED) + list(TRAINING_FREE))
+    task: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown study config field(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def fingerprint(self, stage: str) -> str:
+        keys = ("pretrain_steps", "finetune_steps", "batch_size", "lr", "finetune_lr", "hidden_size", "layers",
+                "heads", "selector_dim", "task")
+        blob = json.dumps({k: asdict(self)[k] for k in keys} | {"stage": stage}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_model(cfg: StudyConfig, seed: int):
+    return tiny_thinker(
+        seed=seed, compact_ids=True, position_id_per_seconds=5, hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=max(1, cfg.heads // 2),
+    )
+
+
+def make_compressor(cfg: StudyConfig, flags: dict[str, Any], seed: int) -> OmniSIFT:
+    return OmniSIFT(DEFAULT_RHO_V, DEFAULT_RHO_A, cfg.hidden_size, selector_dim=cfg.selector_dim, seed=seed, **flags)
+
+
+class Trainer:
+    """Trains one thinker (+ compressor) on the task with AdamW; layouts and TMRoPE ids are computed once."""
+
+    def __init__(self, cfg: StudyConfig, task: AVTask, model, seed: int) -> None:
+        self.cfg, self.task, self.model = cfg, task, model
+        self.generator = torch.Generator().manual_seed(10_000 + seed)
+        ids = task.prompt.input_ids
+        pos, _ = model.get_rope_index(
+            ids, None, task.prompt.video_grid_thw, torch.ones_like(ids), True, task.prompt.audio_feature_lengths,
+            task.prompt.video_second_per_grid,
+        )
+        self.position_ids = pos
+        self.layout = build_layouts(ids, pos, model.config.video_token_id, model.config.audio_token_id)[0]
+
+    def inputs(self, batch) -> dict[str, Any]:
+        kw = self.task.model_inputs(self.model, batch)
+        n = batch.input_ids.shape[0]
+        kw["position_ids"] = self.position_ids.expand(-1, n, -1)
+        kw["av_layouts"] = [self.layout] * n
+        return kw
+
+    def train(self, steps: int, lr: float, desc: str) -> list[float]:
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)))
+        losses = []
+        with progress_bar(desc=desc, total=steps, unit="step") as bar:
+            for _ in range(steps):
+                batch = self.task.sample(self.cfg.batch_size, self.generator)
+                out = self.model(**self.inputs(batch))
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                losses.append(float(out.loss.detach()))
+                bar.update(1)
+        self.model.eval()
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self, compressor: AVCompressor | None, eval_seed: int) -> dict[str, float]:
+        """Accuracy over the class tokens, evidence survival and retention on a fixed evaluation set."""
+        self.model.eval()
+        self.model.set_compressor(compressor)
+        g = torch.Generator().manual_seed(eval_seed)
+        correct = total = target_kept = object_kept = 0
+        kept = av_total = 0
+        remaining = self.cfg.eval_samples
+        while remaining > 0:
+            n = min(remaining, 64)
+            batch = self.task.sample(n, g)
+            out = self.model(**self.inputs(batch))
+            logits = out.logits[:, -2, self.task.class_tokens]
+            correct += int((logits.argmax(-1) == batch.answer).sum())
+            total += n
+            stats = self.model.last_compression
+            if stats is None:
+                target_kept += n
+                object_kept += n
+                kept += n * (self.task.prompt.n_video + self.task.prompt.n_audio)
+            else:
+                for b in range(n):
+                    target_kept += int(stats.keep[b, batch.target_audio_index[b]])
+                    object_kept += int(stats.keep[b, batch.object_index[b]].any())
+                kept += stats.video_kept + stats.audio_kept
+            av_total += n * (self.task.prompt.n_video + self.task.prompt.n_audio)
+            remaining -= n
+        return {"accuracy": correct / total, "target_audio_kept": target_kept / total,
+                "object_kept": object_kept / total, "retention": kept / av_total}
+
+
+def _save(model, path: Path) -> None:
+    with atomic_write(path, "wb") as handle:
+        torch.save(model.state_dict(), handle)
+
+
+def trained_model(cfg: StudyConfig, task: AVTask, seed: int, name: str, base_state, ckpt_dir: Path):
+    """Stage B for variant ``name`` from the stage-A weights (loaded from a checkpoint when present)."""
+    flags = TRAINED[name]
+    model = build_model(cfg, seed)
+    if flags is not None:
+        model.set_compressor(make_compressor(cfg, flags, seed))
+    path = ckpt_dir / f"seed{seed}-{name.replace('/', '_').replace(' ', '_')}-{cfg.fingerprint(name)}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log.info("seed %d %s: resumed from %s", seed, name, path.name)
+        return model, None
+    model.load_state_dict(base_state, strict=False)
+    trainer = Trainer(cfg, task, model, seed)
+    losses = trainer.train(cfg.finetune_steps, cfg.finetune_lr, f"seed {seed} fine-tune {name}")
+    _save(model, path)
+    return model, losses
+
+
+def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
+    """Run all seeds; returns per-seed records and the aggregated table rows."""
+    torch.set_num_threads(cfg.threads)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    curves: dict[str, list[float]] = {}
+    started = time.perf_counter()
+    for seed in cfg.seeds:
+        base = build_model(cfg, seed)
+        task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **cfg.task), base.config)
+        sizes, audio = task.frame_sizes()
+        path = ckpt_dir / f"seed{seed}-pretrain-{cfg.fingerprint('pretrain')}.pt"
+        if path.exists():
+            base.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            curves[f"seed {seed} pretrain"] = Trainer(cfg, task, base, seed).train(
+                cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
+            _save(base, path)
+        base_state = base.state_dict()
+        models: dict[str, Any] = {}
+        for name in TRAINED:
+            if name in cfg.variants or (name == "full tokens" and set(TRAINING_FREE) & set(cfg.variants)):
+                models[name], losses = trained_model(cfg, task, seed, name, base_state, ckpt_dir)
+                if losses:
+                    curves[f"seed {seed} {name}"] = losses
+        eval_seed = 99_000 + seed
+        for retention in cfg.retentions:
+            for name in cfg.variants:
+                if name == "full tokens":
+                    if retention != cfg.retentions[0]:
+                        continue
+                    trainer = Trainer(cfg, task, models[name], seed)
+                    metrics = trainer.evaluate(None, eval_seed)
+                    records.append({"seed": seed, "method": name, "target": 1.0, **metrics, "rho_v": 0.0, "rho_a": 0.0})
+                    continue
+                if name in TRAINED:
+                    row = "omnisift"
+                    model = models[name]
+                    comp = model.compressor
+                else:
+                    cls, row = TRAINING_FREE[name]
+                    model = models["full tokens"]
+                    comp = cls(0.5, 0.5, seed=seed)
+                _, rho_a = paper_ratios(row, retention)
+                rho_v = solve_rho_v(sizes, audio, rho_a, retention)
+                comp.set_ratios(rho_v, rho_a)
+                comp.reseed(seed)
+                trainer = Trainer(cfg, task, model, seed)
+                metrics = trainer.evaluate(comp, eval_seed)
+                model.set_compressor(comp if name in TRAINED else None)
+                records.append({"seed": seed, "method": name, "target": retention, **metrics, "rho_v": rho_v,
+                                "rho_a": rho_a, "expected_kept": kept_tokens(sizes, audio, rho_v, rho_a)})
+                log.info("seed %d %s @%.0f%%: acc %.3f", seed, name, 100 * retention, metrics["accuracy"])
+    return {"records": records, "curves": curves, "seconds": time.perf_counter() - started,
+            "config": asdict(cfg)}
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per (method, target)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["target"]), []).append(r)
+    rows = []
+    for (method, target), rs in groups.items():
+        accs = [r["accuracy"] for r in rs]
+        rows.append({
+            "method": method, "target": target, "seeds": len(rs), "accuracy": statistics.mean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "retention": statistics.mean(r["retention"] for r in rs),
+            "target_audio_kept": statistics.mean(r["target_audio_kept"] for r in rs),
+            "object_kept": statistics.mean(r["object_kept"] for r in rs),
+            "rho_v": rs[0]["rho_v"], "rho_a": rs[0]["rho_a"],
+        })
+    return rows
+
+
+def prefill_latency(cfg: StudyConfig, frames: int, grid: tuple[int, int], retentions: list[float], repeats: int,
+                    hidden_size: int | None = None) -> list[dict[str, Any]]:
+    """Median prefill wall time of the tiny thinker at each retention, runs interleaved round-robin."""
+    torch.set_num_threads(cfg.threads)
+    hidden = hidden_size or cfg.hidden_size
+    model = tiny_thinker(seed=0, compact_ids=True, position_id_per_seconds=25, hidden_size=hidden,
+                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                         num_key_value_heads=max(1, cfg.heads // 2))
+    from leanlm.omnisift.tiny import av_prompt
+
+    p = av_prompt(model.config, frames, grid, 25 * frames, [10, 11], [16])
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, p.input_ids.shape[1], hidden, generator=g)
+    ids = p.input_ids
+    pos, _ = model.get_rope_index(ids, None, p.video_grid_thw, torch.ones_like(ids), True, p.audio_feature_lengths,
+                                  p.video_second_per_grid)
+    layout = build_layouts(ids, pos, model.config.video_token_id, model.config.audio_token_id)
+    n_p = p.n_video // frames
+    chunks = len(layout[0].chunks)
+    sizes, audio = [[n_p, n_p]] * chunks, [c.audio.numel() for c in layout[0].chunks]
+    comps: dict[float, AVCompressor | None] = {1.0: None}
+    for r in retentions:
+        rho_a = paper_ratios("omnisift", r)[1] if r in (0.35, 0.25) else 0.3
+        comps[r] = OmniSIFT(solve_rho_v(sizes, audio, rho_a, r), rho_a, hidden, selector_dim=cfg.selector_dim).eval()
+    times: dict[float, list[float]] = {r: [] for r in comps}
+    kept: dict[float, int] = {}
+    kwargs = dict(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids), position_ids=pos,
+                  av_layouts=layout, use_audio_in_video=True, use_cache=False, logits_to_keep=1)
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            for r, comp in comps.items():
+                model.set_compressor(comp)
+                t0 = time.perf_counter()
+                model(**kwargs)
+                times[r].append(time.perf_counter() - t0)
+                stats = model.last_compression
+                kept[r] = ids.shape[1] if stats is None else int(stats.keep.sum())
+    full = statistics.median(times[1.0][1:])
+    return [{"retention": r, "sequence": kept[r], "median_s": statistics.median(t[1:]),
+             "ratio_to_full": statistics.median(t[1:]) / full} for r, t in times.items()]

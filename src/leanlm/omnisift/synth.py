@@ -1,0 +1,167 @@
+"""A synthetic audio-visual task posed at the LLM-embedding level (what is synthetic is said here exactly).
+
+Nothing is real media. Each sample is a "video" of ``frames`` LLM frames of ``n_p`` tokens and an audio
+track of ``audio_per_chunk`` tokens per 2-s chunk, laid out with the real Qwen2.5-Omni placeholder
+interleave and TMRoPE ids (``use_audio_in_video=True``); the features that the encoders would produce are
+drawn directly in the D-dimensional embedding space (the encoders are bypassed, ``inputs_embeds`` is
+passed to the thinker):
+
+* video: a static random background per sample (a scene vector plus a smaller per-patch vector, repeated
+  in every frame with small noise: redundant frames); in one random *event chunk* an object of identity ``s*`` (one of
+  ``sources``) covers ``object_patches`` patches of F1 and, moved by one patch, of F2;
+* audio: every chunk holds ``sounds_per_chunk`` sound tokens and background noise tokens; a sound token is
+  ``src_a[s] + cls[c] + noise``, where ``src_a[s] = M·obj[s]`` is the audio signature of source ``s`` (a fixed
+  random linear map of its visual appearance, so vision and audio agree only through a learnable map);
+* the answer is the class ``c*`` of the sound made by the visible object, in the event chunk; every other
+  sound (all other chunks, and the other sounds of the event chunk) comes from another source.
+
+The question and answer are two text tokens; the answer is one of ``classes`` class tokens.
+
+The task is built around OmniSIFT's hypothesis: the relevant audio token can only be picked out by
+looking at the video of the same chunk, and the relevant visual tokens are the salient/changed ones.
+A win here shows that the implementation exploits that structure; it does not confirm the paper's
+benchmark numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen2_5OmniThinkerConfig
+
+from leanlm.omnisift.tiny import AVPrompt, av_prompt
+
+QUESTION_TOKEN = 16
+FIRST_CLASS_TOKEN = 32
+PREFIX = [10, 11]
+
+
+@dataclass
+class TaskConfig:
+    frames: int = 8
+    grid_hw: tuple[int, int] = (8, 8)  # patches before the 2×2 merge: 16 tokens per LLM frame
+    audio_per_chunk: int = 10
+    sources: int = 8
+    classes: int = 8
+    sounds_per_chunk: int = 7
+    object_patches: int = 2
+    frame_noise: float = 0.1
+    token_noise: float = 0.1
+    hidden_size: int = 64
+    task_seed: int = 1234  # fixes the dictionaries (object / source / class vectors): the "world"
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L]
+    inputs_embeds: torch.Tensor  # [B, L, D] text embeddings are filled in by the model's table
+    labels: torch.Tensor  # [B, L]
+    answer: torch.Tensor  # [B] class index
+    event_chunk: torch.Tensor  # [B]
+    object_index: list[torch.Tensor]  # per sample, sequence indices of the object tokens
+    target_audio_index: torch.Tensor  # [B] sequence index of the answer's sound token
+
+
+class AVTask:
+    """Draws batches of the synthetic task for a given thinker config (``position_id_per_seconds`` sets the
+    audio rate: with 5, a 2-s chunk has 10 audio tokens)."""
+
+    def __init__(self, cfg: TaskConfig, model_config: Qwen2_5OmniThinkerConfig) -> None:
+        if cfg.sounds_per_chunk > cfg.audio_per_chunk:
+            raise ValueError("sounds_per_chunk cannot exceed audio_per_chunk")
+        if cfg.frames % 2:
+            raise ValueError("the synthetic task uses an even number of frames (whole chunks)")
+        self.cfg = cfg
+        self.config = model_config
+        seconds = cfg.frames  # one LLM frame per second
+        pps = model_config.position_id_per_seconds
+        if cfg.audio_per_chunk != pps * model_config.seconds_per_chunk:
+            raise ValueError(
+                f"audio_per_chunk={cfg.audio_per_chunk} must equal position_id_per_seconds × seconds_per_chunk "
+                f"= {pps * model_config.seconds_per_chunk}"
+            )
+        self.prompt: AVPrompt = av_prompt(
+            model_config, cfg.frames, cfg.grid_hw, pps * seconds, PREFIX, [QUESTION_TOKEN, FIRST_CLASS_TOKEN]
+        )
+        ids = self.prompt.input_ids[0]
+        self.video_index = torch.nonzero(ids == model_config.video_token_id, as_tuple=True)[0]
+        self.audio_index = torch.nonzero(ids == model_config.audio_token_id, as_tuple=True)[0]
+        self.n_p = self.prompt.n_video // cfg.frames
+        self.chunks = cfg.frames // 2
+        g = torch.Generator().manual_seed(cfg.task_seed)
+        d = cfg.hidden_size
+        self.obj = torch.randn(cfg.sources, d, generator=g)
+        mix = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+        self.src_audio = self.obj @ mix
+        self.cls = torch.randn(cfg.classes, d, generator=g)
+        self.audio_bg = torch.randn(d, generator=g) * 0.5
+
+    @property
+    def class_tokens(self) -> torch.Tensor:
+        return torch.arange(FIRST_CLASS_TOKEN, FIRST_CLASS_TOKEN + self.cfg.classes)
+
+    def sample(self, batch: int, generator: torch.Generator) -> Batch:
+        cfg, g = self.cfg, generator
+        d, n_p, T, C, A = cfg.hidden_size, self.n_p, cfg.frames, self.chunks, cfg.audio_per_chunk
+        side_w = cfg.grid_hw[1] // self.config.vision_config.spatial_merge_size
+        # video [B, T, n_p, D]: background + per-frame noise
+        scene = torch.randn(batch, 1, 1, d, generator=g)
+        bg = scene + 0.5 * torch.randn(batch, 1, n_p, d, generator=g)
+        video = bg + cfg.frame_noise * torch.randn(batch, T, n_p, d, generator=g)
+        event = torch.randint(0, C, (batch,), generator=g)
+        source = torch.randint(0, cfg.sources, (batch,), generator=g)
+        answer = torch.randint(0, cfg.classes, (batch,), generator=g)
+        start = torch.randint(0, n_p - cfg.object_patches - 1, (batch,), generator=g)
+        object_index = []
+        for b in range(batch):
+            f1, f2 = 2 * int(event[b]), 2 * int(event[b]) + 1
+            p1 = torch.arange(cfg.object_patches) + int(start[b])
+            p2 = p1 + 1 if (int(p1[-1]) + 1) % side_w else p1 - 1  # moves one patch (right, or left at the edge)
+            o = self.obj[source[b]]
+            video[b, f1, p1] = o + cfg.token_noise * torch.randn(len(p1), d, generator=g)
+            video[b, f2, p2] = o + cfg.token_noise * torch.randn(len(p2), d, generator=g)
+            object_index.append(torch.cat([self.video_index[f1 * n_p + p1], self.video_index[f2 * n_p + p2]]))
+        # audio [B, C, A, D]: noise, then sounds_per_chunk sound tokens from other sources with random classes
+        audio = self.audio_bg + 0.3 * torch.randn(batch, C, A, d, generator=g)
+        slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., : cfg.sounds_per_chunk]
+        other = torch.randint(0, cfg.sources - 1, (batch, C, cfg.sounds_per_chunk), generator=g)
+        other = other + (other >= source.view(-1, 1, 1)).long()  # any source but s*
+        classes = torch.randint(0, cfg.classes, (batch, C, cfg.sounds_per_chunk), generator=g)
+        src = other.clone()
+        src[torch.arange(batch), event, 0] = source
+        classes[torch.arange(batch), event, 0] = answer
+        sound = self.src_audio[src] + self.cls[classes]
+        sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
+        audio.scatter_(2, slots.unsqueeze(-1).expand(-1, -1, -1, d), sound)
+        target_slot = slots[torch.arange(batch), event, 0]
+        target = self.audio_index[event * A + target_slot]
+        # assemble
+        ids = self.prompt.input_ids.repeat(batch, 1)
+        ids[:, -1] = FIRST_CLASS_TOKEN + answer
+        embeds = torch.zeros(batch, ids.shape[1], d)
+        embeds[:, self.video_index] = video.reshape(batch, T * n_p, d)
+        embeds[:, self.audio_index] = audio.reshape(batch, C * A, d)
+        labels = torch.full_like(ids, -100)
+        labels[:, -1] = ids[:, -1]
+        return Batch(ids, embeds, labels, answer, event, object_index, target)
+
+    def model_inputs(self, model, batch: Batch) -> dict:
+        """Thinker kwargs: text embeddings from the model's table, synthetic AV features at placeholders."""
+        text = model.get_input_embeddings()(batch.input_ids)
+        av = torch.zeros(batch.input_ids.shape[1], dtype=torch.bool)
+        av[self.video_index] = True
+        av[self.audio_index] = True
+        embeds = torch.where(av.view(1, -1, 1), batch.inputs_embeds.to(text.dtype), text)
+        n = batch.input_ids.shape[0]
+        return dict(
+            input_ids=batch.input_ids, inputs_embeds=embeds, attention_mask=torch.ones_like(batch.input_ids),
+            video_grid_thw=self.prompt.video_grid_thw.repeat(n, 1),
+            audio_feature_lengths=self.prompt.audio_feature_lengths.repeat(n),
+            video_second_per_grid=self.prompt.video_second_per_grid.repeat(n), use_audio_in_video=True,
+            labels=batch.labels, logits_to_keep=2,
+        )
+
+    def frame_sizes(self) -> tuple[list[list[int]], list[int]]:
+        """Per-chunk frame sizes and audio counts, for :func:`~leanlm.omnisift.presets.solve_rho_v`."""
+        return [[self.n_p, self.n_p]] * self.chunks, [self.cfg.audio_per_chunk] * self.chunks
