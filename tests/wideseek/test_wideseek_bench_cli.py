@@ -59,7 +59,7 @@ def test_critical_path_uses_simulated_latency(world):
 
 
 def test_evaluate_writes_results_and_resumes(tmp_path, world):
-    tasks = [countries_task("Northern America")] + generate_tasks(n_table=0, n_qa=1, seed=0)
+    tasks = [countries_task("Northern America"), *generate_tasks(n_table=0, n_qa=1, seed=0)]
     calls = []
 
     def policy(agent, messages, tools):
