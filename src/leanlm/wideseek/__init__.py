@@ -1,0 +1,44 @@
+"""WideSeek-R1 (arXiv 2602.04634): a lead agent fanning broad information seeking out to parallel
+subagents, an offline search world, and the WideSearch scorer.
+
+Public API::
+
+    from leanlm.wideseek import WideSeek, AgentConfig, OpenAIBackend, WorldTools, build_corpus
+    from leanlm.wideseek import generate_tasks, load_tasks, score_table, summarize
+
+See ``docs/wideseek.md``.
+"""
+
+from leanlm.wideseek.agents import AgentConfig, AgentRun, RunResult, WideSeek, extract_boxed
+from leanlm.wideseek.corpus import Corpus, Page, build_corpus
+from leanlm.wideseek.index import BM25sIndex, FTS5Index, build_index
+from leanlm.wideseek.llm import (
+    Backend,
+    BackendError,
+    Completion,
+    ContextOverflow,
+    OpenAIBackend,
+    ScriptedBackend,
+    ToolCall,
+    parse_tool_calls,
+)
+from leanlm.wideseek.scorer import (
+    EvalSpec,
+    NormalizedAligner,
+    TableScore,
+    extract_table,
+    score_qa,
+    score_table,
+    summarize,
+)
+from leanlm.wideseek.tasks import Task, generate_tasks, load_tasks, write_tasks
+from leanlm.wideseek.tools import WorldTools
+from leanlm.wideseek.trace import Trace
+
+__all__ = [
+    "AgentConfig", "AgentRun", "BM25sIndex", "Backend", "BackendError", "Completion", "ContextOverflow", "Corpus",
+    "EvalSpec", "FTS5Index", "NormalizedAligner", "OpenAIBackend", "Page", "RunResult", "ScriptedBackend", "TableScore",
+    "Task", "ToolCall", "Trace", "WideSeek", "WorldTools", "build_corpus", "build_index", "extract_boxed",
+    "extract_table", "generate_tasks", "load_tasks", "parse_tool_calls", "score_qa", "score_table", "summarize",
+    "write_tasks",
+]
