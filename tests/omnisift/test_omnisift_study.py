@@ -1,0 +1,124 @@
+"""The synthetic task's construction, the study's training/evaluation plumbing, resume, CLI and registration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leanlm.omnisift.study import StudyConfig, Trainer, build_model, make_compressor, summarize, trained_model
+from leanlm.omnisift.synth import AVTask, TaskConfig
+
+torch.set_num_threads(1)
+
+SMALL = {"frames": 4, "sources": 4, "classes": 4}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = StudyConfig(batch_size=4, eval_samples=8, pretrain_steps=2, finetune_steps=2, task=SMALL)
+    model = build_model(cfg, 0)
+    task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **SMALL), model.config)
+    return cfg, model, task
+
+
+def test_task_places_the_answer_sound_in_the_event_chunk(setup):
+    _, model, task = setup
+    batch = task.sample(16, torch.Generator().manual_seed(0))
+    ids = batch.input_ids[0]
+    assert (ids[task.audio_index] == model.config.audio_token_id).all()
+    assert (ids[task.video_index] == model.config.video_token_id).all()
+    pos, _ = model.get_rope_index(
+        batch.input_ids[:1], None, task.prompt.video_grid_thw, torch.ones_like(batch.input_ids[:1]), True,
+        task.prompt.audio_feature_lengths, task.prompt.video_second_per_grid,
+    )
+    from leanlm.omnisift.layout import build_layout
+
+    layout = build_layout(ids, pos[0, 0], model.config.video_token_id, model.config.audio_token_id)
+    assert len(layout.chunks) == 2 and all(c.audio.numel() == 10 for c in layout.chunks)
+    for b in range(16):
+        chunk = layout.chunks[int(batch.event_chunk[b])]
+        assert int(batch.target_audio_index[b]) in chunk.audio.tolist()
+        e = batch.inputs_embeds[b, batch.target_audio_index[b]]
+        # decode the sound: its class is the answer and its source matches the visible object
+        src = task.src_audio @ (e - task.cls[batch.answer[b]])
+        obj = batch.inputs_embeds[b, batch.object_index[b]].mean(0)
+        assert int(torch.argmax(task.obj @ obj)) == int(torch.argmax(src))
+        assert int(batch.input_ids[b, -1]) == int(task.class_tokens[batch.answer[b]])
+        # every other sound token of the sample comes from another source
+        others = [i for i in task.audio_index.tolist() if i != int(batch.target_audio_index[b])]
+        sims = torch.nn.functional.cosine_similarity(batch.inputs_embeds[b, others] - task.audio_bg,
+                                                     (e - task.audio_bg).unsqueeze(0))
+        assert float(sims.max()) < 0.99
+
+
+def test_training_step_updates_backbone_and_selector(setup):
+    cfg, _, task = setup
+    model = build_model(cfg, 0)
+    model.set_compressor(make_compressor(cfg, {}, 0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = Trainer(cfg, task, model, 0).train(2, 1e-3, "test")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("compressor.selector") for n in changed)
+    assert any(n.startswith("model.layers") for n in changed)
+
+
+def test_evaluate_reports_budget_and_evidence(setup):
+    cfg, model, task = setup
+    trainer = Trainer(cfg, task, model, 0)
+    full = trainer.evaluate(None, 1)
+    assert full["retention"] == 1.0 and full["target_audio_kept"] == 1.0
+    comp = make_compressor(cfg, {}, 0)
+    comp.set_ratios(0.5, 0.5)
+    pruned = trainer.evaluate(comp, 1)
+    # 4 frames x (16 - 8) + 2 chunks x (10 - 5) kept of 84
+    assert pruned["retention"] == pytest.approx((4 * 8 + 2 * 5) / 84)
+
+
+def test_stage_checkpoint_is_reused(setup, tmp_path):
+    cfg, model, task = setup
+    state = model.state_dict()
+    first, losses = trained_model(cfg, task, 0, "OmniSIFT", state, tmp_path)
+    assert losses is not None and len(losses) == cfg.finetune_steps
+    again, losses2 = trained_model(cfg, task, 0, "OmniSIFT", state, tmp_path)
+    assert losses2 is None
+    for (n, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_summarize_means_over_seeds():
+    recs = [{"method": "m", "target": 0.25, "accuracy": a, "retention": 0.25, "target_audio_kept": 1.0,
+             "object_kept": 1.0, "rho_v": 0.8, "rho_a": 0.5, "seed": s} for s, a in enumerate([0.5, 0.7])]
+    (row,) = summarize(recs)
+    assert row["accuracy"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_study_config_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="bogus"):
+        StudyConfig.from_dict({"bogus": 1})
+
+
+def test_cli_ratios_and_bad_config(tmp_path):
+    from leanlm.omnisift.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["ratios", "--chunks", "2"])
+    assert res.exit_code == 0, res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"seeds": [0],\n "pretrain_steps": }')
+    res = runner.invoke(app, ["study", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert "bad.json:2" in res.output
+
+
+def test_experiment_is_registered():
+    from leanlm.reproduce import discover
+
+    exp = discover()["omnisift-synthetic-av"]
+    assert exp.module == "omnisift"
+    StudyConfig.from_dict(dict(exp.quick["study"]))
+    StudyConfig.from_dict(dict(exp.full["study"]))
+    assert json.dumps(exp.quick)  # configs are plain JSON
