@@ -24,12 +24,6 @@ def fc_logits(query: torch.Tensor, keys: torch.Tensor, pairing: str) -> torch.Te
     return torch.einsum("hpfc,htfc->hpft", qf, kf)
 
 
-def topk_membership(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask over the last axis marking ``TopK-I(scores, k)``."""
-    idx = scores.topk(k, dim=-1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-
-
 def contextual_agreement(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -53,13 +47,18 @@ def contextual_agreement(
         n_valid = valid.sum(-1)  # (P,)
     else:
         n_valid = torch.full((query.shape[1],), keys.shape[1], device=query.device)
+    # one descending sort per tensor serves every K: TopK-I(x, K) is the first K entries of the order
+    full_rank = torch.empty_like(full, dtype=torch.long)
+    full_order = full.argsort(dim=-1, descending=True)
+    positions = torch.arange(full.shape[-1], device=full.device).expand_as(full_order)
+    full_rank.scatter_(-1, full_order, positions)  # rank of every key in the full-head ordering
+    part_order = partial.argsort(dim=-1, descending=True)  # (H, P, F, T)
     out: dict[int, torch.Tensor] = {}
     for k in ks:
         kk = min(int(k), full.shape[-1])
-        full_top = topk_membership(full, kk)  # (H, P, T)
-        part_idx = partial.topk(kk, dim=-1).indices  # (H, P, F, K)
-        hits = full_top[:, :, None, :].expand_as(partial).gather(-1, part_idx)
-        ca = hits.sum(-1).to(torch.float64) / kk
+        top_part = part_order[..., :kk]
+        ranks = full_rank[:, :, None, :].expand(*partial.shape[:3], full.shape[-1]).gather(-1, top_part)
+        ca = (ranks < kk).sum(-1).to(torch.float64) / kk
         ca[:, n_valid <= k, :] = float("nan")
         out[int(k)] = ca
     return out

@@ -228,8 +228,9 @@ class AgreementRecorder:
         if query.shape[0] != 1:
             raise ValueError("calibration runs one sequence at a time (batch size 1)")
         q_len, t = query.shape[2], key.shape[2]
-        q = query[0].to(torch.float64)
-        k = expand_kv(key, query.shape[1] // key.shape[1])[0].to(torch.float64)
+        work = torch.float64 if query.dtype == torch.float64 else torch.float32
+        q = query[0].to(work)
+        k = expand_kv(key, query.shape[1] // key.shape[1])[0].to(work)
         positions = torch.arange(t - q_len, t)  # absolute position of each query row
         rows = torch.arange(q_len)
         keep = positions + 1 > self.ks[0]
@@ -263,7 +264,7 @@ class AgreementRecorder:
 
 def default_calibration_text(n_articles: int = 60, offset: int = 0) -> str:
     """Real long text for calibration: consecutive offline Wikipedia summaries."""
-    from leanlm.common.data import wiki_text
+    from leanlm.fasa.text import wiki_text
 
     return wiki_text(n_articles=n_articles, offset=offset)
 
@@ -312,6 +313,11 @@ def calibrate(
             total_tokens += ids.shape[1]
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=decode_steps,
                            min_new_tokens=decode_steps, do_sample=False, pad_token_id=pad_id)
+    if all(int(n.max()) == 0 for n in recorder.counts.values()):
+        raise CalibrationError(
+            f"calibration saw no query with more than K={min(recorder.ks)} keys ({total_tokens} prompt tokens, "
+            f"{decode_steps} decode steps); give longer text or smaller --k values"
+        )
     source = {"texts": len(texts), "prompt_tokens": total_tokens, "decode_steps": decode_steps,
               "prefill_stride": prefill_stride, "max_tokens": max_tokens}
     calibration = recorder.result(model_id or str(getattr(model.config, "_name_or_path", "") or type(model).__name__),

@@ -119,7 +119,37 @@ class FasaAttention:
     dense_layers: frozenset[int] = frozenset({0})
     n_sink: int = 0
     n_recent: int = 0
+    backend: str = "auto"
     stats: DecodeStats = field(default_factory=DecodeStats)
+
+    def _triton(self, query: torch.Tensor) -> bool:
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
+        if self.backend == "torch":
+            return False
+        from leanlm.fasa import kernels
+
+        ok = kernels.available(query.device)
+        if self.backend == "triton" and not ok:
+            raise RuntimeError("backend='triton' needs CUDA and the 'triton' package")
+        return ok and (self.backend == "triton" or query.is_cuda)
+
+    def choose(self, query: torch.Tensor, key: torch.Tensor, layer: int, valid: torch.Tensor | None = None,
+               triton: bool = False) -> torch.Tensor:
+        """Indices ``(B, H_q, min(budget, T))`` of the tokens attended at this decode step."""
+        if triton and isinstance(self.selector, FASASelector) and not self.selector.pooled:
+            from leanlm.fasa.kernels import tip_scores
+
+            scores = tip_scores(query, key, self.selector.dims[layer])  # TIP, Eq. 6 (GPU kernel)
+        else:
+            scores = self.selector.scores(query, key, layer)  # TIP, Eq. 6
+        if self.n_sink or self.n_recent:
+            t = key.shape[2]
+            scores = scores.clone()
+            scores[..., : self.n_sink] = float("inf")
+            if self.n_recent:
+                scores[..., max(0, t - self.n_recent) :] = float("inf")
+        return top_budget(scores, self.budget, valid)
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         layer = module.layer_idx
@@ -128,17 +158,17 @@ class FasaAttention:
             return dense_attention_forward(
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
             )
-        b, _, t = key.shape[0], key.shape[1], key.shape[2]
+        b, t = key.shape[0], key.shape[2]
         scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
         valid = key_validity(attention_mask, b, t)
-        scores = self.selector.scores(query, key, layer)  # TIP, Eq. 6
-        if self.n_sink or self.n_recent:
-            scores = scores.clone()
-            scores[..., : self.n_sink] = float("inf")
-            if self.n_recent:
-                scores[..., max(0, t - self.n_recent) :] = float("inf")
-        indices = top_budget(scores, self.budget, valid)  # T_t = TopK-I(S_t, N_fac)
-        out = focused_attention(query, key, value, indices, scaling, valid)  # FAC, Eq. 7
+        triton = self._triton(query)
+        indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)
+        if triton and valid is None:
+            from leanlm.fasa.kernels import focused_attention as fac_kernel
+
+            out = fac_kernel(query, key, value, indices, scaling)  # FAC, Eq. 7 (GPU kernel)
+        else:
+            out = focused_attention(query, key, value, indices, scaling, valid)  # FAC, Eq. 7
         self.stats.sparse_calls += 1
         self.stats.keys_seen += t * query.shape[1] * b
         self.stats.keys_attended += indices.shape[-1] * query.shape[1] * b
@@ -156,13 +186,15 @@ def apply(
     pooled: bool = False,
     n_sink: int = 0,
     n_recent: int = 0,
+    backend: str = "auto",
     check: bool = True,
 ) -> Iterator[FasaAttention]:
     """Decode ``model`` with FASA inside the block: ``with apply(model, calib, budget=256): model.generate(...)``.
 
     ``calibration`` is a :class:`~leanlm.fasa.calibration.Calibration` (or a path to one); its dominant FCs
     come from the CA table whose K best matches ``budget`` (official-code behaviour). Pass ``selector``
-    instead to run another selector (oracle, Quest, ...) through the same path. ``check`` verifies that
+    instead to run another selector (oracle, Quest, ...) through the same path. ``backend``: ``"auto"``
+    uses the Triton kernels on CUDA when installed, ``"torch"`` forces the reference path. ``check`` verifies that
     the calibration was made on a model with the same attention geometry. Yields the handler, whose
     ``stats`` count sparse and dense attention calls.
     """
@@ -177,6 +209,6 @@ def apply(
             calibration.check_model(model)
         selector = FASASelector.from_calibration(calibration, budget=budget, pooled=pooled)
     handler = FasaAttention(selector=selector, budget=int(budget), dense_layers=frozenset(dense_layers),
-                            n_sink=n_sink, n_recent=n_recent)
+                            n_sink=n_sink, n_recent=n_recent, backend=backend)
     with attention_handler(model, handler):
         yield handler
