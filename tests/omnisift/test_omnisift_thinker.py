@@ -224,3 +224,30 @@ def test_attach_converts_a_plain_thinker():
         pruned = model(**inputs).logits
     assert torch.equal(ref, same)
     assert pruned.shape[1] < ref.shape[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compression_on_cuda_matches_cpu():
+    model = tiny_thinker(seed=0, compact_ids=False, compressor=OmniSIFT(0.5, 0.4, hidden_size=64, selector_dim=32,
+                                                                        selector_heads=4))
+    inputs, _ = encoder_inputs(model)
+    with torch.no_grad():
+        cpu_logits = model(**inputs).logits
+        cpu_keep = model.last_compression.keep.clone()
+        model.cuda()
+        gpu_inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        gpu_logits = model(**gpu_inputs).logits
+    assert torch.equal(model.last_compression.keep.cpu(), cpu_keep)
+    assert torch.allclose(gpu_logits.cpu(), cpu_logits, atol=1e-3)
+
+
+def test_cli_demo_runs_each_method():
+    from typer.testing import CliRunner
+
+    from leanlm.omnisift.cli import app
+
+    for method in ("omnisift", "dycoke"):
+        res = CliRunner().invoke(app, ["demo", "--method", method])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["demo", "--method", "nope"])
+    assert res.exit_code != 0

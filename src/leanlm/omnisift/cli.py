@@ -109,7 +109,7 @@ def demo(
               "omnizip": lambda: OmniZipStyle(rho_v, rho_a)}
     if method not in makers:
         raise typer.BadParameter(f"--method must be one of {', '.join(makers)}, got {method!r}")
-    model = tiny_thinker(compressor=makers[method]())
+    model = tiny_thinker(compressor=makers[method](), compact_ids=True)
     p = av_prompt(model.config, 4, (8, 8), 100, [100, 101], [102])
     vc = model.config.vision_config
     pixels = torch.randn(4 * 64, vc.in_channels * vc.temporal_patch_size * vc.patch_size**2)
