@@ -184,6 +184,7 @@ def test_llm_judge_hook_and_fallback():
     assert seen == {"r": ["a red fruit", "Yellow Fruit"], "t": ["red fruit", "yellow fruit"], "c": "same meaning"}
 
 
+@pytest.mark.slow  # dateparser tries every language on unparseable text: several seconds on first use
 def test_cell_metrics():
     assert url_match("see https://a.org/x and http://b.com", "http://b.com/y https://a.org") == 1.0
     assert url_match("https://a.org", "https://c.org") == 0.0
