@@ -1,0 +1,80 @@
+"""FASA on the real embedded SmolLM2-135M: calibration file, its stability, a needle retrieval, the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def test_calibration_file_and_stability_across_texts(embedded, smol_calibration, record_property):
+    from leanlm.fasa import Calibration, calibrate, jaccard
+    from leanlm.fasa.text import wiki_text
+
+    model, tok = embedded
+    calib, path = smol_calibration
+    loaded = Calibration.load(path)
+    assert loaded.geometry["num_layers"] == 30 and loaded.geometry["num_heads"] == 9
+    assert loaded.n_tip == 8 and loaded.pairing == "half"
+    for k in calib.usable_ks():
+        assert torch.equal(loaded.dominant(k), calib.dominant(k))
+        assert torch.allclose(loaded.ca[k], calib.ca[k], atol=1e-6, equal_nan=True)
+    # a second calibration on different real text (a disjoint Wikipedia range)
+    other = calibrate(model, tok, wiki_text(40, offset=6000), ks=(64, 128, 256), max_tokens=768, decode_steps=24,
+                      prefill_stride=128, model_id="embedded")
+    overlaps = {k: jaccard(calib, other, k) for k in calib.usable_ks()}
+    record_property("jaccard", overlaps)
+    print(f"\nFASA dominant-set Jaccard across calibration texts: {overlaps}")
+    # chance level for two random 8-of-32 sets is about 0.15
+    assert min(overlaps.values()) > 0.5, overlaps
+
+
+def test_needle_at_budget_256_matches_full_kv(embedded, smol_calibration, record_property):
+    from leanlm.fasa import FASASelector
+    from leanlm.fasa.bench import decode_with_selector, prefill
+    from leanlm.fasa.tasks import needle_trial
+
+    model, tok = embedded
+    calib, _ = smol_calibration
+    trial = needle_trial(tok, context_tokens=2000, depth=0.5, seed=0)
+    ids = tok(trial.prompt, return_tensors="pt").input_ids
+    assert 1900 <= ids.shape[1] <= 2200
+    cache, last = prefill(model, ids)
+    full = decode_with_selector(model, cache, last, ids.shape[1], 10, None, 0, tok.eos_token_id)
+    fasa = decode_with_selector(model, cache, last, ids.shape[1], 10, FASASelector.from_calibration(calib, 256), 256,
+                                tok.eos_token_id)
+    full_text, fasa_text = (tok.decode(t, skip_special_tokens=True).strip() for t in (full, fasa))
+    record_property("needle", {"answer": trial.answer, "full_kv": full_text, "fasa": fasa_text})
+    print(f"\nneedle {trial.answer}: full KV {full_text!r}, FASA@256 {fasa_text!r}")
+    assert fasa_text == full_text
+
+
+def test_cli_calibrate_generate_inspect(embedded, smol_calibration, tmp_path):
+    from typer.testing import CliRunner
+
+    from leanlm.fasa.cli import app
+
+    _, path = smol_calibration
+    runner = CliRunner()
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Paris is the capital of France. Berlin is the capital of Germany. "
+                      "What is the capital of France?", encoding="utf-8")
+    result = runner.invoke(app, ["generate", "--model", "embedded", "--calibration", str(path), "--budget", "16",
+                                 "--prompt-file", str(prompt), "--max-new-tokens", "8", "--compare"])
+    assert result.exit_code == 0, result.output
+    assert "--- full KV ---" in result.output and "identical:" in result.output
+    png = tmp_path / "heat.png"
+    result = runner.invoke(app, ["inspect", str(path), "--out", str(png), "--layers", "2"])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "layer  0:" in result.output and "layer  2:" not in result.output
+    out = tmp_path / "c.json"
+    result = runner.invoke(app, ["calibrate", "--model", "embedded", "--out", str(out), "--k", "32",
+                                 "--max-tokens", "80", "--decode-steps", "4", "--prefill-stride", "0"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "samples per K {32: " in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "x.json"), "--text-file", str(bad)])
+    assert result.exit_code != 0 and "bad.jsonl:2" in str(result.exception)
