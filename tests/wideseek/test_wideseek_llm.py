@@ -142,3 +142,13 @@ def test_full_run_through_openai_backend_records_retries():
     # the conversation sent back to the server keeps tool-call ids and tool results
     last_sub = server.requests[3]["messages"]
     assert last_sub[-1]["role"] == "tool" and last_sub[-1]["tool_call_id"] == last_sub[-2]["tool_calls"][0]["id"]
+
+
+def test_text_mode_returns_logprobs_when_asked():
+    reply = chat_response('<tool_call>{"name": "search", "arguments": {"queries": []}}</tool_call>')
+    reply["choices"][0]["logprobs"] = {"content": [{"token": "<", "logprob": -0.5, "bytes": None, "top_logprobs": []},
+                                                   {"token": "t", "logprob": -1.25, "bytes": None, "top_logprobs": []}]}
+    server = Server([reply])
+    out = run(server.backend(tool_mode="text", logprobs=True).complete([{"role": "user", "content": "u"}], [], agent="a"))
+    assert server.requests[0]["logprobs"] is True
+    assert out.logprobs == [-0.5, -1.25] and out.tool_calls[0].name == "search"
