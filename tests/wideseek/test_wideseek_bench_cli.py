@@ -13,7 +13,7 @@ from leanlm.wideseek.cli import app
 from leanlm.wideseek.corpus import build_corpus
 from leanlm.wideseek.llm import ScriptedBackend
 from leanlm.wideseek.runner import evaluate
-from leanlm.wideseek.tasks import countries_task, generate_tasks, gold_answer_text
+from leanlm.wideseek.tasks import countries_task, generate_tasks, gold_answer_text, write_tasks
 from leanlm.wideseek.tools import WorldTools
 
 
@@ -105,3 +105,65 @@ def test_cli_tasks_and_score(tmp_path):
 def test_cli_run_needs_query_or_task():
     result = CliRunner().invoke(app, ["run", "--base-url", "http://127.0.0.1:9/v1"])
     assert result.exit_code != 0 and "either a QUERY or --task" in result.output
+
+
+@pytest.mark.slow  # builds the full 10,971-page world
+def test_cli_eval_against_a_loopback_openai_server(tmp_path):
+    """``leanlm wideseek eval --base-url`` over real HTTP: the fake server answers each task with its gold table
+    on the second lead turn, after delegating one subagent that searches once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    tasks = generate_tasks(n_table=2, n_qa=1, seed=3)
+    write_tasks(tasks, tmp_path / "t")
+
+    def reply(body):
+        messages = body["messages"]
+        n_tool = sum(m["role"] == "tool" for m in messages)
+        calls = None
+        if "lead agent" in messages[0]["content"]:
+            if n_tool == 0:
+                calls = [("create_sub_agents", {"sub_agents": [{"prompt": "look it up"}]})]
+                content = None
+            else:
+                task = next(t for t in tasks if t.query in messages[1]["content"])
+                content = gold_answer_text(task)
+        elif n_tool == 0:
+            calls, content = [("search", {"queries": [{"query": "France"}]})], None
+        else:
+            content = "report"
+        message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [{"id": f"c{i}", "type": "function",
+                                      "function": {"name": n, "arguments": json.dumps(a)}} for i, (n, a) in enumerate(calls)]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            data = json.dumps(reply(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(app, [
+            "eval", "--tasks", str(tmp_path / "t" / "tasks.jsonl"), "--n", "2", "--subagents", "2",
+            "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--out", str(tmp_path / "e")])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "| item F1 | 100 | 100 | 100 |" in result.output and "| success rate | 100 | 100 | 100 |" in result.output
+    assert "QA exact match over 1 tasks: Avg@2 100.0%, Pass@2 100.0%" in result.output
+    rows = [json.loads(x) for x in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["stat_subagents"] == 1 and r["stat_llm_calls"] == 4 for r in rows)
