@@ -141,7 +141,7 @@ def test_cli_eval_against_a_loopback_openai_server(tmp_path):
                 "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             data = json.dumps(reply(body)).encode()
             self.send_response(200)
