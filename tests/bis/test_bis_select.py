@@ -242,9 +242,10 @@ def test_find_cut_matches_sort() -> None:
         rec.tofile(path)
         m = np.array([int((~np.isnan(vals[groups == g])).sum()) for g in range(3)])
         k = np.array([keep_count(int(x), 0.37) for x in m])
-        cut = find_cut([(path, np.arange(3))], m, k)
-        for g in range(3):
-            v = np.sort(vals[(groups == g) & ~np.isnan(vals)])[::-1]
-            kth = v[k[g] - 1]
-            assert cut.threshold[g] == sortable_keys(np.array([kth + 0.0]))[0]
-            assert cut.ties[g] == k[g] - int((v > kth).sum())
+        for in_memory_rows in (10**9, 0):  # keys loaded once, or streamed from disk on every radix pass
+            cut = find_cut([(path, np.arange(3))], m, k, in_memory_rows=in_memory_rows)
+            for g in range(3):
+                v = np.sort(vals[(groups == g) & ~np.isnan(vals)])[::-1]
+                kth = v[k[g] - 1]
+                assert cut.threshold[g] == sortable_keys(np.array([kth + 0.0]))[0]
+                assert cut.ties[g] == k[g] - int((v > kth).sum())

@@ -11,10 +11,12 @@ Pass 2 (:mod:`leanlm.bis.select`) re-reads the same chunks and copies the kept l
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def is_parquet(path: str | os.PathLike[str]) -> bool:
 
 
 def iter_line_chunks(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES,
-                     on_bytes: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
+                     on_bytes: Callable[[bytes], object] | None = None) -> Iterator[bytes]:
     """Yield runs of whole lines, each ending in ``\\n`` (one is added to a last line that lacks it)."""
     with open_binary(path) as handle:
         tail = b""
@@ -190,13 +192,31 @@ class FileScanner:
 
     def __iter__(self) -> Iterator[ChunkScan]:
         sha = hashlib.sha256() if self.hash_input else None
+        # hashlib releases the GIL on large buffers: hash on a helper thread while this one decodes.
+        hasher = ThreadPoolExecutor(max_workers=1) if sha is not None else None
+        on_bytes = (lambda block: hasher.submit(sha.update, block)) if hasher is not None else None  # type: ignore[union-attr]
+        try:
+            yield from self._scan(on_bytes)
+        finally:
+            if hasher is not None:
+                hasher.shutdown(wait=True)
+        if sha is not None:
+            self.counts.sha256 = sha.hexdigest()
+
+    def _scan(self, on_bytes: Callable[[bytes], object] | None) -> Iterator[ChunkScan]:
         counts = self.counts
         line_no = 1
         row0 = 0
-        for chunk in iter_line_chunks(self.path, self.chunk_bytes, on_bytes=sha.update if sha else None):
+        for chunk in iter_line_chunks(self.path, self.chunk_bytes, on_bytes=on_bytes):
             counts.bytes += len(chunk)
             try:
-                rows = self.decoder.decode_lines(chunk)
+                gc_was = gc.isenabled()
+                gc.disable()  # millions of small lists: keep the cyclic GC out of the decode
+                try:
+                    rows = self.decoder.decode_lines(chunk)
+                finally:
+                    if gc_was:
+                        gc.enable()
                 rejected = np.zeros(len(rows), dtype=bool)
                 nlines = chunk.count(b"\n")
                 blank = nlines - len(rows)
@@ -227,8 +247,6 @@ class FileScanner:
                             rejected=rejected, blank=blank)
             line_no += nlines
             row0 += len(rows)
-        if sha is not None:
-            counts.sha256 = sha.hexdigest()
 
 
 class ParquetScanner:

@@ -226,38 +226,74 @@ class Cut:
     m: np.ndarray
 
 
-def find_cut(spills: list[tuple[str, np.ndarray]], m: np.ndarray, k: np.ndarray) -> Cut:
-    """Exact k-th largest key per group by radix selection over the spills (8 passes × 8 bits).
+#: Above this many candidate rows the cut reads the spills from disk on each radix pass instead of from memory.
+CUT_IN_MEMORY_ROWS = 16_000_000
 
-    ``spills`` is a list of (spill path, local→global group code map). Memory: 256 counters per group.
+
+def _radix_choose(hist: np.ndarray, need: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """From per-group 256-bin histograms pick the digit holding the need-th largest key; returns (digit, above)."""
+    h = hist.reshape(groups, 256)[:, ::-1]
+    cum = h.cumsum(axis=1)
+    idx = np.argmax(cum >= need[:, None], axis=1)
+    above = cum[np.arange(groups), idx] - h[np.arange(groups), idx]
+    return (255 - idx).astype(np.uint64), above
+
+
+def _load_candidates(spills: list[tuple[str, np.ndarray]], limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    keys, groups, total = [], [], 0
+    for spill, remap in spills:
+        for block in iter_spill(spill):
+            cand = ~np.isnan(block["score"])
+            total += int(cand.sum())
+            if total > limit:
+                return None
+            keys.append(sortable_keys(block["score"][cand]))
+            groups.append(remap[block["group"][cand]])
+    if not keys:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(keys), np.concatenate(groups).astype(np.int64)
+
+
+def find_cut(spills: list[tuple[str, np.ndarray]], m: np.ndarray, k: np.ndarray,
+             in_memory_rows: int = CUT_IN_MEMORY_ROWS) -> Cut:
+    """Exact k-th largest key per group by radix selection (8 passes × 8 bits) over the spills.
+
+    ``spills`` is a list of (spill path, local→global group code map). Up to ``in_memory_rows`` candidates the
+    keys are loaded once (12 bytes each) and each pass keeps only the rows still in the running; beyond that
+    every pass streams the spills from disk and memory is 256 counters per group.
     """
     groups = len(m)
     prefix = np.zeros(groups, dtype=np.uint64)
     need = k.astype(np.int64).copy()
     active = need > 0
+    loaded = _load_candidates(spills, in_memory_rows)
     for byte in range(8):
         shift = np.uint64(56 - 8 * byte)
-        hist = np.zeros(groups * 256, dtype=np.int64)
-        for spill, remap in spills:
-            for block in iter_spill(spill):
-                cand = ~np.isnan(block["score"])
-                if not cand.any():
-                    continue
-                g = remap[block["group"][cand]]
-                key = sortable_keys(block["score"][cand])
-                if byte:
-                    hi = key >> (shift + np.uint64(8))
-                    ok = hi == prefix[g]
-                    g, key = g[ok], key[ok]
-                digit = ((key >> shift) & np.uint64(255)).astype(np.int64)
-                hist += np.bincount(g.astype(np.int64) * 256 + digit, minlength=groups * 256)
-        h = hist.reshape(groups, 256)[:, ::-1]
-        cum = h.cumsum(axis=1)
-        idx = np.argmax(cum >= need[:, None], axis=1)
-        above = cum[np.arange(groups), idx] - h[np.arange(groups), idx]
-        digit = (255 - idx).astype(np.uint64)
+        if loaded is not None:
+            key, g = loaded
+            digit = ((key >> shift) & np.uint64(255)).astype(np.int64)
+            hist = np.bincount(g * 256 + digit, minlength=groups * 256)
+        else:
+            hist = np.zeros(groups * 256, dtype=np.int64)
+            for spill, remap in spills:
+                for block in iter_spill(spill):
+                    cand = ~np.isnan(block["score"])
+                    if not cand.any():
+                        continue
+                    g = remap[block["group"][cand]]
+                    key = sortable_keys(block["score"][cand])
+                    if byte:
+                        ok = (key >> (shift + np.uint64(8))) == prefix[g]
+                        g, key = g[ok], key[ok]
+                    digit = ((key >> shift) & np.uint64(255)).astype(np.int64)
+                    hist += np.bincount(g.astype(np.int64) * 256 + digit, minlength=groups * 256)
+        chosen, above = _radix_choose(hist, need, groups)
         need = np.where(active, need - above, need)
-        prefix = np.where(active, (prefix << np.uint64(8)) | digit, prefix)
+        prefix = np.where(active, (prefix << np.uint64(8)) | chosen, prefix)
+        if loaded is not None:
+            key, g = loaded
+            keep = digit.astype(np.uint64) == chosen[g]
+            loaded = (key[keep], g[keep])
     return Cut(threshold=prefix, ties=np.where(active, need, 0), k=k, m=m)
 
 
@@ -334,26 +370,36 @@ def write_kept(path: str, result: FileScanResult, remap: np.ndarray, cut: Cut, t
                         out.write((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
                     written += 1
         else:
+            no_blanks = result.counts.blank == 0
             for chunk in iter_line_chunks(path, config.chunk_bytes):
-                lines, nonblank = row_lines(chunk)
-                block = np.fromfile(spill, dtype=dt, count=len(nonblank))
-                if len(block) != len(nonblank):
+                ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + 1  # one past each newline
+                starts = np.concatenate(([0], ends[:-1]))
+                if no_blanks:
+                    line_of_row = None
+                    nrows = len(ends)
+                else:
+                    line_of_row = np.asarray(row_lines(chunk)[1], dtype=np.int64)
+                    nrows = len(line_of_row)
+                block = np.fromfile(spill, dtype=dt, count=nrows)
+                if len(block) != nrows:
                     raise RuntimeError(f"{path}: changed between the two passes")
                 mask = keep_mask(block["score"], remap[block["group"]], cut, ties_left)
                 sel = np.flatnonzero(mask)
                 kept += len(sel)
                 if not len(sel):
                     continue
+                li = sel if line_of_row is None else line_of_row[sel]
+                spans = zip(starts[li].tolist(), ends[li].tolist(), strict=True)
                 if config.output_format == "mmprm":
                     parts = []
-                    for s in sel.tolist():
-                        rec = to_mmprm(json.loads(lines[nonblank[s]]), config.fields, mode, conv)
+                    for a, b in spans:
+                        rec = to_mmprm(json.loads(chunk[a:b]), config.fields, mode, conv)
                         if rec is not None:
                             parts.append(encode_mmprm(rec))
                     out.write("".join(parts).encode("utf-8"))
                     written += len(parts)
                 else:
-                    out.write(b"\n".join([lines[nonblank[s]] for s in sel.tolist()]) + b"\n")
+                    out.write(b"".join([chunk[a:b] for a, b in spans]))  # the original bytes of each kept line
                     written += len(sel)
         if np.fromfile(spill, dtype=dt, count=1).size:
             raise RuntimeError(f"{path}: changed between the two passes (fewer rows now)")
