@@ -37,18 +37,22 @@ def wiki_summaries() -> dict[str, str]:
     """Title -> summary text, in the file's order (about 10k entries)."""
     with open(wiki_summaries_path(), encoding="utf-8") as handle:
         data = json.load(handle)
-    if isinstance(data, dict):
-        return {str(k): str(v) for k, v in data.items() if isinstance(v, str) and v.strip()}
-    if isinstance(data, list):  # tolerate a list-of-records layout
-        out: dict[str, str] = {}
-        for item in data:
-            if isinstance(item, dict):
-                title = item.get("title") or item.get("name") or str(len(out))
-                text = item.get("summary") or item.get("text") or ""
-                if text:
-                    out[str(title)] = str(text)
-        return out
-    raise DataMissing(f"Unrecognised layout in {wiki_summaries_path()}")
+    records = data.values() if isinstance(data, dict) else data if isinstance(data, list) else None
+    if records is None:
+        raise DataMissing(f"Unrecognised layout in {wiki_summaries_path()}")
+    out: dict[str, str] = {}
+    keys = list(data.keys()) if isinstance(data, dict) else [None] * len(data)
+    for key, item in zip(keys, records):
+        if isinstance(item, str):  # {title: text}
+            title, text = key, item
+        elif isinstance(item, dict):  # {title: {title, extract, description, topic}} (the package's layout)
+            title = item.get("title") or key
+            text = item.get("extract") or item.get("summary") or item.get("text") or ""
+        else:
+            continue
+        if title and isinstance(text, str) and text.strip():
+            out[str(title)] = text.strip()
+    return out
 
 
 def wiki_text(n_articles: int = 50, offset: int = 0, separator: str = "\n\n") -> str:
