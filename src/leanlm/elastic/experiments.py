@@ -21,9 +21,9 @@ _MODEL_QUICK = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads"
                 "num_experts_per_tok": 2, "moe_intermediate_size": 64, "num_shared_experts": 1}
 
 FULL: dict[str, Any] = {
-    "base": {"model": _MODEL_FULL, "steps": 240, "batch_size": 16, "seq_len": 128, "train_articles": 8000,
-             "eval_articles": 500, "eval_batches": 8, "eval_batch_size": 16, "log_every": 10,
-             "checkpoint_every": 40},
+    "base": {"model": _MODEL_FULL, "steps": 100, "batch_size": 12, "seq_len": 96, "train_articles": 8000,
+             "eval_articles": 500, "eval_batches": 8, "eval_batch_size": 16, "log_every": 5,
+             "checkpoint_every": 25},
     "seeds": [0, 1, 2],
     "c_sizes": ["depth_1/2", "experts_1/2", "topk_1"],
     "workers": 2,

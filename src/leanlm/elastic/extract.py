@@ -54,7 +54,7 @@ def plan_subnet(
     if k is None and experts is not None and experts < cfg.num_experts_per_tok:
         k = experts
     subnet = SubNet.make(layers=layers, experts=kept_experts, top_k=k)
-    subnet.validate(cfg.num_hidden_layers, cfg.num_experts, cfg.moe_layers)
+    subnet.validate(cfg.num_hidden_layers, cfg.num_experts, cfg.moe_layers, cfg.num_experts_per_tok)
     return subnet
 
 
@@ -62,7 +62,7 @@ def plan_subnet(
 def extract(model: ElasticMoeForCausalLM, subnet: SubNet) -> ElasticMoeForCausalLM:
     """A standalone :class:`ElasticMoeForCausalLM` with only the parts of ``model`` that ``subnet`` runs."""
     cfg: ElasticMoeConfig = model.config
-    subnet.validate(cfg.num_hidden_layers, cfg.num_experts, cfg.moe_layers)
+    subnet.validate(cfg.num_hidden_layers, cfg.num_experts, cfg.moe_layers, cfg.num_experts_per_tok)
     layers = list(subnet.layers) if subnet.layers is not None else list(range(cfg.num_hidden_layers))
     moe_kept = [i for i in layers if i in cfg.moe_layers]
     per_layer = {i: list(subnet.experts_for(i) or range(cfg.num_experts)) for i in moe_kept}

@@ -313,7 +313,7 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
         subnet: SubNet | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if subnet is not None:
-            subnet.validate(len(self.layers), self.config.num_experts, self.config.moe_layers)
+            subnet.validate(len(self.layers), self.config.num_experts, self.config.moe_layers, self.config.num_experts_per_tok)
         x = self.embed_tokens(input_ids)
         masks = self.expert_masks(subnet, x.device)
         top_k = subnet.top_k if subnet is not None else None

@@ -57,8 +57,9 @@ class SubNet:
         full_k = self.top_k is None or self.top_k == default_k
         return full_layers and full_experts and full_k
 
-    def validate(self, num_layers: int, num_experts: int, moe_layers: Sequence[int]) -> None:
+    def validate(self, num_layers: int, num_experts: int, moe_layers: Sequence[int], default_k: int | None = None) -> None:
         """Raise ``ValueError`` naming the offending field if the sub-network does not fit the model."""
+        k = self.top_k if self.top_k is not None else default_k
         if self.layers is not None:
             if not self.layers:
                 raise ValueError("SubNet.layers is empty: at least one layer must run")
@@ -72,8 +73,8 @@ class SubNet:
                 bad = [e for e in kept if not 0 <= e < num_experts]
                 if bad:
                     raise ValueError(f"SubNet.experts[{layer}] has experts {bad} outside [0, {num_experts})")
-                if self.top_k is not None and len(kept) < self.top_k:
-                    raise ValueError(f"SubNet.experts[{layer}] keeps {len(kept)} experts < top_k={self.top_k}")
+                if k is not None and len(kept) < k:
+                    raise ValueError(f"SubNet.experts[{layer}] keeps {len(kept)} experts < top_k={k}")
         if self.top_k is not None and not 1 <= self.top_k <= num_experts:
             raise ValueError(f"SubNet.top_k must be in [1, {num_experts}], got {self.top_k}")
 
