@@ -1,4 +1,4 @@
-"""Full-text search over the offline corpus: SQLite FTS5 (default) and bm25s, behind one interface.
+"""Full-text search over the offline corpus: SQLite FTS5 (default), bm25s and tantivy, behind one interface.
 
 Both rank with Okapi BM25 (k1 = 1.2, b = 0.75). :func:`measure` compares them on the same corpus and
 known-item queries (build time, query latency, hit@k, MRR); ``docs/results/wideseek.md`` records the
@@ -89,7 +89,49 @@ class BM25sIndex:
         return [Hit(self.pages[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
 
-INDEXES = {"sqlite-fts5": FTS5Index, "bm25s": BM25sIndex}
+class TantivyIndex:
+    """``tantivy`` (Rust Lucene-like engine, in RAM, default tokenizer); title boosted 5x. Optional:
+    ``pip install tantivy``; measured beside the others by :func:`measure` when installed."""
+
+    name = "tantivy"
+
+    def __init__(self, corpus: Corpus, title_weight: float = 5.0):
+        import tantivy
+
+        self.pages = list(corpus)
+        self.title_weight = title_weight
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("title", stored=False)
+        builder.add_text_field("body", stored=False)
+        builder.add_integer_field("rowid", stored=True, indexed=False)
+        self.index = tantivy.Index(builder.build())
+        writer = self.index.writer(heap_size=100_000_000, num_threads=1)
+        for i, page in enumerate(self.pages):
+            writer.add_document(tantivy.Document(title=page.title, body=page.text, rowid=i))
+        writer.commit()
+        writer.wait_merging_threads()
+        self.index.reload()
+        self.searcher = self.index.searcher()
+
+    def search(self, query: str, k: int = 3) -> list[Hit]:
+        words = _WORD.findall(query.lower())
+        if not words:
+            return []
+        parsed = self.index.parse_query(" ".join(dict.fromkeys(words)), ["title", "body"],
+                                        field_boosts={"title": self.title_weight})
+        result = self.searcher.search(parsed, k)
+        return [Hit(self.pages[self.searcher.doc(addr)["rowid"][0]], float(score)) for score, addr in result.hits]
+
+
+INDEXES = {"sqlite-fts5": FTS5Index, "bm25s": BM25sIndex, "tantivy": TantivyIndex}
+
+
+def available_indexes() -> list[str]:
+    """Index names whose library is importable (FTS5 always is)."""
+    import importlib.util
+
+    return [n for n, mod in (("sqlite-fts5", "sqlite3"), ("bm25s", "bm25s"), ("tantivy", "tantivy"))
+            if importlib.util.find_spec(mod) is not None]
 
 
 def build_index(corpus: Corpus, name: str = "sqlite-fts5") -> SearchIndex:
@@ -111,10 +153,13 @@ def known_item_queries(corpus: Corpus, per_kind: int = 40) -> list[tuple[str, st
     return out
 
 
-def measure(corpus: Corpus, names: Sequence[str] = ("sqlite-fts5", "bm25s"), k: int = 3,
+def measure(corpus: Corpus, names: Sequence[str] | None = None, k: int = 3,
             queries: list[tuple[str, str]] | None = None) -> list[dict[str, float | str]]:
-    """Build each index on ``corpus`` and run known-item queries: build s, median query ms, hit@k, MRR@10."""
+    """Build each index on ``corpus`` and run known-item queries: build s, median query ms, hit@k, MRR@10.
+
+    ``names`` defaults to every installed index (:func:`available_indexes`)."""
     queries = queries or known_item_queries(corpus)
+    names = list(names) if names is not None else available_indexes()
     rows = []
     for name in names:
         t0 = time.perf_counter()
