@@ -1,8 +1,8 @@
 """Side-by-side benchmark of the selection engines, the plain-Python official algorithm and a DuckDB SQL query.
 
-Every contender runs in its own subprocess on the same corpus, one after the other, so its peak RSS can be
-read from ``os.wait4`` (``ru_maxrss``) without the parent's memory mixing in; its work time is measured
-inside the child (interpreter start-up excluded) and the wall time outside (included). Outputs are compared
+Every contender runs in its own fresh interpreter on the same corpus, one after the other; the child reports
+its own high-water RSS (``VmHWM``; with ``--workers``, also its largest worker's) and its work time
+(interpreter start-up excluded); the wall time is measured outside (included). Outputs are compared
 byte for byte: all our engines with each other, our ``mmprm --compat official`` output with the official
 algorithm's, and the DuckDB query's per-source kept counts with ours.
 
@@ -107,7 +107,22 @@ def _child(name: str, corpus: str, out: str, params: dict[str, Any]) -> dict[str
         result = {"kept_per_file": {Path(f["file"]).name: f["kept"] for f in doc["files"]},
                   "written": doc["totals"]["written"], "phases": doc["seconds"]}
     result["seconds"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _peak_rss_mb() -> float:
+    """This process's high-water RSS (``VmHWM``, reset at exec, unlike ``ru_maxrss`` which Linux carries over
+    from the forking parent) or, if larger, that of its largest waited-for child (``--workers`` processes)."""
+    import resource
+
+    hwm = 0.0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return max(hwm, children)
 
 
 @dataclass
@@ -143,7 +158,8 @@ def measure(name: str, corpus: Path, out_dir: Path, params: dict[str, Any], time
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark contender {name} failed ({proc.returncode}):\n{err[-3000:]}")
     result = json.loads(res_file.read_text())
-    return Measurement(name=name, seconds=result["seconds"], wall_seconds=wall, peak_rss_mb=usage.ru_maxrss / 1024,
+    del usage  # ru_maxrss of a forked child includes the parent's image (Linux keeps it across exec)
+    return Measurement(name=name, seconds=result["seconds"], wall_seconds=wall, peak_rss_mb=result["peak_rss_mb"],
                        result=result, output=str(out))
 
 

@@ -195,9 +195,14 @@ class FileScanner:
         # hashlib releases the GIL on large buffers: hash on a helper thread while this one decodes.
         hasher = ThreadPoolExecutor(max_workers=1) if sha is not None else None
         on_bytes = (lambda block: hasher.submit(sha.update, block)) if hasher is not None else None  # type: ignore[union-attr]
+        # Millions of small acyclic lists: keep the cyclic GC from re-traversing them after every chunk.
+        gc_was = gc.isenabled()
+        gc.disable()
         try:
             yield from self._scan(on_bytes)
         finally:
+            if gc_was:
+                gc.enable()
             if hasher is not None:
                 hasher.shutdown(wait=True)
         if sha is not None:
@@ -210,13 +215,7 @@ class FileScanner:
         for chunk in iter_line_chunks(self.path, self.chunk_bytes, on_bytes=on_bytes):
             counts.bytes += len(chunk)
             try:
-                gc_was = gc.isenabled()
-                gc.disable()  # millions of small lists: keep the cyclic GC out of the decode
-                try:
-                    rows = self.decoder.decode_lines(chunk)
-                finally:
-                    if gc_was:
-                        gc.enable()
+                rows = self.decoder.decode_lines(chunk)
                 rejected = np.zeros(len(rows), dtype=bool)
                 nlines = chunk.count(b"\n")
                 blank = nlines - len(rows)
