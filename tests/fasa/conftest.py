@@ -17,3 +17,14 @@ def smol_calibration(embedded, tmp_path_factory):
     path = tmp_path_factory.mktemp("fasa") / "calib.json"
     calib.save(path)
     return calib, path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the machine's cores are shared, and small decode ops only lose from threading."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,7 +49,6 @@ def _topk_set(values, k):
 
 
 def test_library_ca_equals_brute_force_loop():
-    torch.set_num_threads(1)
     model = tiny_llama(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=16, seed=1).double()
     n_prompt, steps, stride, ks = 96, 3, 8, (16, 40)

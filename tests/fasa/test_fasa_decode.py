@@ -18,8 +18,6 @@ from leanlm.fasa import (
 )
 from leanlm.fasa.integration import attention_handler, dense_attention_forward
 
-torch.set_num_threads(1)
-
 
 def tiny_mistral(seed: int = 0):
     from transformers import MistralConfig, MistralForCausalLM
