@@ -19,13 +19,15 @@ def test_synth_select_score_stats_external(tmp_path: Path) -> None:
     assert json.loads(r.output.strip().splitlines()[-1])["files"] == 3
     assert len(list(corpus.glob("*.jsonl"))) == 3
     sel = tmp_path / "sel.jsonl"
-    r = runner.invoke(app, ["select", str(corpus), "-o", str(sel), "--ratio", "0.1", "--alpha", "0.2"])
+    r = runner.invoke(app, ["select", str(corpus), "-o", str(sel), "--ratio", "0.1", "--alpha", "0.2",
+                            "--scores-out", str(tmp_path / "sel-scores.csv")])
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "sel.jsonl.manifest.json").read_text())
     assert man["settings"]["alpha"] == 0.2 and man["settings"]["ratio"] == 0.1
     assert man["totals"]["kept"] == len(sel.read_text().splitlines()) == sum(
         max(1, int(f["candidates"] * 0.1)) for f in man["files"])
     assert all(len(f["sha256"]) == 64 for f in man["files"])
+    assert len((tmp_path / "sel-scores.csv").read_text().splitlines()) == 600 + 1  # header
     scores = tmp_path / "s.parquet"
     r = runner.invoke(app, ["score", str(corpus), "-o", str(scores), "--alpha", "0.2"])
     assert r.exit_code == 0, r.output

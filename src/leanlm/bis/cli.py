@@ -54,6 +54,8 @@ def select_cmd(
     skip_invalid: bool = typer.Option(False, help="Write invalid lines to the rejects file instead of failing."),
     rejects: Path | None = typer.Option(None, help="Rejects file (default <output>.rejects.jsonl)."),
     manifest: Path | None = typer.Option(None, help="Manifest JSON (default <output>.manifest.json)."),
+    scores_out: Path | None = typer.Option(None, help="Also write every rollout's score (.parquet/.csv/.jsonl; "
+                                                      "one more pass over the input)."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of each input in the manifest."),
     steps_field: str = typer.Option("steps_with_score", help=_FIELD_HELP),
     score_field: str = typer.Option("score"),
@@ -77,6 +79,10 @@ def select_cmd(
                               engine=engine, output_format=fmt, compat=compat, skip_invalid=skip_invalid,
                               workers=workers, hash_input=not no_hash)
         doc = select(inputs, output, config, manifest=manifest, rejects=rejects)
+        if scores_out is not None:
+            from leanlm.bis.stats import score_corpus
+
+            score_corpus(inputs, scores_out, scorer=sc, fields=config.fields, skip_invalid=skip_invalid)
     except (RecordError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

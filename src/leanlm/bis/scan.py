@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -98,7 +98,6 @@ class FileCounts:
     candidates: int = 0
     bytes: int = 0
     sha256: str = ""
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def _stats_from_rows(rows: list, counts_mode: bool, row0: int, file_index: int

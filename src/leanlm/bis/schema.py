@@ -64,8 +64,3 @@ def build_decoder(fields: Fields) -> msgspec.json.Decoder:
         roll_rename["group"] = fields.group
     roll = msgspec.defstruct("Rollout", roll_fields, rename=roll_rename, gc=False)
     return msgspec.json.Decoder(roll)
-
-
-def describe_validation_error(error: msgspec.MsgspecError, fields: Fields) -> str:
-    """msgspec's message with its JSON path rewritten to the record's field names (``$.steps_with_score[2].score``)."""
-    return str(error).replace("$[", "line[")
