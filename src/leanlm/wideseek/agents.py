@@ -118,7 +118,6 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     return chars // 4 + 4 * len(messages)
 
 
-ExecuteCalls = Callable[[int, list[ToolCall]], "asyncio.Future[list[str]] | Any"]
 
 
 class WideSeek:
