@@ -118,8 +118,6 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     return chars // 4 + 4 * len(messages)
 
 
-
-
 class WideSeek:
     """Run a task with a lead and parallel subagents (:meth:`run`) or one agent (:meth:`run_single`)."""
 
