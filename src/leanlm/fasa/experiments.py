@@ -45,13 +45,14 @@ def _presses(names: list[str], ratio: float) -> dict[str, Any]:
     full={"trials": 20, "context_tokens": 2000, "budgets": [32, 64, 128, 256], "new_tokens": 10,
           "calib_tokens": 2048, "calib_decode_steps": 32, "calib_stride": 32,
           "presses": ["snapkv", "streaming_llm", "knorm"], "press_budgets": [64, 256],
-          "cost_contexts": [2048, 8192, 32768], "seed": 0},
+          "cost_contexts": [2048, 8192, 32768], "seed": 0, "ablate_adjacent": True, "ablate_pooled": True},
 )
 def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
     from leanlm.common.atomic import atomic_write_json
     from leanlm.common.models import load_embedded
@@ -77,6 +78,22 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
                       model_id="embedded")
     calib_seconds = time.perf_counter() - t0
     calib.save(ctx.out_dir / "calibration.json")
+    n_layers, n_heads, n_fc = calib.ca[calib.ks[0]].shape
+    gen = torch.Generator().manual_seed(config["seed"])
+    random_fcs = torch.stack([torch.randperm(n_fc, generator=gen)[: calib.n_tip]
+                              for _ in range(n_layers * n_heads)]).view(n_layers, n_heads, calib.n_tip)
+    lowest_fcs = torch.arange(n_fc - calib.n_tip, n_fc).expand(n_layers, n_heads, calib.n_tip)
+    extra: dict[str, Any] = {
+        "random FCs": FASASelector.from_fcs(random_fcs, calib.head_dim, calib.pairing),
+        "lowest-frequency FCs": FASASelector.from_fcs(lowest_fcs, calib.head_dim, calib.pairing),
+    }
+    adjacent = None
+    if config.get("ablate_adjacent"):
+        adjacent = calibrate(model, tok, wiki_text(80, offset=0), max_tokens=config["calib_tokens"],
+                             decode_steps=config["calib_decode_steps"], prefill_stride=config["calib_stride"],
+                             pairing="adjacent", model_id="embedded")
+    if config.get("ablate_pooled"):
+        extra["FASA pooled per KV group"] = None  # built per budget below
     eos = tok.eos_token_id
     steps = config["new_tokens"]
     trials = needle_trials(tok, config["trials"], context_tokens=config["context_tokens"], seed=config["seed"])
@@ -90,12 +107,16 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
         results.append({"seed": trial.seed, "depth": trial.depth, "method": "full KV", "budget": ids.shape[1],
                         "answer": full_text, "correct": trial.answer in full_text, "agree": True})
         for budget in config["budgets"]:
-            methods = {
+            methods: dict[str, Any] = {
                 "FASA": FASASelector.from_calibration(calib, budget=budget),
                 "oracle top-k": OracleSelector(),
                 "Quest (page 16)": QuestSelector(16),
                 "sinks+recent": StreamingSelector(8),
             }
+            for name, selector in extra.items():
+                methods[name] = selector or FASASelector.from_calibration(calib, budget=budget, pooled=True)
+            if adjacent is not None:
+                methods["FASA adjacent pairing (official code)"] = FASASelector.from_calibration(adjacent, budget)
             for name, selector in methods.items():
                 probe = probes.setdefault((name, budget), RecallProbe(inner=selector, budget=budget))
                 tokens = decode_with_selector(model, cache, last, ids.shape[1], steps, probe, budget, eos)
@@ -139,7 +160,7 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
 
     # ---- figures
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for method in ["FASA", "oracle top-k", "Quest (page 16)", "sinks+recent"]:
+    for method in ["FASA", "oracle top-k", "Quest (page 16)", "sinks+recent", "random FCs"]:
         xs = [b for b in config["budgets"] if (method, b) in by_key]
         ax.plot(xs, [100 * by_key[(method, b)][1] / by_key[(method, b)][2] for b in xs], marker="o", label=method)
     for method in [m for m, _ in keys if m.startswith("kvpress")]:

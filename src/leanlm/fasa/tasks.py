@@ -2,7 +2,7 @@
 
 The haystack is consecutive offline Wikipedia summaries (:mod:`leanlm.fasa.text`); one sentence stating a
 key-value fact is inserted at a relative depth, and the model is asked for the value through its chat
-template. Keys and values are drawn from a seeded RNG, so a trial is fully determined by its seed.
+template, whose reply is primed with "The secret code of <key> is" (as RULER does). Keys and values are drawn from a seeded RNG, so a trial is fully determined by its seed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def needle_trial(tokenizer: Any, context_tokens: int = 2000, depth: float = 0.5,
     document = " ".join(kept)
     question = f"What is the secret code of {key}? Answer with the number only."
     messages = [{"role": "user", "content": f"{document}\n\n{question}"}]
+    # RULER-style answer prefix: the reply starts with the restated question, so the next tokens are the value
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt += f"The secret code of {key} is"
     return NeedleTrial(prompt=prompt, answer=value, key=key, depth=depth,
                        context_tokens=len(tokenizer(prompt).input_ids), seed=seed)
 
