@@ -122,7 +122,7 @@ class FileScanResult:
     group_names: list[str]
     group_candidates: list[int]
     spill: str
-    rejects: list[dict[str, Any]] = field(default_factory=list)
+    rejects: str | None = None  # this file's rejects (JSONL in the spill directory), if any
     engine: str = "stream"
 
 
@@ -130,13 +130,20 @@ def spill_dtype() -> np.dtype:
     return np.dtype([("score", "<f8"), ("group", "<i4")])
 
 
-def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_dir: str,
-                       scores_sink: Any | None = None) -> FileScanResult:
+def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_dir: str) -> FileScanResult:
     """Pass 1 (stream engine) for one file: score every row and spill (score, local group) to disk."""
-    rejects: list[dict[str, Any]] = []
+    rejects_path = os.path.join(spill_dir, f"{file_index:06d}.rejects.jsonl")
+    rejects_file: Any = None
 
-    def on_reject(r: Reject) -> None:
-        rejects.append({"file": r.path, "line": r.line, "error": r.error, "raw": r.raw})
+    def on_reject(r: Reject) -> None:  # to disk, so a corpus full of bad lines does not fill memory
+        nonlocal rejects_file
+        if rejects_file is None:
+            rejects_file = open(rejects_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        rejects_file.write(json.dumps({"file": r.path, "line": r.line, "error": r.error, "raw": r.raw},
+                                      ensure_ascii=False) + "\n")
+        nrejects[0] += 1
+
+    nrejects = [0]
 
     scan = scanner(path, file_index, config.fields, skip_invalid=config.skip_invalid, on_reject=on_reject,
                    chunk_bytes=config.chunk_bytes, hash_input=config.hash_input)
@@ -147,20 +154,22 @@ def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_d
     elif config.group_by == "global":
         names["all"] = 0
     cand_counts: dict[int, int] = {}
-    with open(spill, "wb") as out:
-        for chunk in scan:
-            score = _chunk_scores(config.scorer, chunk.stats)
-            local = _local_groups(chunk.groups, len(chunk.stats), names)
-            _tally(cand_counts, local, score)
-            rec = np.empty(len(score), dtype=spill_dtype())
-            rec["score"], rec["group"] = score, local
-            out.write(rec.tobytes())
-            if scores_sink is not None:
-                scores_sink(path, chunk, score, local, names)
+    try:
+        with open(spill, "wb") as out:
+            for chunk in scan:
+                score = _chunk_scores(config.scorer, chunk.stats)
+                local = _local_groups(chunk.groups, len(chunk.stats), names)
+                _tally(cand_counts, local, score)
+                rec = np.empty(len(score), dtype=spill_dtype())
+                rec["score"], rec["group"] = score, local
+                out.write(rec.tobytes())
+    finally:
+        if rejects_file is not None:
+            rejects_file.close()
     group_names = [str(k) for k in names]
     return FileScanResult(path=str(path), counts=scan.counts, group_names=group_names,
                           group_candidates=[cand_counts.get(i, 0) for i in range(len(group_names))],
-                          spill=spill, rejects=rejects)
+                          spill=spill, rejects=rejects_path if nrejects[0] else None)
 
 
 def _chunk_scores(scorer: Scorer, stats: Any) -> np.ndarray:
@@ -227,7 +236,7 @@ class Cut:
 
 
 #: Above this many candidate rows the cut reads the spills from disk on each radix pass instead of from memory.
-CUT_IN_MEMORY_ROWS = 16_000_000
+CUT_IN_MEMORY_ROWS = 4_000_000
 
 
 def _radix_choose(hist: np.ndarray, need: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,10 +257,10 @@ def _load_candidates(spills: list[tuple[str, np.ndarray]], limit: int) -> tuple[
             if total > limit:
                 return None
             keys.append(sortable_keys(block["score"][cand]))
-            groups.append(remap[block["group"][cand]])
+            groups.append(remap[block["group"][cand]].astype(np.int32))
     if not keys:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    return np.concatenate(keys), np.concatenate(groups).astype(np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32)
+    return np.concatenate(keys), np.concatenate(groups)
 
 
 def find_cut(spills: list[tuple[str, np.ndarray]], m: np.ndarray, k: np.ndarray,
@@ -271,8 +280,8 @@ def find_cut(spills: list[tuple[str, np.ndarray]], m: np.ndarray, k: np.ndarray,
         shift = np.uint64(56 - 8 * byte)
         if loaded is not None:
             key, g = loaded
-            digit = ((key >> shift) & np.uint64(255)).astype(np.int64)
-            hist = np.bincount(g * 256 + digit, minlength=groups * 256)
+            digit = ((key >> shift) & np.uint64(255)).astype(np.int32)
+            hist = np.bincount(g.astype(np.int64) * 256 + digit, minlength=groups * 256)
         else:
             hist = np.zeros(groups * 256, dtype=np.int64)
             for spill, remap in spills:
@@ -292,7 +301,7 @@ def find_cut(spills: list[tuple[str, np.ndarray]], m: np.ndarray, k: np.ndarray,
         prefix = np.where(active, (prefix << np.uint64(8)) | chosen, prefix)
         if loaded is not None:
             key, g = loaded
-            keep = digit.astype(np.uint64) == chosen[g]
+            keep = digit == chosen.astype(np.int32)[g]
             loaded = (key[keep], g[keep])
     return Cut(threshold=prefix, ties=np.where(active, need, 0), k=k, m=m)
 
@@ -479,16 +488,16 @@ def select(
         ties_left = cut.ties.copy()
         writes = _run_pass2(files, scans, remaps, cut, ties_left, config, output)
         t3 = time.perf_counter()
+        parts = [res.rejects for res in scans if res.rejects]
+        rpath = None
+        if parts or (config.skip_invalid and rejects is not None):
+            rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
+            with atomic_write(rpath, "wb") as fh:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, fh, 1 << 22)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rejected_rows = [r for res in scans for r in res.rejects]
-    if rejected_rows or (config.skip_invalid and rejects is not None):
-        rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
-        with atomic_write(rpath) as fh:
-            for r in rejected_rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    else:
-        rpath = None
     doc = _manifest(files, scans, writes, names, m, k, cut, config, output, rpath,
                     timings={"pass1": t1 - t0, "cut": t2 - t1, "pass2": t3 - t2, "total": t3 - t0})
     atomic_write_json(manifest or str(output) + ".manifest.json", doc)
