@@ -22,7 +22,6 @@ failures (with the traceback) without stopping the others, and writes ``index.md
 
 from __future__ import annotations
 
-
 import datetime as _dt
 import importlib
 import os

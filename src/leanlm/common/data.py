@@ -42,7 +42,7 @@ def wiki_summaries() -> dict[str, str]:
         raise DataMissing(f"Unrecognised layout in {wiki_summaries_path()}")
     out: dict[str, str] = {}
     keys = list(data.keys()) if isinstance(data, dict) else [None] * len(data)
-    for key, item in zip(keys, records):
+    for key, item in zip(keys, records, strict=True):
         if isinstance(item, str):  # {title: text}
             title, text = key, item
         elif isinstance(item, dict):  # {title: {title, extract, description, topic}} (the package's layout)

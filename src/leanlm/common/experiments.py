@@ -95,7 +95,6 @@ def run_embedded_model(config: dict[str, Any], ctx: RunContext) -> ExperimentRes
         correct += ok
         rows.append([question, answer.replace("\n", " ")[:120], "yes" if ok else "no", round(seconds, 2)])
 
-    accuracy = correct / len(rows)
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.barh([r[0][:32] for r in rows], times, color=["#1a7f37" if r[2] == "yes" else "#c62828" for r in rows])
     ax.set_xlabel("greedy answer wall time (s), green = correct")

@@ -51,8 +51,8 @@ def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
     if suffix in (".zst", ".zstd"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True)  # noqa: SIM115
-    return open(p, "rb")  # noqa: SIM115
+        return zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True)
+    return open(p, "rb")
 
 
 def read_jsonl(
