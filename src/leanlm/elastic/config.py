@@ -9,7 +9,7 @@ router, top-k on probabilities plus a selection-only correction bias, renormalis
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
@@ -36,7 +36,7 @@ class ElasticMoeConfig(PretrainedConfig):
     """
 
     model_type = "leanlm_elastic_moe"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
 
     def __init__(
         self,

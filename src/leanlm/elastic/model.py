@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +171,7 @@ class ElasticMoe(nn.Module):
         ``"sorted"``: one matmul chain per non-empty expert (a loop over experts, never over tokens);
         ``"bmm"``: the blocks padded to the largest one and run as one batched matmul over all experts.
         """
-        n, k = choice.indices.shape
+        k = choice.indices.shape[1]
         flat_experts = choice.indices.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
         token_of = order // k
@@ -266,7 +267,7 @@ class ElasticMoePreTrainedModel(PreTrainedModel):
     config_class = ElasticMoeConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
-    _no_split_modules = ["DecoderLayer"]
+    _no_split_modules: ClassVar[list[str]] = ["DecoderLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -189,9 +189,9 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
     result = {
         "config": {"base": study.base, "seeds": study.seeds, "c_sizes": study.c_sizes},
         "params": {**mcfg.parameter_counts(), "subnets": sub_params},
-        "grid": {arm: {n: mean_std(v) + (v,) for n, v in d.items()} for arm, d in grid_losses.items()},
+        "grid": {arm: {n: (*mean_std(v), v) for n, v in d.items()} for arm, d in grid_losses.items()},
         "grid_grouped": {arm: {n: mean_std(v) for n, v in d.items()} for arm, d in grid_grouped.items()},
-        "c": {size: mean_std(v) + (v,) for size, v in c_losses.items()},
+        "c": {size: (*mean_std(v), v) for size, v in c_losses.items()},
         "cost_seconds": cost, "cost_flops": flops, "runs": summaries,
         "routing": routing, "latency_s_per_token": latency, "extraction_max_abs_diff": extraction_check,
         "histories_seed0": histories, "wall_seconds": time.perf_counter() - t0,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import socket
@@ -27,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -65,6 +63,7 @@ class TrainConfig:
     eval_articles: int = 500
     grouped_fraction: float = 0.25
     codebook: int = 16
+    text_file: str | None = None
     eval_batches: int = 4
     eval_batch_size: int = 16
     eval_every: int = 0
@@ -123,8 +122,19 @@ def build_model(cfg: TrainConfig) -> ElasticMoeForCausalLM:
 
 
 def make_corpora(cfg: TrainConfig) -> tuple[MixedCorpus, MixedCorpus]:
-    train_text, eval_text = wiki_corpora(cfg.train_articles, cfg.eval_articles)
+    """Training and held-out corpora: offline Wikipedia summaries, or ``text_file`` (its last 10% held out)."""
     from leanlm.elastic.data import GroupedModality
+
+    if cfg.text_file:
+        path = Path(cfg.text_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"text_file {path}: cannot read UTF-8 text: {exc}") from exc
+        cut = int(len(text) * 0.9)
+        train_text, eval_text = text[:cut], text[cut:]
+    else:
+        train_text, eval_text = wiki_corpora(cfg.train_articles, cfg.eval_articles)
 
     modality = GroupedModality(codebook=cfg.codebook)
     return (
@@ -166,15 +176,22 @@ def _dist() -> tuple[int, int]:
 
 
 def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
+    """Average gradients over ranks. A parameter without a gradient on every rank (a layer the step's
+    sub-network skipped) keeps ``grad=None`` so that AdamW skips it exactly as in a single-process run."""
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    dist.all_reduce(has)
+    used = [p for p, h in zip(params, has.tolist(), strict=True) if h > 0]
+    for p in used:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if not used:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in used])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p in params:
+    for p in used:
         n = p.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p))
         offset += n
@@ -298,9 +315,14 @@ def train(
             update_router_biases(model, step_counts, bias.rate_at(step), masks)
             tokens += ids.numel() * world * len(subnets)
             main = losses[0]
+            logged = torch.stack([main.loss.detach(), main.lm_loss.detach(),
+                                  main.mtp_loss.detach() if main.mtp_loss is not None else torch.tensor(float("nan"))])
+            if world > 1:  # report the global-batch loss, as a single process would
+                dist.all_reduce(logged)
+                logged /= world
             entry = {
-                "step": step + 1, "loss": float(main.loss.detach()), "lm_loss": float(main.lm_loss.detach()),
-                "mtp_loss": float(main.mtp_loss.detach()) if main.mtp_loss is not None else None,
+                "step": step + 1, "loss": float(logged[0]), "lm_loss": float(logged[1]),
+                "mtp_loss": float(logged[2]) if main.mtp_loss is not None else None,
                 "lr": lr_at(cfg, step), "subnet": subnets[0].describe(), "tokens": tokens,
             }
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
@@ -380,4 +402,3 @@ __all__ = [
     "TrainConfig", "TrainResult", "active_params", "build_model", "evaluate", "load_history", "lr_at", "make_corpora",
     "save_model", "smallest_subnet", "train", "train_distributed",
 ]
-_ = (math, np)
