@@ -47,7 +47,7 @@ def test_task_places_the_answer_sound_in_the_event_chunk(setup):
         obj = batch.inputs_embeds[b, batch.object_index[b]].mean(0)
         assert int(torch.argmax(task.obj @ obj)) == int(torch.argmax(src))
         assert int(batch.input_ids[b, -1]) == int(task.class_tokens[batch.answer[b]])
-        # every other sound token of the sample comes from another source
+        # the same source sounds in the other chunks, with another class
         others = [i for i in task.audio_index.tolist() if i != int(batch.target_audio_index[b])]
         sims = torch.nn.functional.cosine_similarity(batch.inputs_embeds[b, others] - task.audio_bg,
                                                      (e - task.audio_bg).unsqueeze(0))

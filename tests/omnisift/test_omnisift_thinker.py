@@ -251,3 +251,17 @@ def test_cli_demo_runs_each_method():
         assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["demo", "--method", "nope"])
     assert res.exit_code != 0
+
+
+def test_save_and_from_pretrained_keep_the_selector(tmp_path):
+    from leanlm.omnisift.qwen_omni import OmniSIFTThinker
+
+    def make():
+        return OmniSIFT(0.5, 0.4, hidden_size=64, selector_dim=32, selector_heads=4)
+
+    model = tiny_thinker(seed=4, compact_ids=True, compressor=make())
+    model.save_pretrained(tmp_path)
+    loaded = OmniSIFTThinker.from_pretrained(tmp_path, compressor=make())
+    for (name, a), (_, b) in zip(model.compressor.state_dict().items(), loaded.compressor.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name

@@ -10,13 +10,13 @@ from leanlm.reproduce import Claim, RunContext, register
 
 _TASK_QUICK = {"frames": 4, "sources": 4, "classes": 4}
 QUICK: dict[str, Any] = {
-    "study": {"seeds": [0], "pretrain_steps": 600, "finetune_steps": 100, "batch_size": 16, "lr": 3e-3,
+    "study": {"seeds": [0], "pretrain_steps": 1200, "finetune_steps": 150, "batch_size": 16, "lr": 3e-3,
               "finetune_lr": 1e-3, "eval_samples": 192, "task": _TASK_QUICK,
               "variants": ["full tokens", "OmniSIFT", "Random", "DyCoke-style", "OmniZip-style"]},
     "latency": {"frames": 16, "grid": 16, "repeats": 3, "hidden": 256},
 }
 FULL: dict[str, Any] = {
-    "study": {"seeds": [0, 1, 2], "pretrain_steps": 1000, "finetune_steps": 250, "batch_size": 16, "lr": 3e-3,
+    "study": {"seeds": [0, 1, 2], "pretrain_steps": 2000, "finetune_steps": 200, "batch_size": 16, "lr": 3e-3,
               "finetune_lr": 1e-3, "eval_samples": 384, "task": _TASK_QUICK},
     "latency": {"frames": 32, "grid": 16, "repeats": 5, "hidden": 256},
 }

@@ -12,8 +12,9 @@ passed to the thinker):
 * audio: every chunk holds ``sounds_per_chunk`` sound tokens and background noise tokens; a sound token is
   ``src_a[s] + cls[c] + noise``, where ``src_a[s] = M·obj[s]`` is the audio signature of source ``s`` (a fixed
   random linear map of its visual appearance, so vision and audio agree only through a learnable map);
-* the answer is the class ``c*`` of the sound made by the visible object, in the event chunk; every other
-  sound (all other chunks, and the other sounds of the event chunk) comes from another source.
+* the answer is the class ``c*`` of the sound made by the visible object *during the visual event*: the
+  same source also sounds in every other chunk, with other classes (distractor audio that only the
+  audio-visual timing rules out), and the remaining sounds come from other sources.
 
 The question and answer are two text tokens; the answer is one of ``classes`` class tokens.
 
@@ -122,14 +123,19 @@ class AVTask:
             video[b, f1, p1] = o + cfg.token_noise * torch.randn(len(p1), d, generator=g)
             video[b, f2, p2] = o + cfg.token_noise * torch.randn(len(p2), d, generator=g)
             object_index.append(torch.cat([self.video_index[f1 * n_p + p1], self.video_index[f2 * n_p + p2]]))
-        # audio [B, C, A, D]: noise, then sounds_per_chunk sound tokens from other sources with random classes
+        # audio [B, C, A, D]: noise, then sounds_per_chunk sound tokens per chunk. Slot 0 of every chunk is
+        # the visible object's source s*; only in the event chunk does it carry the answer class c*, in the
+        # other chunks it carries another class (a distractor that only timing can rule out). The other
+        # sounds come from other sources with random classes.
         audio = self.audio_bg + 0.3 * torch.randn(batch, C, A, d, generator=g)
         slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., : cfg.sounds_per_chunk]
         other = torch.randint(0, cfg.sources - 1, (batch, C, cfg.sounds_per_chunk), generator=g)
-        other = other + (other >= source.view(-1, 1, 1)).long()  # any source but s*
+        src = other + (other >= source.view(-1, 1, 1)).long()  # any source but s*
         classes = torch.randint(0, cfg.classes, (batch, C, cfg.sounds_per_chunk), generator=g)
-        src = other.clone()
-        src[torch.arange(batch), event, 0] = source
+        wrong = torch.randint(0, cfg.classes - 1, (batch, C), generator=g)
+        wrong = wrong + (wrong >= answer.view(-1, 1)).long()  # any class but c*
+        src[:, :, 0] = source.view(-1, 1)
+        classes[:, :, 0] = wrong
         classes[torch.arange(batch), event, 0] = answer
         sound = self.src_audio[src] + self.cls[classes]
         sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
