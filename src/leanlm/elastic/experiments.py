@@ -31,10 +31,10 @@ FULL: dict[str, Any] = {
     "latency_repeats": 5,
 }
 QUICK: dict[str, Any] = {
-    "base": {"model": _MODEL_QUICK, "steps": 60, "batch_size": 8, "seq_len": 64, "train_articles": 1500,
+    "base": {"model": _MODEL_QUICK, "steps": 40, "batch_size": 8, "seq_len": 64, "train_articles": 1500,
              "eval_articles": 200, "eval_batches": 4, "eval_batch_size": 16, "log_every": 5, "lr": 5e-3},
     "seeds": [0, 1, 2],
-    "c_sizes": ["depth_1/2", "topk_1"],
+    "c_sizes": ["depth_1/2"],
     "workers": 1,
     "latency_tokens": 24,
     "latency_repeats": 3,

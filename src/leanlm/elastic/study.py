@@ -162,7 +162,8 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
                 subnet = plan_subnet(model, **sub_grid["combined"])
                 small = extract(model, subnet)
                 ids = eval_set[0][0][:2]
-                extraction_check = float((small(ids).logits - model(ids, subnet=subnet).logits).abs().max())
+                with torch.no_grad():
+                    extraction_check = float((small(ids).logits - model(ids, subnet=subnet).logits).abs().max())
     c_losses = {size: [summaries[f"C_{size.replace('/', '-')}_seed{s}"]["text_loss"] for s in study.seeds] for size in study.c_sizes}
 
     cost = {"A": 0.0, "B": 0.0, "C": 0.0}
