@@ -51,14 +51,19 @@ def test_study_runs_end_to_end_and_renders(tmp_path):
                       "num_experts_per_tok": 4, "moe_intermediate_size": 16},
             "steps": 3, "batch_size": 4, "seq_len": 24, "codebook": 8, "eval_batches": 1, "eval_batch_size": 8,
             "log_every": 1, "text_file": str(text)}
-    study = StudyConfig(base=base, seeds=[0, 1], c_sizes=["topk_1"], workers=1, latency_tokens=3, latency_repeats=1)
+    study = StudyConfig(base=base, seeds=[0, 1], c_sizes=["topk_1"], workers=1, latency_tokens=3, latency_repeats=1,
+                        finetune_steps=2, finetune_sizes=["topk_1"])
     result = run_study(study, tmp_path / "study")
     assert result["extraction_max_abs_diff"] <= 1e-5
     assert set(result["grid"]["A"]) == set(grid(4, 8, 4))
     assert len(result["grid"]["A"]["full"][2]) == 2 and len(result["c"]["topk_1"][2]) == 2
     assert set(result["latency_s_per_token"]) == {1, 2, 3, 4}
     assert result["cost_flops"]["C"] < result["cost_flops"]["B"]  # top-1 from scratch is cheaper per token
+    ft = result["finetune"]["topk_1"]
+    assert len(ft["before"][2]) == 2 and ft["before"][0] == pytest.approx(result["grid"]["A"]["topk_1"][0], abs=1e-5)
+    assert (tmp_path / "study" / "runs" / "F_topk_1_seed1" / "model" / "config.json").exists()
     res = render(result, tmp_path / "study")
+    assert any(t.title.startswith("Extract, then keep training") for t in res.tables)
     assert (tmp_path / "study" / "results.md").exists() and len(res.figures) == 3
     assert res.metrics["extraction_max_abs_diff"] <= 1e-5
     # a second call resumes: every run is already finished and is not retrained

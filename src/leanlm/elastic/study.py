@@ -43,6 +43,9 @@ class StudyConfig:
     workers: int = 1
     latency_tokens: int = 32
     latency_repeats: int = 3
+    finetune_steps: int = 0
+    finetune_sizes: list[str] = field(default_factory=lambda: ["depth_1/2"])
+    finetune_lr_ratio: float = 0.3
 
 
 def grid(num_layers: int, num_experts: int, top_k: int) -> dict[str, dict[str, int | None]]:
@@ -183,6 +186,7 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
     latency = {}
     for k in range(mcfg.num_experts_per_tok, 0, -1):
         latency[k] = decode_seconds_per_token(model_a, prompt, study.latency_tokens, SubNet(top_k=k), study.latency_repeats)
+    finetune = continue_extracted(study, out, sub_grid, eval_set) if study.finetune_steps else {}
     histories = {
         name: [json.loads(line) for line in (out / "runs" / name / "history.jsonl").read_text().splitlines() if line]
         for name in summaries if name.endswith(f"seed{seed0}")
@@ -195,10 +199,40 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
         "c": {size: (*mean_std(v), v) for size, v in c_losses.items()},
         "cost_seconds": cost, "cost_flops": flops, "runs": summaries,
         "routing": routing, "latency_s_per_token": latency, "extraction_max_abs_diff": extraction_check,
-        "histories_seed0": histories, "wall_seconds": time.perf_counter() - t0,
+        "histories_seed0": histories, "finetune": finetune, "wall_seconds": time.perf_counter() - t0,
     }
     atomic_write_json(out / "study.json", result)
     return result
+
+
+def continue_extracted(
+    study: StudyConfig, out: Path, sub_grid: dict[str, dict[str, int | None]], eval_set: list,
+) -> dict[str, dict[str, Any]]:
+    """The report's "extract, then keep training": extract each ``finetune_sizes`` sub-model from A and train it
+    for ``finetune_steps`` more steps (plain loss, fresh data seed, LR ``finetune_lr_ratio`` x the base LR)."""
+    out_rows: dict[str, dict[str, Any]] = {}
+    for size in study.finetune_sizes:
+        before, after, seconds = [], [], []
+        for seed in study.seeds:
+            run_dir = out / "runs" / f"F_{size.replace('/', '-')}_seed{seed}"
+            parent = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"A_seed{seed}" / "model").eval()
+            small = extract(parent, plan_subnet(parent, **sub_grid[size]))
+            before.append(evaluate(small, eval_set)["text_loss"])
+            done = run_dir / "final_eval.json"
+            if done.exists():
+                summary = json.loads(done.read_text())
+            else:
+                cfg = TrainConfig.from_dict({
+                    **study.base, "seed": seed + 1000, "steps": study.finetune_steps, "elastic": {"enabled": False},
+                    "lr": study.base.get("lr", TrainConfig.lr) * study.finetune_lr_ratio, "warmup_frac": 0.0,
+                })
+                result = train(cfg, out_dir=run_dir, init_model=small.train())
+                summary = {"seconds": result.seconds, **result.final_eval}
+            after.append(summary["text_loss"])
+            seconds.append(summary["seconds"])
+        out_rows[size] = {"before": (*mean_std(before), before), "after": (*mean_std(after), after),
+                          "steps": study.finetune_steps, "seconds": sum(seconds)}
+    return out_rows
 
 
 def _subnet_params(model: ElasticMoeForCausalLM, subnet: SubNet | None) -> int:
