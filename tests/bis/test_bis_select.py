@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from leanlm.bis import reference
 from leanlm.bis.schema import Fields
@@ -249,3 +251,28 @@ def test_find_cut_matches_sort() -> None:
                 kth = v[k[g] - 1]
                 assert cut.threshold[g] == sortable_keys(np.array([kth + 0.0]))[0]
                 assert cut.ties[g] == k[g] - int((v > kth).sum())
+
+
+_mc = st.one_of(st.none(), st.sampled_from([0.0, 0.0, 0.125, 0.25, 0.5, 1.0]), st.floats(0.0, 1.0))
+_rollouts = st.lists(st.lists(_mc, min_size=0, max_size=9), min_size=0, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(_rollouts, min_size=1, max_size=3), alpha=st.sampled_from([0.0, 0.05, 0.2]),
+       ratio=st.floats(0.01, 1.0), chunk=st.sampled_from([64, 1 << 20]))
+def test_random_corpora_equal_reference(tmp_path_factory, files, alpha, ratio, chunk) -> None:
+    """Any corpus (ties, missing scores, empty rollouts), any ratio: the kept lines are the reference's."""
+    d = tmp_path_factory.mktemp("h")
+    paths = []
+    for i, rolls in enumerate(files):
+        p = d / f"s{i}.jsonl"
+        p.write_text("".join(json.dumps({"question": f"q {i}-{j}", "steps_with_score": [{"score": s} for s in r]})
+                             + "\n" for j, r in enumerate(rolls)))
+        paths.append(p)
+    ref = d / "ref.out"
+    reference.build_subset(paths, alpha, ratio, ref, raw=True)
+    out = d / "ours.out"
+    doc = select([d], out, SelectConfig(ratio=ratio, scorer=BIS(alpha), chunk_bytes=chunk, hash_input=False))
+    assert out.read_bytes() == ref.read_bytes()
+    t = doc["totals"]
+    assert t["rows"] == t["kept"] + t["not_kept"] + t["malformed"] == sum(len(r) for r in files)
