@@ -217,3 +217,14 @@ def test_padding_and_bad_config_give_clear_errors():
         ElasticMoeConfig(num_experts=4, num_experts_per_tok=5)
     with pytest.raises(ValueError, match="moe_dispatch"):
         ElasticMoeConfig(moe_dispatch="loop")
+
+
+def test_moe_block_equals_transformers_ernie45_block():
+    from leanlm.elastic.peer import to_ernie45_block
+
+    block = moe_block(k=3)
+    peer = to_ernie45_block(block, 32)
+    x = torch.randn(2, 11, 32)
+    torch.testing.assert_close(block(x), peer(x), rtol=1e-5, atol=1e-6)
+    block.dispatch = "bmm"
+    torch.testing.assert_close(block(x), peer(x), rtol=1e-5, atol=1e-6)

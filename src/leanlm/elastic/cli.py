@@ -137,3 +137,26 @@ def study(
     result = run_study(cfg, out)
     render(result, out)
     typer.echo(str(out / "results.md"))
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(None, help="write the rows as JSON here (atomically)"),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """Our MoE layer vs transformers' Ernie4_5_MoeSparseMoeBlock (same weights): equality and time, side by side."""
+    import torch
+
+    from leanlm.common.atomic import atomic_write_json
+    from leanlm.elastic.peer import bench_moe
+
+    torch.set_num_threads(threads)
+    rows = bench_moe()
+    for r in rows:
+        typer.echo(
+            f"d={r['hidden']} E={r['experts']} k={r['top_k']} f={r['expert_hidden']} tokens={r['tokens']} {r['mode']}: "
+            f"ours {r['ours_sorted_ms']:.2f} ms (bmm {r['ours_bmm_ms']:.2f}), transformers {r['peer_ms']:.2f} ms, "
+            f"peer/ours {r['peer_over_ours']:.2f}x, max|diff| {r['max_abs_diff']:.1e}"
+        )
+    if out is not None:
+        atomic_write_json(out, rows)

@@ -182,12 +182,14 @@ class ElasticMoe(nn.Module):
         if self.dispatch == "bmm":
             ys = self._bmm_blocks(xs, counts)
         else:
-            ys = torch.empty_like(xs)
-            start = 0
-            for e, c in enumerate(counts.tolist()):
-                if c:
-                    ys[start : start + c] = self.expert_ffn(e, xs[start : start + c])
-                    start += c
+            # unbind once (one stacked gradient in backward, not one full-size zero tensor per expert)
+            w_gate, w_up, w_down = self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0)
+            outs = [
+                (F.silu(chunk @ w_gate[e]) * (chunk @ w_up[e])) @ w_down[e]
+                for e, chunk in enumerate(xs.split(counts.tolist()))
+                if chunk.shape[0]
+            ]
+            ys = torch.cat(outs) if outs else xs.new_zeros(0, xs.shape[-1])
         out = torch.zeros_like(flat)
         out.index_add_(0, token_of, ys * weights[:, None])
         return out
