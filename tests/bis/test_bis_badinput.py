@@ -85,6 +85,10 @@ def test_missing_inputs_and_bad_settings(tmp_path: Path) -> None:
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no \*.jsonl"):
         select([tmp_path / "emptydir"], tmp_path / "o.jsonl")
+    good = write(tmp_path / "in" / "a.jsonl", [GOOD])
+    with pytest.raises(ValueError, match="is one of the inputs"):
+        select([good.parent], good)
+    assert good.read_text() == GOOD + "\n"
     with pytest.raises(ValueError, match="ratio"):
         SelectConfig(ratio=0.0)
     with pytest.raises(ValueError, match="engine"):

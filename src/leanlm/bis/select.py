@@ -37,7 +37,7 @@ from leanlm.bis.scan import CHUNK_BYTES, FileCounts, Reject, is_parquet, iter_li
 from leanlm.bis.schema import Fields
 from leanlm.bis.score import BIS, External, Scorer
 from leanlm.common.atomic import atomic_write, atomic_write_json
-from leanlm.common.progress import get_logger, progress
+from leanlm.common.progress import get_logger, progress, progress_bar
 
 log = get_logger("leanlm.bis.select")
 
@@ -130,7 +130,8 @@ def spill_dtype() -> np.dtype:
     return np.dtype([("score", "<f8"), ("group", "<i4")])
 
 
-def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_dir: str) -> FileScanResult:
+def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_dir: str,
+                       on_progress: Any | None = None) -> FileScanResult:
     """Pass 1 (stream engine) for one file: score every row and spill (score, local group) to disk."""
     rejects_path = os.path.join(spill_dir, f"{file_index:06d}.rejects.jsonl")
     rejects_file: Any = None
@@ -163,6 +164,8 @@ def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_d
                 rec = np.empty(len(score), dtype=spill_dtype())
                 rec["score"], rec["group"] = score, local
                 out.write(rec.tobytes())
+                if on_progress is not None:
+                    on_progress(len(score))
     finally:
         if rejects_file is not None:
             rejects_file.close()
@@ -199,7 +202,7 @@ def _tally(counts: dict[int, int], local: np.ndarray, score: np.ndarray) -> None
         counts[int(code)] = counts.get(int(code), 0) + int(c)
 
 
-def iter_spill(path: str, rows: int | None = None, block: int = 1 << 20) -> Iterator[np.ndarray]:
+def iter_spill(path: str, block: int = 1 << 20) -> Iterator[np.ndarray]:
     """Read a spill file back in blocks of ``block`` rows."""
     dt = spill_dtype()
     with open(path, "rb") as fh:
@@ -442,8 +445,8 @@ def _run_pass1(files: list[Path], config: SelectConfig, spill_dir: str) -> list[
         with ProcessPoolExecutor(max_workers=config.workers) as pool:
             futures = [pool.submit(scan_file_to_spill, str(p), i, config, spill_dir) for i, p in enumerate(files)]
             return [f.result() for f in progress(futures, desc="bis pass 1", unit="file")]
-    return [scan_file_to_spill(str(p), i, config, spill_dir) for i, p in
-            enumerate(progress(files, desc="bis pass 1", unit="file"))]
+    with progress_bar(desc="bis pass 1", unit="rows") as bar:
+        return [scan_file_to_spill(str(p), i, config, spill_dir, on_progress=bar.update) for i, p in enumerate(files)]
 
 
 def select(
@@ -463,6 +466,8 @@ def select(
     config = config or SelectConfig()
     t0 = time.perf_counter()
     files = discover_inputs(inputs)
+    if any(Path(output).resolve() == p.resolve() for p in files):
+        raise ValueError(f"output {output} is one of the inputs")
     if config.output_format == "parquet" and not all(is_parquet(p) for p in files):
         return _select_to_parquet_via_jsonl(files, output, config, manifest=manifest, rejects=rejects,
                                             spill_dir=spill_dir)
