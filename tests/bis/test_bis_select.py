@@ -172,9 +172,11 @@ def test_compressed_and_parquet_inputs(synth_corpus: Path, tmp_path: Path) -> No
     zst.parent.mkdir()
     zst.write_bytes(zstandard.ZstdCompressor().compress(src.read_bytes()))
     for p in (gz, zst):
-        out = tmp_path / "o.jsonl"
-        select([p], out, SelectConfig(group_by="global"))
-        assert out.read_bytes() == base.read_bytes()
+        for engine in ("stream", "duckdb"):
+            out = tmp_path / "o.jsonl"
+            doc = select([p], out, SelectConfig(group_by="global", engine=engine))
+            assert out.read_bytes() == base.read_bytes()
+            assert doc["files"][0]["engine"] == engine
     table = pj.read_json(src)
     pqf = tmp_path / "in3" / "s.parquet"
     pqf.parent.mkdir()
