@@ -43,7 +43,7 @@ log = get_logger("leanlm.bis.select")
 
 ENGINES = ("stream", "duckdb", "ray")
 FORMATS = ("jsonl", "mmprm", "parquet")
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".json", ".parquet")
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".parquet")  # not .json: manifests
 
 
 @dataclass
