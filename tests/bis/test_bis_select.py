@@ -282,12 +282,9 @@ def test_random_corpora_equal_reference(tmp_path_factory, files, alpha, ratio, c
 
 def test_disk_cut_path_same_bytes(synth_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above the in-memory cap the cut streams the spills on every radix pass: same selection."""
-    import leanlm.bis.select as sel
-
     base = tmp_path / "mem.jsonl"
     select([synth_corpus], base, SelectConfig(group_by="global", ratio=0.3))
-    monkeypatch.setattr(sel, "CUT_IN_MEMORY_ROWS", 0)
-    monkeypatch.setattr(sel.find_cut, "__defaults__", (0,))
+    monkeypatch.setattr(find_cut, "__defaults__", (0,))  # in_memory_rows = 0
     out = tmp_path / "disk.jsonl"
     select([synth_corpus], out, SelectConfig(group_by="global", ratio=0.3))
     assert out.read_bytes() == base.read_bytes()
