@@ -83,6 +83,10 @@ def select_cmd(
             from leanlm.bis.stats import score_corpus
 
             score_corpus(inputs, scores_out, scorer=sc, fields=config.fields, skip_invalid=skip_invalid)
+    except ImportError as exc:
+        typer.echo(f"error: engine {engine!r} needs a package that is not installed ({exc}); "
+                   "install the extra, e.g. pip install 'leanlm[distributed]' for ray", err=True)
+        raise typer.Exit(2) from exc
     except (RecordError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
