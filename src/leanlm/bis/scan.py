@@ -283,8 +283,9 @@ class ParquetScanner:
         except Exception as exc:
             raise RecordError(self.path, None, f"not a readable Parquet file ({exc})") from exc
         names = set(pf.schema_arrow.names)
-        if f.steps not in names:
-            raise RecordError(self.path, None, f"missing column {f.steps!r}")
+        for column in (f.steps, f.group):
+            if column is not None and column not in names:
+                raise RecordError(self.path, None, f"missing column {column!r}")
         columns = [f.steps] + ([f.group] if f.group else [])
         counts = self.counts
         counts.bytes = os.path.getsize(self.path)
