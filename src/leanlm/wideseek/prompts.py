@@ -74,7 +74,7 @@ def lead_tools(max_subagents: int) -> list[dict[str, Any]]:
         "create_sub_agents",
         f"Start up to {max_subagents} subagents that run in parallel; each gets one self-contained subtask prompt "
         "and returns a report.",
-        {"sub_agents": {"type": "array", "maxItems": max_subagents, "items": {
+        {"sub_agents": {"type": "array", "items": {
             "type": "object", "properties": {"prompt": {"type": "string", "description": "the subtask"}},
             "required": ["prompt"]}}},
         ["sub_agents"],
@@ -85,7 +85,7 @@ def sub_tools(max_items: int, default_count: int) -> list[dict[str, Any]]:
     """Subagent ``search {queries: [{query, count}]}`` and ``access {urls: [{url, info_to_extract}]}``."""
     return [
         _fn("search", f"Search the web; up to {max_items} queries run at once. Returns the top results per query.",
-            {"queries": {"type": "array", "maxItems": max_items, "items": {
+            {"queries": {"type": "array", "items": {
                 "type": "object", "properties": {
                     "query": {"type": "string"},
                     "count": {"type": "integer", "description": f"results to return (default {default_count}, below 10)"}},
@@ -93,7 +93,7 @@ def sub_tools(max_items: int, default_count: int) -> list[dict[str, Any]]:
             ["queries"]),
         _fn("access", f"Read web pages; up to {max_items} URLs at once. Returns the page text and the parts relevant "
             "to info_to_extract.",
-            {"urls": {"type": "array", "maxItems": max_items, "items": {
+            {"urls": {"type": "array", "items": {
                 "type": "object", "properties": {"url": {"type": "string"}, "info_to_extract": {"type": "string"}},
                 "required": ["url", "info_to_extract"]}}},
             ["urls"]),
