@@ -58,6 +58,7 @@ def test_study_runs_end_to_end_and_renders(tmp_path):
     assert set(result["grid"]["A"]) == set(grid(4, 8, 4))
     assert len(result["grid"]["A"]["full"][2]) == 2 and len(result["c"]["topk_1"][2]) == 2
     assert set(result["latency_s_per_token"]) == {1, 2, 3, 4}
+    assert set(result["latency_extracted_s_per_token"]) == {"extracted depth_1/2", "extracted combined"}
     assert result["cost_flops"]["C"] < result["cost_flops"]["B"]  # top-1 from scratch is cheaper per token
     ft = result["finetune"]["topk_1"]
     assert len(ft["before"][2]) == 2 and ft["before"][0] == pytest.approx(result["grid"]["A"]["topk_1"][0], abs=1e-5)

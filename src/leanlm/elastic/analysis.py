@@ -79,3 +79,16 @@ def decode_seconds_per_token(
             token = out.logits[:, -1:].argmax(-1)
         times.append((time.perf_counter() - start) / new_tokens)
     return statistics.median(times)
+
+
+def decode_latency_table(
+    models: dict[str, tuple[ElasticMoeForCausalLM, SubNet | None]], prompt: torch.Tensor, new_tokens: int = 32,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Median seconds per decoded token for several (model, sub-network) pairs, measured round-robin so that all
+    of them see the same background load (the CPU here is shared)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, (model, subnet) in models.items():
+            times[name].append(decode_seconds_per_token(model, prompt, new_tokens, subnet, repeats=1))
+    return {name: statistics.median(v) for name, v in times.items()}

@@ -23,7 +23,7 @@ import torch
 
 from leanlm.common.atomic import atomic_write_json
 from leanlm.common.progress import get_logger, progress
-from leanlm.elastic.analysis import decode_seconds_per_token, modality_loads, routing_report
+from leanlm.elastic.analysis import decode_latency_table, modality_loads, routing_report
 from leanlm.elastic.elastic import ElasticConfig, fraction_count
 from leanlm.elastic.extract import extract, plan_subnet
 from leanlm.elastic.model import ElasticMoeForCausalLM
@@ -183,9 +183,14 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
         routing[arm] = routing_report(modality_loads(model, eval_set))
     model_a = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"A_seed{seed0}" / "model").eval()
     prompt = eval_set[0][0][:1, :32]
-    latency = {}
-    for k in range(mcfg.num_experts_per_tok, 0, -1):
-        latency[k] = decode_seconds_per_token(model_a, prompt, study.latency_tokens, SubNet(top_k=k), study.latency_repeats)
+    candidates: dict[str, tuple[ElasticMoeForCausalLM, SubNet | None]] = {
+        f"k={k}": (model_a, SubNet(top_k=k)) for k in range(mcfg.num_experts_per_tok, 0, -1)
+    }
+    for name in ("depth_1/2", "combined"):
+        candidates[f"extracted {name}"] = (extract(model_a, plan_subnet(model_a, **sub_grid[name])), None)
+    timed = decode_latency_table(candidates, prompt, study.latency_tokens, study.latency_repeats)
+    latency = {int(name[2:]): v for name, v in timed.items() if name.startswith("k=")}
+    latency_extracted = {name: v for name, v in timed.items() if not name.startswith("k=")}
     finetune = continue_extracted(study, out, sub_grid, eval_set) if study.finetune_steps else {}
     histories = {
         name: [json.loads(line) for line in (out / "runs" / name / "history.jsonl").read_text().splitlines() if line]
@@ -198,7 +203,7 @@ def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
         "grid_grouped": {arm: {n: mean_std(v) for n, v in d.items()} for arm, d in grid_grouped.items()},
         "c": {size: (*mean_std(v), v) for size, v in c_losses.items()},
         "cost_seconds": cost, "cost_flops": flops, "runs": summaries,
-        "routing": routing, "latency_s_per_token": latency, "extraction_max_abs_diff": extraction_check,
+        "routing": routing, "latency_s_per_token": latency, "latency_extracted_s_per_token": latency_extracted, "extraction_max_abs_diff": extraction_check,
         "histories_seed0": histories, "finetune": finetune, "wall_seconds": time.perf_counter() - t0,
     }
     atomic_write_json(out / "study.json", result)
