@@ -225,8 +225,12 @@ def runtime_cost_per_call(task: Task, tools: Toolbox, width: int = 8, repeats: i
     return {"wall_s": best, "llm_calls": calls, "ms_per_call": 1000 * best / max(calls, 1)}
 
 
-def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None = None) -> dict[str, Any]:
-    """Start the embedded llama.cpp server and time ``calls`` subagent-shaped tool-calling requests."""
+def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None = None,
+                    tool_mode: str = "native") -> dict[str, Any]:
+    """Start the embedded llama.cpp server and time ``calls`` subagent-shaped tool-calling requests.
+
+    ``tool_mode="native"`` uses llama.cpp's grammar-constrained ``chatml-function-calling``; ``"text"`` sends
+    the tools in the prompt and parses ``<tool_call>`` blocks (no grammar, much cheaper per token)."""
     from leanlm.wideseek import prompts
     from leanlm.wideseek.llm import OpenAIBackend
     from leanlm.wideseek.server import LlamaServer
@@ -234,7 +238,8 @@ def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None 
     t0 = time.perf_counter()
     with LlamaServer(n_ctx=4096, n_threads=n_threads) as server:
         startup = time.perf_counter() - t0
-        backend = OpenAIBackend(server.base_url, model="embedded", max_tokens=max_tokens, temperature=0.7, timeout=120)
+        backend = OpenAIBackend(server.base_url, model="embedded", max_tokens=max_tokens, temperature=0.7, timeout=600,
+                                tool_mode=tool_mode)
         messages = [{"role": "system", "content": prompts.SUB_SYSTEM.format(max_items=5)},
                     {"role": "user", "content": prompts.SUB_TASK.format(
                         main_task="List every country in Western Europe with its capital.",
