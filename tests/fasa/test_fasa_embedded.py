@@ -51,6 +51,29 @@ def test_needle_at_budget_256_matches_full_kv(embedded, smol_calibration, record
     assert fasa_text == full_text
 
 
+def test_needle_at_budget_256_with_bundled_default_calibration(embedded, record_property):
+    """The same prompt with the bundled calibration (``calibrate()`` defaults: 2048 tokens, 32 decode steps,
+    prefill stride 32; 87 queries averaged at K=256, vs 27 for the quick fixture above)."""
+    from leanlm.fasa import Calibration, FASASelector
+    from leanlm.fasa.bench import decode_with_selector, prefill
+    from leanlm.fasa.tasks import needle_trial
+
+    model, tok = embedded
+    calib = Calibration.load("embedded")
+    calib.check_model(model)
+    assert calib.source["prompt_tokens"] == 2048 and calib.counts[256] > 80
+    trial = needle_trial(tok, context_tokens=2000, depth=0.5, seed=0)
+    ids = tok(trial.prompt, return_tensors="pt").input_ids
+    cache, last = prefill(model, ids)
+    full = decode_with_selector(model, cache, last, ids.shape[1], 8, None, 0, tok.eos_token_id)
+    with_fasa = decode_with_selector(model, cache, last, ids.shape[1], 8, FASASelector.from_calibration(calib, 256),
+                                     256, tok.eos_token_id)
+    full_text, fasa_text = (tok.decode(t, skip_special_tokens=True).strip() for t in (full, with_fasa))
+    record_property("needle_bundled", {"answer": trial.answer, "full_kv": full_text, "fasa": fasa_text})
+    assert trial.answer in full_text
+    assert fasa_text == full_text
+
+
 def test_needle_harness_is_a_real_retrieval_test(embedded):
     """Full KV retrieves the stated number, and attending to the true top-128 tokens is enough to keep it."""
     from leanlm.fasa import OracleSelector

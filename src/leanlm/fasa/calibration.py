@@ -186,7 +186,8 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Calibration:
-        path = Path(path)
+        """Load a calibration file, or a bundled one by name (``"embedded"``)."""
+        path = resolve_calibration(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -196,6 +197,17 @@ class Calibration:
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         return cls.from_json(data, where=str(path))
+
+
+#: calibrations shipped with leanlm (made with ``calibrate()``'s defaults, like the official repo's rankings)
+BUNDLED = {"embedded": "smollm2-135m-instruct.json"}
+
+
+def resolve_calibration(spec: str | os.PathLike[str]) -> Path:
+    """A calibration file path, or the name of a bundled calibration (``"embedded"`` = SmolLM2-135M-Instruct)."""
+    if str(spec) in BUNDLED:
+        return Path(__file__).parent / "data" / BUNDLED[str(spec)]
+    return Path(spec)
 
 
 def jaccard(a: Calibration, b: Calibration, k: int | None = None) -> float:

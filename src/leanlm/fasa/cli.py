@@ -66,7 +66,8 @@ def calibrate(
 
 @app.command()
 def generate(
-    calibration: Path = typer.Option(..., "--calibration", help="file written by `leanlm fasa calibrate`"),
+    calibration: str = typer.Option(..., "--calibration", help="file written by `leanlm fasa calibrate`, or "
+                                    "'embedded' for the bundled SmolLM2-135M calibration"),
     model: str = typer.Option("embedded", help="'embedded', a local HF model directory, or a .gguf file"),
     budget: int = typer.Option(256, help="N_fac: tokens attended per head at each decode step"),
     prompt_file: Path = typer.Option(None, "--prompt-file", help="file with the prompt"),
@@ -119,7 +120,7 @@ def generate(
 
 @app.command()
 def inspect(
-    calibration: Path = typer.Argument(..., help="calibration file"),
+    calibration: str = typer.Argument(..., help="calibration file (or 'embedded', the bundled one)"),
     out: Path = typer.Option(None, "--out", help="PNG heatmap to write (default: next to the calibration)"),
     k: int = typer.Option(0, help="CA table to show (0 = the middle calibrated K)"),
     layers: int = typer.Option(0, help="print the dominant FCs of the first N layers only (0 = all)"),
@@ -140,7 +141,8 @@ def inspect(
     hist = dominant_histogram(calib, kk).tolist()
     top = sorted(range(len(hist)), key=lambda i: -hist[i])[:8]
     typer.echo("most often dominant FCs: " + ", ".join(f"FC{i} ({hist[i]} heads)" for i in top))
-    target = out or calibration.with_suffix(".png")
+    target = out or (Path(calibration).with_suffix(".png") if calibration not in ("embedded",) else
+                      Path("fasa-embedded-ca.png"))
     figure = Figure.from_matplotlib(ca_heatmap(calib, kk), "CA heatmap")
     atomic_write_bytes(target, figure.png)
     typer.echo(f"wrote {target}")
