@@ -159,3 +159,11 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
     for key, value in single.model.state_dict().items():
         # Adam normalises tiny router gradients, so summation-order rounding shows up at ~1e-5
         torch.testing.assert_close(ddp["state"][key], value, rtol=1e-4, atol=5e-5, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu_loss_at_first_step(corpora):
+    cpu = train(tiny_cfg(steps=1), corpora=corpora)
+    gpu = train(tiny_cfg(steps=1, device="cuda"), corpora=corpora)
+    assert gpu.history[0]["loss"] == pytest.approx(cpu.history[0]["loss"], rel=1e-4)
+    assert gpu.final_eval["loss"] == pytest.approx(cpu.final_eval["loss"], rel=1e-3)

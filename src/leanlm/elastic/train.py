@@ -71,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     sandwich: bool = False
     threads: int | None = None
+    device: str = "cpu"
 
     def model_config(self) -> ElasticMoeConfig:
         kwargs = {"vocab_size": vocab_size(self.codebook), **self.model}
@@ -153,9 +154,10 @@ def evaluate(
     sums = {TEXT: 0.0, GROUPED: 0.0}
     counts = {TEXT: 0, GROUPED: 0}
     for ids, kinds in batches:
+        ids = ids.to(model.device)
         logits = model(ids, subnet=subnet).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-        nll = nll.view(ids.shape[0], -1).sum(1)
+        nll = nll.view(ids.shape[0], -1).sum(1).cpu()
         for kind in (TEXT, GROUPED):
             sel = kinds == kind
             sums[kind] += float(nll[sel].sum())
@@ -179,7 +181,7 @@ def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
     """Average gradients over ranks. A parameter without a gradient on every rank (a layer the step's
     sub-network skipped) keeps ``grad=None`` so that AdamW skips it exactly as in a single-process run."""
     params = [p for p in model.parameters() if p.requires_grad]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
     dist.all_reduce(has)
     used = [p for p, h in zip(params, has.tolist(), strict=True) if h > 0]
     for p in used:
@@ -249,6 +251,10 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     train_corpus, eval_corpus = corpora or make_corpora(cfg)
     model = init_model if init_model is not None else build_model(cfg)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    model.to(device)
     mcfg: ElasticMoeConfig = model.config
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
@@ -292,7 +298,7 @@ def train(
             if cfg.sandwich and cfg.elastic.enabled:
                 subnets.append(smallest_subnet(mcfg, cfg.elastic))
             ids, _ = train_corpus.batch(cfg.seed, step, cfg.batch_size)
-            ids = ids[rank * per_rank : (rank + 1) * per_rank]
+            ids = ids[rank * per_rank : (rank + 1) * per_rank].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             optimizer.zero_grad(set_to_none=True)
@@ -316,7 +322,7 @@ def train(
             tokens += ids.numel() * world * len(subnets)
             main = losses[0]
             logged = torch.stack([main.loss.detach(), main.lm_loss.detach(),
-                                  main.mtp_loss.detach() if main.mtp_loss is not None else torch.tensor(float("nan"))])
+                                  main.mtp_loss.detach() if main.mtp_loss is not None else torch.full((), float("nan"), device=device)])
             if world > 1:  # report the global-batch loss, as a single process would
                 dist.all_reduce(logged)
                 logged /= world
@@ -370,7 +376,8 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, cfg_dict: dict[str, Any], out_dir: str | None, result_path: str | None) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    backend = "nccl" if cfg_dict.get("device", "cpu").startswith("cuda") else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         cfg = TrainConfig.from_dict(cfg_dict)
         result = train(cfg, out_dir=out_dir, resume=True)
