@@ -230,7 +230,9 @@ def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None 
     """Start the embedded llama.cpp server and time ``calls`` subagent-shaped tool-calling requests.
 
     ``tool_mode="native"`` uses llama.cpp's grammar-constrained ``chatml-function-calling``; ``"text"`` sends
-    the tools in the prompt and parses ``<tool_call>`` blocks (no grammar, much cheaper per token)."""
+    the tools in the prompt and parses ``<tool_call>`` blocks (no grammar, much cheaper per token). A first,
+    untimed-for-the-fit call evaluates the whole prompt (``cold_s``); the timed calls reuse its cached prefix,
+    as consecutive turns of an agent do."""
     from leanlm.wideseek import prompts
     from leanlm.wideseek.llm import OpenAIBackend
     from leanlm.wideseek.server import LlamaServer
@@ -247,8 +249,12 @@ def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None 
         tools = prompts.sub_tools(5, 3)
         latencies, tool_calls, tokens = [], 0, []
 
+        cold: list[float] = []
+
         async def go() -> None:
             nonlocal tool_calls
+            first = await backend.complete(messages, tools, agent="calibration")  # cold: whole prompt evaluated
+            cold.append(first.seconds)
             for _ in range(calls):
                 out = await backend.complete(messages, tools, agent="calibration")
                 latencies.append(out.seconds)
@@ -256,5 +262,5 @@ def calibrate_llama(calls: int = 6, max_tokens: int = 96, n_threads: int | None 
                 tokens.append(out.completion_tokens or 0)
 
         asyncio.run(go())
-    return {"startup_s": startup, "latencies": latencies, "tool_call_rate": tool_calls / calls,
+    return {"startup_s": startup, "cold_s": cold[0], "latencies": latencies, "tool_call_rate": tool_calls / calls,
             "completion_tokens": tokens}
