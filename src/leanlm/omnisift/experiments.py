@@ -118,7 +118,8 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
         ax2.plot([i * k for i in range(len(smooth))], smooth, label=name, linewidth=1)
     ax2.set_xlabel("step")
     ax2.set_ylabel("LM loss (answer token)")
-    ax2.legend(fontsize=6)
+    if curves:
+        ax2.legend(fontsize=6)
     return ExperimentResult(
         tables=[
             Table("Synthetic audio-visual task: accuracy by method and retention",

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from leanlm.common.atomic import atomic_write
+from leanlm.common.atomic import atomic_write, atomic_write_json
 from leanlm.common.progress import get_logger, progress_bar
 from leanlm.omnisift.base import AVCompressor
 from leanlm.omnisift.baselines import DyCokeTTM, OmniZipStyle, RandomPruning
@@ -172,9 +172,17 @@ class Trainer:
                 "object_kept": object_kept / total, "retention": kept / av_total}
 
 
-def _save(model, path: Path) -> None:
+def _save(model, path: Path, losses: list[float] | None = None) -> None:
+    """The stage's weights, and its loss curve beside them (``.losses.json``) for reports of resumed runs."""
     with atomic_write(path, "wb") as handle:
         torch.save(model.state_dict(), handle)
+    if losses is not None:
+        atomic_write_json(path.with_suffix(".losses.json"), losses, indent=None)
+
+
+def _saved_losses(path: Path) -> list[float] | None:
+    side = path.with_suffix(".losses.json")
+    return json.loads(side.read_text()) if side.exists() else None
 
 
 def trained_model(cfg: StudyConfig, task: AVTask, seed: int, name: str, base_state, ckpt_dir: Path):
@@ -187,11 +195,11 @@ def trained_model(cfg: StudyConfig, task: AVTask, seed: int, name: str, base_sta
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         log.info("seed %d %s: resumed from %s", seed, name, path.name)
-        return model, None
+        return model, _saved_losses(path)
     model.load_state_dict(base_state, strict=False)
     trainer = Trainer(cfg, task, model, seed)
     losses = trainer.train(cfg.finetune_steps, cfg.finetune_lr, f"seed {seed} fine-tune {name}")
-    _save(model, path)
+    _save(model, path, losses)
     return model, losses
 
 
@@ -210,10 +218,12 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
         path = ckpt_dir / f"seed{seed}-pretrain-{cfg.fingerprint('pretrain')}.pt"
         if path.exists():
             base.load_state_dict(torch.load(path, weights_only=True))
+            pre = _saved_losses(path)
         else:
-            curves[f"seed {seed} pretrain"] = Trainer(cfg, task, base, seed).train(
-                cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
-            _save(base, path)
+            pre = Trainer(cfg, task, base, seed).train(cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
+            _save(base, path, pre)
+        if pre:
+            curves[f"seed {seed} pretrain"] = pre
         base_state = base.state_dict()
         models: dict[str, Any] = {}
         for name in TRAINED:
