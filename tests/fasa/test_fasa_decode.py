@@ -191,3 +191,24 @@ def test_apply_errors_and_restores_on_exception():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(ValueError, match="rotary"), apply(gpt2, selector=OracleSelector(), budget=8):
         pass
+
+
+def test_fasa_survives_kvpress_wrapping_the_attention_functions():
+    """kvpress wraps every registered attention function at import and passes ``dropout`` positionally."""
+    patch = pytest.importorskip("kvpress.attention_patch")
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from leanlm.fasa.integration import FASA_IMPL, register
+
+    register()
+    original = ALL_ATTENTION_FUNCTIONS[FASA_IMPL]
+    ALL_ATTENTION_FUNCTIONS[FASA_IMPL] = patch.attention_patch(original)
+    try:
+        model = tiny_llama(seed=7)
+        ids = torch.randint(1, 128, (1, 30), generator=torch.Generator().manual_seed(4))
+        _, dense = greedy_logits(model, ids, steps=2)
+        with apply(model, selector=random_selector(model), budget=100, dense_layers=()) as fasa:
+            _, sparse = greedy_logits(model, ids, steps=2)
+        assert fasa.stats.sparse_calls == 2 and torch.allclose(dense, sparse, atol=1e-5)
+    finally:
+        ALL_ATTENTION_FUNCTIONS[FASA_IMPL] = original

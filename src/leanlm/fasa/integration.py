@@ -36,14 +36,16 @@ def dense_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def _dispatch(module, query, key, value, attention_mask, **kwargs):
+def _dispatch(module, query, key, value, attention_mask, dropout=0.0, **kwargs):
     handler = _HANDLERS.get(id(module.config))
     if handler is None:
         raise RuntimeError(
             "attn_implementation 'fasa' is set but no FASA settings are active for this model; "
             "use `with leanlm.fasa.apply(model, calibration, budget=...)`"
         )
-    return handler(module, query, key, value, attention_mask, **kwargs)
+    # ``dropout`` may arrive positionally: kvpress wraps every registered attention function at import and
+    # calls it as ``func(module, query, key, value, attention_mask, dropout, **kwargs)``
+    return handler(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
 
 
 def register() -> None:
