@@ -44,7 +44,7 @@ def _e2e(ctx: RunContext, config: dict[str, Any]) -> dict[str, Any]:
     module="wideseek",
     title="WideSeek-R1: wall time vs number of parallel subagents, orchestration overhead, real llama.cpp run",
     claims=[
-        Claim("Wall-time speed-up of 8 parallel subagents over 1 (batching server, measured latency)",
+        Claim("Wall-time speed-up of 8 parallel subagents over 1 (batching server, llama.cpp-like latency model)",
               paper="not reported (Fig. 4 reports item F1 vs width)", metric="speedup_8"),
         Claim("Same, on a one-slot server (llama-cpp-python serves one request at a time)", paper="n/a",
               metric="speedup_8_one_slot"),
