@@ -43,7 +43,7 @@ def temporal_similarity(first: torch.Tensor, second: torch.Tensor) -> torch.Tens
 
 
 def keep_least_similar(similarity: torch.Tensor, n_drop: int) -> torch.Tensor:
-    """Boolean keep-mask over the last dim dropping the ``n_drop`` highest similarities (ties: lower index kept)."""
+    """Boolean keep-mask over the last dim dropping the ``n_drop`` highest similarities (ties: lower index dropped first)."""
     n = similarity.shape[-1]
     if n_drop > n:
         raise ValueError(f"cannot drop {n_drop} of {n} tokens")
