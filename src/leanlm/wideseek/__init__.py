@@ -11,7 +11,8 @@ See ``docs/wideseek.md``.
 
 from leanlm.wideseek.agents import AgentConfig, AgentRun, RunResult, WideSeek, extract_boxed
 from leanlm.wideseek.corpus import Corpus, Page, build_corpus
-from leanlm.wideseek.index import BM25sIndex, FTS5Index, build_index
+from leanlm.wideseek.index import BM25sIndex, FTS5Index, TantivyIndex, build_index
+from leanlm.wideseek.judge import LLMAligner, LLMJudge
 from leanlm.wideseek.llm import (
     Backend,
     BackendError,
@@ -37,8 +38,8 @@ from leanlm.wideseek.trace import Trace
 
 __all__ = [
     "AgentConfig", "AgentRun", "BM25sIndex", "Backend", "BackendError", "Completion", "ContextOverflow", "Corpus",
-    "EvalSpec", "FTS5Index", "NormalizedAligner", "OpenAIBackend", "Page", "RunResult", "ScriptedBackend", "TableScore",
-    "Task", "ToolCall", "Trace", "WideSeek", "WorldTools", "build_corpus", "build_index", "extract_boxed",
+    "EvalSpec", "FTS5Index", "LLMAligner", "LLMJudge", "NormalizedAligner", "OpenAIBackend", "Page", "RunResult", "ScriptedBackend", "TableScore",
+    "TantivyIndex", "Task", "ToolCall", "Trace", "WideSeek", "WorldTools", "build_corpus", "build_index", "extract_boxed",
     "extract_table", "generate_tasks", "load_tasks", "parse_tool_calls", "score_qa", "score_table", "summarize",
     "write_tasks",
 ]

@@ -75,6 +75,20 @@ def _print_table(title: str, columns: list[str], rows: list[list[object]]) -> No
     typer.echo(table_markdown(Table(title, columns, rows)))
 
 
+def _judge(judge_url: Optional[str], judge_model: str, llm_align: bool):
+    """(judge, aligner) backed by a model server, or (None, None): rule-based alignment, no llm_judge."""
+    if not judge_url:
+        return None, None
+    from leanlm.wideseek.judge import LLMAligner, LLMJudge
+    from leanlm.wideseek.llm import OpenAIBackend
+
+    backend = OpenAIBackend(judge_url, model=judge_model, max_tokens=2048, temperature=0.0)
+    return LLMJudge(backend), (LLMAligner(backend) if llm_align else None)
+
+
+JUDGE_URL = typer.Option(None, help="OpenAI-compatible server for llm_judge columns (WideSearch uses GPT-4.1)")
+JUDGE_MODEL = typer.Option("default", help="judge model name")
+LLM_ALIGN = typer.Option(False, help="also align column names and keys with the judge model, as WideSearch does")
 BASE_URL = typer.Option(None, help="OpenAI-compatible server (vLLM, SGLang, llama.cpp); default: start the embedded one")
 MODEL = typer.Option("default", help="model name sent to the server")
 TOOL_MODE = typer.Option("native", help="native (server tool parsing) or text (<tool_call> parsed here)")
@@ -166,15 +180,17 @@ def eval_(
     n_ctx: int = typer.Option(8192), timeout: float = typer.Option(120.0),
     block: str = typer.Option("first", help="answer table: first ```markdown block (WideSearch) or last (RLinf)"),
     out: Path = typer.Option(Path("wideseek-eval"), help="results.jsonl, summary.json, traces/ (resumable)"),
+    judge_url: Optional[str] = JUDGE_URL, judge_model: str = JUDGE_MODEL, llm_align: bool = LLM_ALIGN,
 ) -> None:
     """Run a task set N times and print the WideSearch metrics table."""
     from leanlm.wideseek.runner import default_world, evaluate, metrics_rows
 
+    judge, aligner = _judge(judge_url, judge_model, llm_align)
     items = _load_tasks(tasks_file, only)
     world = default_world()
     with _backend(base_url, model, tool_mode, max_tokens, temperature, n_ctx, timeout) as (backend, context):
         report = evaluate(items, backend, world, _config(subagents, lead_turns, sub_turns, single_turns, context, "table"),
-                          n=n, mode=mode, out_dir=out, block=block)
+                          n=n, mode=mode, out_dir=out, block=block, judge=judge, aligner=aligner)
     if report["summary"]:
         _print_table(f"WideSearch metrics over {report['summary_json']['table_tasks']} table tasks, N={n} ({mode})",
                      ["metric (%)", f"Avg@{n}", f"Max@{n} (Pass@{n})", f"Min@{n}"], metrics_rows(report["summary"]))
@@ -190,12 +206,14 @@ def score(
     tasks_file: Path = typer.Option(..., "--tasks", help="tasks.jsonl with gold/ beside it"),
     block: str = typer.Option("first"),
     out: Optional[Path] = typer.Option(None, help="write per-response scores and the summary as JSON"),
+    judge_url: Optional[str] = JUDGE_URL, judge_model: str = JUDGE_MODEL, llm_align: bool = LLM_ALIGN,
 ) -> None:
-    """Score existing responses with the WideSearch metrics (no model needed)."""
+    """Score existing responses with the WideSearch metrics (no model needed unless --judge-url)."""
     from leanlm.common.atomic import atomic_write_json
     from leanlm.common.records import RecordError, read_jsonl
     from leanlm.wideseek.runner import metrics_rows, summarize_rows
 
+    judge, aligner = _judge(judge_url, judge_model, llm_align)
     items = {t.instance_id: t for t in _load_tasks(tasks_file, None)}
     rows = []
     try:
@@ -207,7 +225,7 @@ def score(
                 raise RecordError(responses, line, "field 'response' must be a string or null")
             task = items[iid]
             rows.append({"instance_id": iid, "trial_idx": record.get("trial_idx", 0), "kind": task.kind,
-                         **task.score(record.get("response"), block=block).as_dict()})
+                         **task.score(record.get("response"), block=block, judge=judge, aligner=aligner).as_dict()})
     except RecordError as exc:
         raise typer.BadParameter(str(exc)) from exc
     counts = {}

@@ -48,7 +48,7 @@ def run_task(task: Task, backend: Backend, tools: Toolbox, config: AgentConfig, 
 def evaluate(
     tasks: Sequence[Task], backend: Backend, tools: Toolbox, config: AgentConfig, *, n: int = 1,
     mode: str = "multi", out_dir: str | os.PathLike[str] | None = None, block: str = "first",
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None, judge: Any = None, aligner: Any = None,
 ) -> dict[str, Any]:
     """Run every task ``n`` times; returns ``{"summary": ..., "qa": ..., "rows": [...]}`` and writes files."""
     out = Path(out_dir) if out_dir else None
@@ -69,7 +69,7 @@ def evaluate(
                     bar.update(1)
                     continue
                 result = run_task(task, backend, tools, config, mode)
-                score = task.score(result.answer, block=block)
+                score = task.score(result.answer, block=block, judge=judge, aligner=aligner)
                 row = {"instance_id": task.instance_id, "trial_idx": trial, "kind": task.kind, "mode": mode,
                        "response": result.answer, **score.as_dict(), **{f"stat_{k}": v for k, v in result.stats.items()}}
                 if out is not None:
