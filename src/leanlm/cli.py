@@ -3,6 +3,11 @@
 Each module contributes ``leanlm/<module>/cli.py`` exposing a ``typer.Typer`` named ``app``; it is mounted
 here as ``leanlm <module> ...``. A module whose CLI fails to import is listed with the error instead of
 breaking the whole command.
+
+Module CLIs import torch and transformers, so the console entry point (:func:`main`) mounts only the module
+that the command line names (``leanlm bis select ...`` imports ``leanlm.bis.cli`` alone); ``leanlm --help``,
+``leanlm info`` and ``leanlm reproduce`` list the modules without importing them. ``leanlm.cli.app``
+(for tests and embedding) has every module mounted.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +33,7 @@ MODULES = {
     "omnisift": "OmniSIFT modality-asymmetric token compression (arXiv 2602.04804).",
 }
 
-app = typer.Typer(
+root = typer.Typer(
     name="leanlm",
     help="leanlm: five 2026 methods that make LLMs cheaper, with laptop-scale reproductions.",
     no_args_is_help=True,
@@ -35,7 +42,7 @@ app = typer.Typer(
 )
 
 
-@app.command()
+@root.command()
 def info() -> None:
     """Versions, threads, the embedded model's state, and whether a GPU is present."""
     from leanlm.common import models
@@ -70,7 +77,7 @@ def info() -> None:
         typer.echo(f"{key:<{width}}  {value}")
 
 
-@app.command()
+@root.command()
 def reproduce(
     quick: bool = typer.Option(True, "--quick/--full", help="Laptop-scale quick configs (default) or full configs."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Experiment or module name; repeatable."),
@@ -97,28 +104,75 @@ def reproduce(
         raise typer.Exit(code=1)
 
 
-def _mount_modules() -> None:
+def _module_app(name: str, help_text: str) -> typer.Typer:
+    """The module's own Typer app, or a group that prints the import error when its CLI cannot load."""
+    try:
+        return importlib.import_module(f"leanlm.{name}.cli").app
+    except Exception:
+        error = traceback.format_exc(limit=3)
+        broken = typer.Typer(help=f"{help_text} [unavailable: its CLI failed to import]")
+
+        @broken.callback(invoke_without_command=True)
+        def _broken(error: str = typer.Option(error, hidden=True)) -> None:
+            typer.echo(error, err=True)
+            raise typer.Exit(code=2)
+
+        return broken
+
+
+def _listing_only(help_text: str) -> typer.Typer:
+    """A group that only lists the module in ``--help``; used when the command line does not enter it."""
+    listing = typer.Typer(help=help_text)
+
+    @listing.callback(invoke_without_command=True)
+    def _listed() -> None:
+        raise typer.Exit(code=0)
+
+    return listing
+
+
+def build_app(mount: Iterable[str] | None = None) -> typer.Typer:
+    """The CLI with the named modules' groups imported (all when ``mount`` is None), the others listed only."""
+    wanted = set(MODULES) if mount is None else set(mount)
+    cli = typer.Typer(
+        name="leanlm", help=root.info.help, no_args_is_help=True, add_completion=False,
+        pretty_exceptions_show_locals=False,
+    )
+    cli.registered_commands = list(root.registered_commands)
     for name, help_text in MODULES.items():
-        try:
-            module = importlib.import_module(f"leanlm.{name}.cli")
-            sub = module.app
-        except Exception:
-            error = traceback.format_exc(limit=3)
-            sub = typer.Typer(help=f"{help_text} [unavailable: its CLI failed to import]")
-
-            @sub.callback(invoke_without_command=True)
-            def _broken(error: str = typer.Option(error, hidden=True)) -> None:
-                typer.echo(error, err=True)
-                raise typer.Exit(code=2)
-
-        app.add_typer(sub, name=name, help=help_text)
+        sub = _module_app(name, help_text) if name in wanted else _listing_only(help_text)
+        cli.add_typer(sub, name=name, help=help_text)
+    return cli
 
 
-_mount_modules()
+def modules_named_by(argv: list[str]) -> set[str] | None:
+    """The module a command line enters (``leanlm fasa ...`` -> {"fasa"}); empty for top-level commands and
+    ``--help``; None (mount all) when the first word is unknown, so Click reports it as usual."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return set()
+    first = words[0]
+    if first in MODULES:
+        return {first}
+    if first in {c.name or c.callback.__name__ for c in root.registered_commands if c.callback}:
+        return set()
+    return None
+
+
+_FULL_APP: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    global _FULL_APP
+    if name == "app":
+        if _FULL_APP is None:
+            _FULL_APP = build_app()
+        return _FULL_APP
+    raise AttributeError(name)
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app()
+    build_app(modules_named_by(sys.argv[1:]))()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -106,3 +106,16 @@ def test_cli_reproduce_exit_code_and_listing(isolated_registry, tmp_path):
 def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="row 1 has 1 cells, expected 2"):
         Table("t", ["a", "b"], [[1, 2], [3]])
+
+
+def test_cli_mounts_only_the_module_a_command_line_enters():
+    from leanlm.cli import MODULES, build_app, modules_named_by
+
+    assert modules_named_by(["bis", "select", "x"]) == {"bis"}
+    assert modules_named_by(["--help"]) == set()
+    assert modules_named_by(["reproduce", "--quick"]) == set()
+    assert modules_named_by(["nonsense"]) is None
+    lean = build_app(set())
+    result = CliRunner().invoke(lean, ["--help"])
+    assert result.exit_code == 0
+    assert all(name in result.output for name in MODULES)
