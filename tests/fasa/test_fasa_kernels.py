@@ -29,3 +29,29 @@ def test_tip_and_fac_kernels_match_torch(t):
     ref = focused_attention(q, k, v, idx, 32**-0.5)
     got = kernels.focused_attention(q, k, v, idx, 32**-0.5, block_n=16)
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_model_decode_through_kernels_equals_dense():
+    """``apply(..., backend="triton")``: TIP and FAC kernels inside generate(); budget >= context == dense."""
+    from leanlm.common.models import tiny_llama
+    from leanlm.fasa import apply
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_llama(seed=2).to(device)
+    cfg = model.config
+    fcs = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(i))[:2] for i in range(8)])
+    sel = FASASelector.from_fcs(fcs.view(cfg.num_hidden_layers, cfg.num_attention_heads, 2), 16, "half")
+    sel.dims = sel.dims.to(device)
+    ids = torch.randint(1, 128, (1, 40), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def logits():
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, min_new_tokens=3,
+                                 do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+        return torch.stack(out.logits)
+
+    dense = logits()
+    with apply(model, selector=sel, budget=64, dense_layers=(), backend="triton") as fasa:
+        sparse = logits()
+    assert fasa.stats.sparse_calls == 4
+    assert torch.allclose(dense, sparse, atol=1e-5, rtol=1e-5)
