@@ -92,6 +92,11 @@ def attention_handler(model: Any, handler: Callable[..., tuple[torch.Tensor, Any
         model.set_attn_implementation(previous)
 
 
+def _pow2(n: int) -> bool:
+    """The Triton kernels tile |D| and head_dim with ``tl.arange``, which needs powers of two."""
+    return n > 0 and n & (n - 1) == 0
+
+
 @dataclass
 class DecodeStats:
     """Counts of what the FASA attention did (for reports and for checking that it really ran)."""
@@ -139,7 +144,8 @@ class FasaAttention:
     def choose(self, query: torch.Tensor, key: torch.Tensor, layer: int, valid: torch.Tensor | None = None,
                triton: bool = False) -> torch.Tensor:
         """Indices ``(B, H_q, min(budget, T))`` of the tokens attended at this decode step."""
-        if triton and isinstance(self.selector, FASASelector) and not self.selector.pooled:
+        if (triton and isinstance(self.selector, FASASelector) and not self.selector.pooled
+                and _pow2(self.selector.dims.shape[-1])):
             from leanlm.fasa.kernels import tip_scores
 
             scores = tip_scores(query, key, self.selector.dims[layer])  # TIP, Eq. 6 (GPU kernel)
@@ -165,7 +171,7 @@ class FasaAttention:
         valid = key_validity(attention_mask, b, t)
         triton = self._triton(query)
         indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)
-        if triton and valid is None:
+        if triton and valid is None and _pow2(query.shape[-1]):  # else: the torch path
             from leanlm.fasa.kernels import focused_attention as fac_kernel
 
             out = fac_kernel(query, key, value, indices, scaling)  # FAC, Eq. 7 (GPU kernel)
