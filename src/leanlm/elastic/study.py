@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import math
 import multiprocessing
 import statistics
 import time
@@ -24,7 +23,7 @@ import torch
 from leanlm.common.atomic import atomic_write_json
 from leanlm.common.progress import get_logger, progress
 from leanlm.elastic.analysis import decode_latency_table, modality_loads, routing_report
-from leanlm.elastic.elastic import ElasticConfig, fraction_count
+from leanlm.elastic.elastic import fraction_count
 from leanlm.elastic.extract import extract, plan_subnet
 from leanlm.elastic.model import ElasticMoeForCausalLM
 from leanlm.elastic.subnet import SubNet
@@ -246,4 +245,3 @@ def _subnet_params(model: ElasticMoeForCausalLM, subnet: SubNet | None) -> int:
     return active_params(model.config, subnet)
 
 
-_ = (math, ElasticConfig)
