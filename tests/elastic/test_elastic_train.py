@@ -167,3 +167,15 @@ def test_cuda_training_matches_cpu_loss_at_first_step(corpora):
     gpu = train(tiny_cfg(steps=1, device="cuda"), corpora=corpora)
     assert gpu.history[0]["loss"] == pytest.approx(cpu.history[0]["loss"], rel=1e-4)
     assert gpu.final_eval["loss"] == pytest.approx(cpu.final_eval["loss"], rel=1e-3)
+
+
+def test_sandwich_extra_also_trains_the_smallest_subnetwork(corpora):
+    from leanlm.elastic.train import smallest_subnet
+
+    cfg = tiny_cfg(steps=2, sandwich=True)
+    small = smallest_subnet(cfg.model_config(), cfg.elastic)
+    assert small.layers == (0, 2) and small.top_k == 1 and all(len(kept) == 3 for _, kept in small.experts)
+    plain = train(tiny_cfg(steps=2), corpora=corpora)
+    sandwich = train(cfg, corpora=corpora)
+    assert sandwich.tokens == 2 * plain.tokens and sandwich.train_flops > plain.train_flops
+    assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in sandwich.model.state_dict().items())
