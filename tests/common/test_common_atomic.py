@@ -42,3 +42,16 @@ def test_binary_mode_and_read_mode_rejected(tmp_path):
     assert target.read_bytes() == b"\x00\x01"
     with pytest.raises(ValueError), atomic_write(target, "r"):
         pass
+
+
+def test_new_files_get_the_usual_mode_and_existing_modes_are_kept(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        fresh = atomic_write_text(tmp_path / "fresh.txt", "x")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        (tmp_path / "script.sh").write_text("old")
+        os.chmod(tmp_path / "script.sh", 0o750)
+        atomic_write_text(tmp_path / "script.sh", "new")
+        assert (tmp_path / "script.sh").stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(umask)

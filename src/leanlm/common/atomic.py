@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _default_mode(target: Path) -> int:
+    """The existing file's mode, else what ``open()`` would give a new file (0666 less the umask)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path`` atomically.
@@ -25,6 +35,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp_name, _default_mode(target))  # mkstemp makes 0600; a written file gets the usual mode
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
