@@ -118,30 +118,14 @@ class MixedCorpus:
 
 
 def wiki_articles() -> list[str]:
-    """The offline Wikipedia summaries as ``title\nsummary`` strings, in file order.
-
-    Uses :func:`leanlm.common.data.wiki_summaries`; if that yields nothing (the file stores records such as
-    ``{"title": ..., "extract": ...}``), the records are read here directly.
-    """
-    import json
-
+    """The offline Wikipedia summaries (:func:`leanlm.common.data.wiki_summaries`) as ``title\nsummary`` strings,
+    in file order."""
     from leanlm.common.data import wiki_summaries, wiki_summaries_path
 
     summaries = wiki_summaries()
-    if summaries:
-        return [f"{title}\n{text}" for title, text in summaries.items()]
-    with open(wiki_summaries_path(), encoding="utf-8") as handle:
-        data = json.load(handle)
-    records = data.values() if isinstance(data, dict) else data
-    out = []
-    for record in records:
-        if isinstance(record, dict):
-            text = record.get("extract") or record.get("summary") or record.get("text") or ""
-            if text.strip():
-                out.append(f"{record.get('title', '')}\n{text}")
-    if not out:
+    if not summaries:
         raise ValueError(f"no summaries found in {wiki_summaries_path()}")
-    return out
+    return [f"{title}\n{text}" for title, text in summaries.items()]
 
 
 def wiki_corpora(train_articles: int, eval_articles: int, eval_offset: int = 9000) -> tuple[str, str]:
