@@ -98,8 +98,8 @@ def duckdb_pass1(files: list[Path], config: Any, spill_dir: str) -> list[Any]:
         _chunk_scores,
         _local_groups,
         _tally,
+        initial_group_names,
         scan_file_to_spill,
-        source_name,
         spill_dtype,
     )
 
@@ -109,11 +109,7 @@ def duckdb_pass1(files: list[Path], config: Any, spill_dir: str) -> list[Any]:
         try:
             reader = con.sql(_duckdb_sql(path, config)).to_arrow_reader(1 << 17)
             spill = os.path.join(spill_dir, f"{i:06d}.spill")
-            names: dict[Any, int] = {}
-            if config.group_by == "file":
-                names[source_name(path)] = 0
-            elif config.group_by == "global":
-                names["all"] = 0
+            names = initial_group_names(config.group_by, path)
             counts = FileCounts(bytes=path.stat().st_size)
             cand_counts: dict[int, int] = {}
             row0 = 0

@@ -110,6 +110,16 @@ def source_name(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def initial_group_names(group_by: str, path: str | os.PathLike[str]) -> dict[Any, int]:
+    """The group-name -> local index map a file's pass 1 starts from: its own name when grouping by file,
+    one ``all`` group in global mode, empty (filled as values are seen) when grouping by a field."""
+    if group_by == "file":
+        return {source_name(path): 0}
+    if group_by == "global":
+        return {"all": 0}
+    return {}
+
+
 # ----------------------------------------------------------------------------------------------- pass 1
 
 
@@ -149,11 +159,7 @@ def scan_file_to_spill(path: str, file_index: int, config: SelectConfig, spill_d
     scan = scanner(path, file_index, config.fields, skip_invalid=config.skip_invalid, on_reject=on_reject,
                    chunk_bytes=config.chunk_bytes, hash_input=config.hash_input)
     spill = os.path.join(spill_dir, f"{file_index:06d}.spill")
-    names: dict[Any, int] = {}
-    if config.group_by == "file":
-        names[source_name(path)] = 0
-    elif config.group_by == "global":
-        names["all"] = 0
+    names = initial_group_names(config.group_by, path)
     cand_counts: dict[int, int] = {}
     try:
         with open(spill, "wb") as out:
