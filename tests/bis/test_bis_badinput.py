@@ -23,20 +23,26 @@ BAD_CASES = {
 }
 
 
+def config(engine: str, **kwargs: object) -> SelectConfig:
+    """``stream`` (single pass here), ``stream/two-pass`` or ``duckdb``."""
+    engine, _, plan = engine.partition("/")
+    return SelectConfig(engine=engine, plan=plan or "auto", **kwargs)
+
+
 def write(path: Path, lines: list[str], trailing_newline: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""), encoding="utf-8")
     return path
 
 
-@pytest.mark.parametrize("engine", ["stream", "duckdb"])
+@pytest.mark.parametrize("engine", ["stream", "stream/two-pass", "duckdb"])
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_error_names_file_line_and_field(tmp_path: Path, case: str, engine: str) -> None:
     bad, expected = BAD_CASES[case]
     src = write(tmp_path / "in" / "src.jsonl", [GOOD, "", GOOD, bad, GOOD], trailing_newline=case != "truncated")
     out = tmp_path / "out.jsonl"
     with pytest.raises(RecordError) as info:
-        select([src], out, SelectConfig(engine=engine))
+        select([src], out, config(engine))
     assert info.value.path == str(src)
     assert info.value.line == 4  # 1-based, blank line 2 counted
     assert expected in str(info.value)
@@ -44,14 +50,14 @@ def test_error_names_file_line_and_field(tmp_path: Path, case: str, engine: str)
     assert not out.exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("engine", ["stream", "duckdb"])
+@pytest.mark.parametrize("engine", ["stream", "stream/two-pass", "duckdb"])
 def test_skip_invalid_writes_rejects_and_counts_reconcile(tmp_path: Path, engine: str) -> None:
     lines = [GOOD, "", *[BAD_CASES[c][0] for c in ("string score", "not an object", "steps not a list")], GOOD,
              '{"steps_with_score": []}', GOOD, BAD_CASES["truncated"][0]]
     src = write(tmp_path / "in" / "src.jsonl", lines, trailing_newline=False)
     out = tmp_path / "out.jsonl"
     rejects = tmp_path / "rejects.jsonl"
-    doc = select([src], out, SelectConfig(ratio=0.5, skip_invalid=True, engine=engine), rejects=rejects)
+    doc = select([src], out, config(engine, ratio=0.5, skip_invalid=True), rejects=rejects)
     f = doc["files"][0]
     assert f["rows"] == 8 and f["blank_lines"] == 1
     assert f["malformed"] == 4 and f["without_scores"] == 1 and f["candidates"] == 3

@@ -142,6 +142,9 @@ ENGINE_CASES = [
     {"engine": "duckdb"},
     {"workers": 2},
     {"chunk_bytes": 1000},  # chunk boundaries every few lines
+    {"plan": "two-pass"},
+    {"plan": "two-pass", "workers": 2},
+    {"plan": "two-pass", "chunk_bytes": 1000},
 ]
 
 
@@ -153,8 +156,10 @@ def test_engines_byte_identical(synth_corpus: Path, tmp_path: Path, extra: dict,
     out = tmp_path / "other.jsonl"
     d1 = select([synth_corpus], out, SelectConfig(group_by=group_by, **extra))
     assert out.read_bytes() == base.read_bytes()
-    assert d0["totals"] == d1["totals"]
+    assert d0["totals"] == d1["totals"] and d0["groups"] == d1["groups"]
     assert all(f["engine"] == ("duckdb" if extra.get("engine") == "duckdb" else "stream") for f in d1["files"])
+    single = group_by == "file" and extra.get("plan", "auto") == "auto" and "engine" not in extra
+    assert d1["settings"]["plan"] == ("single-pass" if single else "two-pass")
 
 
 def test_compressed_and_parquet_inputs(synth_corpus: Path, tmp_path: Path) -> None:
@@ -261,8 +266,8 @@ _rollouts = st.lists(st.lists(_mc, min_size=0, max_size=9), min_size=0, max_size
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(files=st.lists(_rollouts, min_size=1, max_size=3), alpha=st.sampled_from([0.0, 0.05, 0.2]),
-       ratio=st.floats(0.01, 1.0), chunk=st.sampled_from([64, 1 << 20]))
-def test_random_corpora_equal_reference(tmp_path_factory, files, alpha, ratio, chunk) -> None:
+       ratio=st.floats(0.01, 1.0), chunk=st.sampled_from([64, 1 << 20]), plan=st.sampled_from(["auto", "two-pass"]))
+def test_random_corpora_equal_reference(tmp_path_factory, files, alpha, ratio, chunk, plan) -> None:
     """Any corpus (ties, missing scores, empty rollouts), any ratio: the kept lines are the reference's."""
     d = tmp_path_factory.mktemp("h")
     paths = []
@@ -274,7 +279,8 @@ def test_random_corpora_equal_reference(tmp_path_factory, files, alpha, ratio, c
     ref = d / "ref.out"
     reference.build_subset(paths, alpha, ratio, ref, raw=True)
     out = d / "ours.out"
-    doc = select([d], out, SelectConfig(ratio=ratio, scorer=BIS(alpha), chunk_bytes=chunk, hash_input=False))
+    doc = select([d], out, SelectConfig(ratio=ratio, scorer=BIS(alpha), chunk_bytes=chunk, hash_input=False,
+                                        plan=plan))
     assert out.read_bytes() == ref.read_bytes()
     t = doc["totals"]
     assert t["rows"] == t["kept"] + t["not_kept"] + t["malformed"] == sum(len(r) for r in files)

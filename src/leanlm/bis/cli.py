@@ -48,7 +48,8 @@ def select_cmd(
     scores_file: Path | None = typer.Option(None, help="With --scorer external: a score file (file, row, score)."),
     seed: int = typer.Option(0, help="Seed of the random and mixed scorers."),
     engine: str = typer.Option("stream", help="stream (msgspec, default) | duckdb | ray"),
-    workers: int = typer.Option(1, help="Processes over files (stream) or Ray CPUs (ray)."),
+    workers: int = typer.Option(0, help="Processes over files (stream) or Ray CPUs (ray); 0 = one per CPU."),
+    plan: str = typer.Option("auto", help="auto | single-pass (per-file groups, plain JSONL) | two-pass."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl (original lines) | mmprm (training format) | parquet"),
     compat: str = typer.Option("default", help="'official' drops what the official converter drops (mmprm)."),
     skip_invalid: bool = typer.Option(False, help="Write invalid lines to the rejects file instead of failing."),
@@ -77,7 +78,7 @@ def select_cmd(
                               fields=_fields(steps_field, score_field, step_text_field, image_field, question_fields,
                                              mc_correct_field, mc_total_field),
                               engine=engine, output_format=fmt, compat=compat, skip_invalid=skip_invalid,
-                              workers=workers, hash_input=not no_hash)
+                              workers=workers, hash_input=not no_hash, plan=plan)
         doc = select(inputs, output, config, manifest=manifest, rejects=rejects)
         if scores_out is not None:
             from leanlm.bis.stats import score_corpus

@@ -158,7 +158,7 @@ def _ensure_ray(config: Any) -> Any:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(1, config.workers), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=config.workers if config.workers > 0 else None, include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -237,7 +237,9 @@ def parallel_pass2(files: list[Path], scans: list[Any], remaps: list[np.ndarray]
     else:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=config.workers) as pool:
+        from leanlm.bis.single_pass import worker_count
+
+        with ProcessPoolExecutor(max_workers=worker_count(files, config)) as pool:
             futures = [pool.submit(_write_part, *a) for a in args]
             results = [f.result() for f in progress(futures, desc="bis pass 2", unit="file")]
     with atomic_write(output, "wb") as out:

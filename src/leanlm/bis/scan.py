@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -204,43 +205,107 @@ class FileScanner:
             self.counts.sha256 = sha.hexdigest()
 
     def _scan(self, on_bytes: Callable[[bytes], object] | None) -> Iterator[ChunkScan]:
-        counts = self.counts
-        line_no = 1
-        row0 = 0
+        line_no, row0 = 1, 0
+        self.counts.bytes = os.path.getsize(self.path)  # on disk (compressed size for .gz/.zst), as every engine
         for chunk in iter_line_chunks(self.path, self.chunk_bytes, on_bytes=on_bytes):
-            counts.bytes += len(chunk)
-            try:
-                rows = self.decoder.decode_lines(chunk)
-                rejected = np.zeros(len(rows), dtype=bool)
+            scan = self.scan_chunk(chunk, line_no, row0)
+            yield scan
+            line_no += scan.lines_in_chunk
+            row0 += len(scan.stats)
+
+    def scan_buffer(self, buffer: Any, on_bytes: Callable[[Any], object] | None = None
+                    ) -> Iterator[tuple[int, np.ndarray, ChunkScan]]:
+        """Pass 1 over a whole file already in memory or memory-mapped (no copy of the bytes is made).
+
+        Yields ``(offset, line_ends, scan)`` per run of whole lines: the run's byte offset in ``buffer``, the
+        offsets one past each of its lines (relative to the run; a last line without a newline ends at the
+        run's end) and the :class:`ChunkScan`. ``on_bytes`` (a hash's ``update``) sees every run, in order.
+        """
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            line_no, row0 = 1, 0
+            is_newline = np.empty(0, dtype=bool)  # reused: a fresh 8 MB array per run costs its page faults
+            for offset, view in iter_buffer_chunks(buffer, self.chunk_bytes):
+                if on_bytes is not None:
+                    on_bytes(view)
+                if len(is_newline) < len(view):
+                    is_newline = np.empty(len(view), dtype=bool)
+                mask = np.equal(np.frombuffer(view, dtype=np.uint8), 10, out=is_newline[: len(view)])
+                ends = np.flatnonzero(mask) + 1
+                if len(view) and view[-1] != 10:
+                    ends = np.append(ends, len(view))
+                self.counts.bytes += len(view)
+                scan = self.scan_chunk(view, line_no, row0, nlines=len(ends))
+                yield offset, ends, scan
+                line_no += scan.lines_in_chunk
+                row0 += len(scan.stats)
+        finally:
+            if gc_was:
+                gc.enable()
+
+    def scan_chunk(self, chunk: Any, line_no: int, row0: int, nlines: int | None = None) -> ChunkScan:
+        """Pass 1 of one run of whole lines (``bytes`` or a buffer view) starting at 1-based ``line_no``."""
+        counts = self.counts
+        try:
+            rows = self.decoder.decode_lines(chunk)
+            rejected = np.zeros(len(rows), dtype=bool)
+            if nlines is None:
                 nlines = chunk.count(b"\n")
-                blank = nlines - len(rows)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                rows, rejected, nlines, blank = self._decode_each(chunk, line_no)
-            stats, bad = _stats_from_rows(rows, self.fields.counts_mode, row0, self.file_index)
-            for b in bad:  # pragma: no cover - see _stats_from_rows
-                stats.n[b] = 0
-                rejected[b] = True
-            groups = None
-            if self.fields.group is not None:
-                groups = [r.group for r in rows]
-                for k, g in enumerate(groups):
-                    if g is None and not rejected[k]:
-                        lines, nonblank = row_lines(chunk)
-                        self._reject(line_no + nonblank[k], f"missing group field {self.fields.group!r}",
-                                     lines[nonblank[k]])
-                        rejected[k] = True
-                        stats.n[k] = 0
-            counts.rows += len(rows)
-            counts.blank += blank
-            nrej = int(rejected.sum())
-            counts.malformed += nrej
-            cand = int((stats.n > 0).sum())
-            counts.candidates += cand
-            counts.without_scores += len(rows) - cand - nrej
-            yield ChunkScan(stats=stats, groups=groups, lines_in_chunk=nlines, first_line=line_no,
-                            rejected=rejected, blank=blank)
-            line_no += nlines
-            row0 += len(rows)
+            blank = nlines - len(rows)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            rows, rejected, nlines, blank = self._decode_each(_as_bytes(chunk), line_no)
+        stats, bad = _stats_from_rows(rows, self.fields.counts_mode, row0, self.file_index)
+        for b in bad:  # pragma: no cover - see _stats_from_rows
+            stats.n[b] = 0
+            rejected[b] = True
+        groups = None
+        if self.fields.group is not None:
+            groups = [r.group for r in rows]
+            for k, g in enumerate(groups):
+                if g is None and not rejected[k]:
+                    lines, nonblank = row_lines(_as_bytes(chunk))
+                    self._reject(line_no + nonblank[k], f"missing group field {self.fields.group!r}",
+                                 lines[nonblank[k]])
+                    rejected[k] = True
+                    stats.n[k] = 0
+        counts.rows += len(rows)
+        counts.blank += blank
+        nrej = int(rejected.sum())
+        counts.malformed += nrej
+        cand = int((stats.n > 0).sum())
+        counts.candidates += cand
+        counts.without_scores += len(rows) - cand - nrej
+        return ChunkScan(stats=stats, groups=groups, lines_in_chunk=nlines, first_line=line_no,
+                         rejected=rejected, blank=blank)
+
+
+def _as_bytes(chunk: Any) -> bytes:
+    """A chunk as ``bytes`` (views are copied; only the slow, error-reporting paths need this), newline-ended."""
+    data = chunk if isinstance(chunk, bytes) else bytes(chunk)
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def iter_buffer_chunks(buffer: Any, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, memoryview]]:
+    """Split an in-memory or memory-mapped file into runs of whole lines: ``(offset, view)`` pairs, no copies.
+
+    Every run but possibly the last ends in ``\n``; a line longer than ``chunk_bytes`` makes its run longer.
+    """
+    view = memoryview(buffer)
+    size = len(view)
+    start = 0
+    while start < size:
+        stop = min(start + chunk_bytes, size)
+        if stop < size:
+            cut = buffer.rfind(b"\n", start, stop)
+            if cut < 0:
+                cut = buffer.find(b"\n", stop)
+                stop = size if cut < 0 else cut + 1
+            else:
+                stop = cut + 1
+        yield start, view[start:stop]
+        start = stop
+    view.release()
 
 
 class ParquetScanner:

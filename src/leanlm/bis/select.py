@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from leanlm.bis import single_pass
 from leanlm.bis.convert import ConversionCounts, encode_mmprm, to_mmprm
 from leanlm.bis.scan import CHUNK_BYTES, FileCounts, Reject, is_parquet, iter_line_chunks, row_lines, scanner
 from leanlm.bis.schema import Fields
 from leanlm.bis.score import BIS, External, Scorer
+from leanlm.bis.single_pass import worker_count
 from leanlm.common.atomic import atomic_write, atomic_write_json
 from leanlm.common.progress import get_logger, progress, progress_bar
 
@@ -43,6 +45,7 @@ log = get_logger("leanlm.bis.select")
 
 ENGINES = ("stream", "duckdb", "ray")
 FORMATS = ("jsonl", "mmprm", "parquet")
+PLANS = ("auto", "single-pass", "two-pass")
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".parquet")  # not .json: manifests
 
 
@@ -62,9 +65,13 @@ class SelectConfig:
     #: ``"default"`` or ``"official"`` (drop what the official converter drops; only affects ``mmprm``).
     compat: str = "default"
     skip_invalid: bool = False
-    workers: int = 1
+    #: Worker processes over files; 0 = one per available CPU (a single process below 32 MB of input).
+    workers: int = 0
     hash_input: bool = True
     chunk_bytes: int = CHUNK_BYTES
+    #: ``"auto"`` (single pass where it applies, see :func:`leanlm.bis.single_pass.eligible`), ``"single-pass"``
+    #: (an error where it does not apply) or ``"two-pass"``.
+    plan: str = "auto"
 
     def __post_init__(self) -> None:
         for name, r in [("ratio", self.ratio), *self.ratios.items()]:
@@ -74,6 +81,8 @@ class SelectConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.output_format not in FORMATS:
             raise ValueError(f"unknown output format {self.output_format!r}; choose from {', '.join(FORMATS)}")
+        if self.plan not in PLANS:
+            raise ValueError(f"unknown plan {self.plan!r}; choose from {', '.join(PLANS)}")
         if self.compat not in ("default", "official"):
             raise ValueError(f"compat must be 'default' or 'official', got {self.compat!r}")
         if self.group_by not in ("file", "global") and self.fields.group != self.group_by:
@@ -445,10 +454,11 @@ def _run_pass1(files: list[Path], config: SelectConfig, spill_dir: str) -> list[
         from leanlm.bis.engines import ray_pass1
 
         return ray_pass1(files, config, spill_dir)
-    if config.workers > 1 and len(files) > 1:
+    workers = worker_count(files, config)
+    if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=config.workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(scan_file_to_spill, str(p), i, config, spill_dir) for i, p in enumerate(files)]
             return [f.result() for f in progress(futures, desc="bis pass 1", unit="file")]
     with progress_bar(desc="bis pass 1", unit="rows") as bar:
@@ -479,6 +489,10 @@ def select(
                                             spill_dir=spill_dir)
     if isinstance(config.scorer, External):
         config.scorer.file_names = [p.name for p in files]
+    if config.plan == "single-pass" and (why := single_pass.ineligible_reason(files, config)):
+        raise ValueError(f"the single-pass plan does not apply here: {why}")
+    if config.plan != "two-pass" and single_pass.eligible(files, config):
+        return _select_single_pass(files, output, config, manifest=manifest, rejects=rejects, spill_dir=spill_dir)
     tmp = tempfile.mkdtemp(prefix="bis-spill-", dir=spill_dir)
     try:
         scans = _run_pass1(files, config, tmp)
@@ -517,6 +531,44 @@ def select(
     return doc
 
 
+def _select_single_pass(files: list[Path], output: str | os.PathLike[str], config: SelectConfig, *,
+                        manifest: str | os.PathLike[str] | None, rejects: str | os.PathLike[str] | None,
+                        spill_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Per-file groups: select each file in one pass (:mod:`leanlm.bis.single_pass`) and write the manifest."""
+    t0 = time.perf_counter()
+    names = [source_name(p) for p in files]
+    tmp = tempfile.mkdtemp(prefix="bis-work-", dir=spill_dir)
+    try:
+        with progress_bar(desc="bis select", unit="rows") as bar, atomic_write(output, "wb") as out:
+            results = single_pass.run(files, config, tmp, out, [_ratio_for(n, config) for n in names],
+                                      on_done=lambda r: bar.update(r.counts.rows))
+        rpath = None
+        parts = [r.rejects for r in results if r.rejects]
+        if parts or (config.skip_invalid and rejects is not None):
+            rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
+            with atomic_write(rpath, "wb") as fh:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, fh, 1 << 22)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    t1 = time.perf_counter()
+    scans = [FileScanResult(path=r.path, counts=r.counts, group_names=[n], group_candidates=[r.candidates], spill="",
+                            rejects=r.rejects) for r, n in zip(results, names, strict=True)]
+    writes = [FileWriteResult(path=r.path, kept=r.kept, written=r.written, conversion=r.conversion) for r in results]
+    m = np.array([r.candidates for r in results], dtype=np.int64)
+    k = np.array([r.k for r in results], dtype=np.int64)
+    threshold = np.array([0.0 if r.threshold is None else r.threshold for r in results], dtype=np.float64)
+    cut = Cut(threshold=np.where(k > 0, sortable_keys(threshold), np.uint64(0)),
+              ties=np.array([r.ties_kept for r in results], dtype=np.int64), k=k, m=m)
+    doc = _manifest(files, scans, writes, names, m, k, cut, config, output, rpath,
+                    timings={"single_pass": t1 - t0, "total": t1 - t0})
+    atomic_write_json(manifest or str(output) + ".manifest.json", doc)
+    log.info("bis select: kept %d of %d candidates (%d rows read) from %d files in %.2f s (single pass) -> %s",
+             doc["totals"]["kept"], doc["totals"]["candidates"], doc["totals"]["rows"], len(files), t1 - t0, output)
+    return doc
+
+
 def _run_pass2(files: list[Path], scans: list[FileScanResult], remaps: list[np.ndarray], cut: Cut,
                ties_left: np.ndarray, config: SelectConfig, output: str | os.PathLike[str]) -> list[FileWriteResult]:
     if config.output_format == "parquet":
@@ -530,7 +582,7 @@ def _run_pass2(files: list[Path], scans: list[FileScanResult], remaps: list[np.n
                         for p, s, r in zip(files, scans, remaps, strict=True)]
             finally:
                 writer.close()
-    if config.engine == "ray" or (config.workers > 1 and len(files) > 1 and config.group_by == "file"):
+    if config.engine == "ray" or (worker_count(files, config) > 1 and config.group_by == "file"):
         from leanlm.bis.engines import parallel_pass2
 
         return parallel_pass2(files, scans, remaps, cut, config, output)
@@ -598,6 +650,7 @@ def _manifest(files: list[Path], scans: list[FileScanResult], writes: list[FileW
         "settings": {"scorer": config.scorer.name, **config.scorer.params(), "ratio": config.ratio,
                      "ratios": config.ratios, "group_by": config.group_by, "engine": config.engine,
                      "compat": config.compat, "skip_invalid": config.skip_invalid, "workers": config.workers,
+                     "plan": "single-pass" if "single_pass" in timings else "two-pass",
                      "fields": asdict(config.fields)},
         "files": per_file,
         "groups": groups,

@@ -1,0 +1,284 @@
+"""Single-pass selection for the usual case: every stratum is one source file (the official behaviour).
+
+When groups are files, a file's cut depends on that file alone, so there is no need for the two-pass plan of
+:mod:`leanlm.bis.select` (spill every score, find all cuts, re-read and re-split the whole corpus). Each file
+is memory-mapped once and, in one worker:
+
+1. hashed (SHA-256 of the mapping) and decoded in runs of whole lines by the same pass-1 scanner as the
+   two-pass engine (:meth:`leanlm.bis.scan.FileScanner.scan_buffer`), keeping each row's score and the byte
+   span of its line (24 bytes per row);
+2. cut exactly: the candidates' stable descending sort by score keeps the first ``max(1, int(m·ratio))``, ties
+   in file order, the same rows as the radix cut (:func:`leanlm.bis.select.find_cut`);
+3. written: the kept lines' original bytes (or their MM-PRM conversion), in file order, into a part file that
+   the driver appends to the output as soon as every earlier file is done.
+
+Pages of the mapping that have been scanned are handed back to the kernel (``MADV_DONTNEED``), so the
+resident size stays near one run of lines plus the per-row arrays, whatever the file size. Files are spread
+over worker processes (``workers``; 0 = one per CPU). The output, manifest and rejects are the two-pass
+engine's byte for byte (the tests check it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from leanlm.bis.convert import ConversionCounts, encode_mmprm, to_mmprm
+from leanlm.bis.scan import FileScanner, Reject
+
+#: A file larger than this takes the two-pass path (its per-row arrays would pass ~200 MB).
+MAX_FILE_BYTES = 4 << 30
+#: Below this much input in all, worker processes cost more than they save.
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+@dataclass
+class FileSelection:
+    """One file's single-pass result: pass-1 counts, the cut of its group and what was written."""
+
+    path: str
+    counts: Any  # leanlm.bis.scan.FileCounts
+    candidates: int
+    k: int
+    threshold: float | None  # the k-th largest score (None when nothing is kept)
+    ties_kept: int  # kept rows whose score equals the threshold
+    kept: int
+    written: int
+    conversion: ConversionCounts
+    part: str
+    rejects: str | None
+
+
+def ineligible_reason(files: list[Path], config: Any) -> str | None:
+    """Why the single-pass plan does not apply (``None`` when it does). It needs per-file groups, the stream
+    engine, plain JSONL in, JSONL or MM-PRM out, and no file over :data:`MAX_FILE_BYTES`."""
+    from leanlm.bis.select import source_name
+
+    if config.engine != "stream":
+        return f"engine {config.engine!r} (the single pass is the stream engine's)"
+    if config.group_by != "file":
+        return f"group_by={config.group_by!r}: a group's cut needs other files (only per-file groups are local)"
+    if config.output_format not in ("jsonl", "mmprm"):
+        return f"output format {config.output_format!r}"
+    if len({source_name(p) for p in files}) != len(files):
+        return "two input files share a source name (e.g. a.jsonl and a.jsonl.gz), so a group spans files"
+    for p in files:
+        if not p.name.lower().endswith(".jsonl"):
+            return f"{p}: not plain JSONL (compressed and Parquet inputs take two passes)"
+        if p.stat().st_size > MAX_FILE_BYTES:
+            return f"{p}: larger than {MAX_FILE_BYTES >> 30} GiB"
+    return None
+
+
+def eligible(files: list[Path], config: Any) -> bool:
+    """Whether the single-pass plan applies (see :func:`ineligible_reason`)."""
+    return ineligible_reason(files, config) is None
+
+
+def worker_count(files: list[Path], config: Any) -> int:
+    """``config.workers`` (0 = one per available CPU), capped by the number of files; 1 for small corpora."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = config.workers if config.workers > 0 else cpus
+    if config.workers <= 0 and sum(p.stat().st_size for p in files) < PARALLEL_MIN_BYTES:
+        wanted = 1
+    return max(1, min(wanted, len(files)))
+
+
+@contextmanager
+def _mapped(path: str) -> Iterator[Any]:
+    """The file's bytes, memory-mapped read-only (``b""`` for an empty file, which cannot be mapped)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            yield b""
+            return
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mm
+        finally:
+            # Views still referenced by an exception's traceback block closing: unmapped when it is freed.
+            with suppress(BufferError):
+                mm.close()
+
+
+def _drop_pages(buffer: Any, start: int, stop: int) -> None:
+    """Give scanned pages of a read-only mapping back to the kernel (they stay in the page cache)."""
+    if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        start -= start % mmap.PAGESIZE
+        if stop > start:
+            buffer.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+class _RejectSink:
+    """Writes ``--skip-invalid`` rejects of one file to a JSONL file, opened on the first reject."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0
+        self._fh: IO[str] | None = None
+
+    def __call__(self, r: Reject) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh.write(json.dumps({"file": r.path, "line": r.line, "error": r.error, "raw": r.raw},
+                                  ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> str | None:
+        if self._fh is not None:
+            self._fh.close()
+        return self.path if self.count else None
+
+
+def stable_top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k largest non-NaN scores, ties by row order (Python's stable ``sorted(reverse=True)``)."""
+    cand = np.flatnonzero(~np.isnan(score))
+    order = np.argsort(-score[cand], kind="stable")
+    return cand[order[:k]]
+
+
+def select_file(path: str, file_index: int, config: Any, work_dir: str, ratio: float) -> FileSelection:
+    """Score, cut and write one file in a single pass (see the module docstring)."""
+    from leanlm.bis.select import _chunk_scores, keep_count
+
+    sink = _RejectSink(os.path.join(work_dir, f"{file_index:06d}.rejects.jsonl"))
+    part = os.path.join(work_dir, f"{file_index:06d}.part")
+    scanner = FileScanner(path, file_index, config.fields, skip_invalid=config.skip_invalid, on_reject=sink,
+                          chunk_bytes=config.chunk_bytes, hash_input=False)
+    sha = hashlib.sha256() if config.hash_input else None
+    try:
+        with _mapped(path) as buf:
+            scores, starts, stops = [], [], []
+            for offset, ends, chunk in scanner.scan_buffer(buf, on_bytes=sha.update if sha else None):
+                scores.append(_chunk_scores(config.scorer, chunk.stats))
+                run_end = offset + int(ends[-1])
+                line_start = np.concatenate(([0], ends[:-1]))
+                if chunk.blank:  # rows are the non-blank lines
+                    nonblank = _nonblank_lines(buf, offset, line_start, ends)
+                    line_start, ends = line_start[nonblank], ends[nonblank]
+                starts.append(line_start + offset)
+                stops.append(ends + offset)
+                _drop_pages(buf, offset, run_end)
+            score = np.concatenate(scores) if scores else np.zeros(0)
+            start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+            stop = np.concatenate(stops) if stops else np.zeros(0, np.int64)
+            m = int(np.count_nonzero(~np.isnan(score)))
+            k = keep_count(m, ratio)
+            top = stable_top_k(score, k)
+            threshold = float(score[top[-1]]) if k else None
+            ties = int(np.count_nonzero(score[top] == threshold)) if k else 0
+            kept_rows = np.sort(top)
+            conv = ConversionCounts()
+            with open(part, "wb") as out:
+                written = _write_rows(buf, start[kept_rows], stop[kept_rows], config, conv, out)
+    finally:
+        rejects = sink.close()
+    if sha is not None:
+        scanner.counts.sha256 = sha.hexdigest()
+    return FileSelection(path=path, counts=scanner.counts, candidates=m, k=k, threshold=threshold, ties_kept=ties,
+                         kept=len(kept_rows), written=written, conversion=conv, part=part, rejects=rejects)
+
+
+def _nonblank_lines(buf: Any, offset: int, line_start: np.ndarray, line_end: np.ndarray) -> np.ndarray:
+    """Indices of the lines of a run that hold more than whitespace (the rows, as the scanner counts them)."""
+    keep = [i for i, (a, b) in enumerate(zip((line_start + offset).tolist(), (line_end + offset).tolist(),
+                                             strict=True)) if bytes(buf[a:b]).strip(b" \t\r\n")]
+    return np.asarray(keep, dtype=np.int64)
+
+
+#: Lines written per batch (bounds the memory of the joined output bytes).
+_WRITE_BATCH = 8192
+
+
+def _write_rows(buf: Any, start: np.ndarray, stop: np.ndarray, config: Any, conv: ConversionCounts,
+                out: IO[bytes]) -> int:
+    """Write the kept lines (original bytes, each newline-terminated) or their MM-PRM conversion."""
+    view = memoryview(buf)
+    written = 0
+    try:
+        for b0 in range(0, len(start), _WRITE_BATCH):
+            spans = zip(start[b0 : b0 + _WRITE_BATCH].tolist(), stop[b0 : b0 + _WRITE_BATCH].tolist(), strict=True)
+            if config.output_format == "mmprm":
+                parts = []
+                for a, b in spans:
+                    rec = to_mmprm(json.loads(bytes(view[a:b])), config.fields, config.compat, conv)
+                    if rec is not None:
+                        parts.append(encode_mmprm(rec))
+                out.write("".join(parts).encode("utf-8"))
+                written += len(parts)
+                continue
+            lines = [view[a:b] for a, b in spans]
+            out.write(b"".join(lines))
+            written += len(lines)
+            if lines and lines[-1][-1:] != b"\n":  # the file's last line had no newline
+                out.write(b"\n")
+            for line in lines:
+                line.release()
+            _drop_pages(buf, int(start[b0]), int(stop[min(b0 + _WRITE_BATCH, len(start)) - 1]))
+    finally:
+        view.release()
+    return written
+
+
+def _append(src: str, out: IO[bytes]) -> None:
+    """Append a part file to ``out`` (in-kernel ``copy_file_range`` where possible) and delete it."""
+    out.flush()
+    with open(src, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fh.fileno(), out.fileno(), size - done)
+                if n == 0:
+                    break
+                done += n
+        except (AttributeError, OSError):
+            done = 0
+        if done < size:
+            fh.seek(done)
+            out.seek(0, os.SEEK_END)
+            shutil.copyfileobj(fh, out, 1 << 22)
+        else:
+            out.seek(0, os.SEEK_END)
+    os.unlink(src)
+
+
+def run(files: list[Path], config: Any, work_dir: str, out: IO[bytes], ratios: list[float],
+        on_done: Callable[[FileSelection], object] | None = None) -> list[FileSelection]:
+    """Select every file (in worker processes when ``workers`` > 1) and append the parts to ``out`` in order."""
+    workers = worker_count(files, config)
+    results: list[FileSelection] = []
+    if workers == 1:
+        for i, p in enumerate(files):
+            res = select_file(str(p), i, config, work_dir, ratios[i])
+            _append(res.part, out)
+            results.append(res)
+            if on_done is not None:
+                on_done(res)
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures: list[Future[FileSelection]] = [
+            pool.submit(select_file, str(p), i, config, work_dir, ratios[i]) for i, p in enumerate(files)]
+        try:
+            for fut in futures:  # in file order: the output is the files' parts in order
+                res = fut.result()
+                _append(res.part, out)
+                results.append(res)
+                if on_done is not None:
+                    on_done(res)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
+
