@@ -75,6 +75,29 @@ DUCKDB_SOURCES = {
 }
 
 
+def contender_config(name: str, alpha: float, ratio: float) -> Any:
+    """The :class:`SelectConfig` of an ``ours:`` contender: ``ours:<engine>[+mmprm][/two-pass][/<n>w]``, e.g.
+    ``ours:stream`` (the defaults), ``ours:stream/1w`` (one process), ``ours:stream/two-pass``,
+    ``ours:stream+mmprm`` (MM-PRM output, ``--compat official``)."""
+    from leanlm.bis.score import BIS
+    from leanlm.bis.select import SelectConfig
+
+    engine, *opts = name.split(":", 1)[1].split("/")
+    fmt = "jsonl"
+    if engine.endswith("+mmprm"):
+        engine, fmt = engine.removesuffix("+mmprm"), "mmprm"
+    workers, plan = 0, "auto"
+    for opt in opts:
+        if opt.endswith("w") and opt[:-1].isdigit():
+            workers = int(opt[:-1])
+        elif opt in ("two-pass", "single-pass"):
+            plan = opt
+        else:
+            raise ValueError(f"unknown contender option {opt!r} in {name!r}")
+    return SelectConfig(ratio=ratio, scorer=BIS(alpha), engine=engine, output_format=fmt, workers=workers,
+                        compat="official", plan=plan)
+
+
 def _child(name: str, corpus: str, out: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run one contender in this (child) process; returns its timing and result summary."""
     alpha, ratio = params["alpha"], params["ratio"]
@@ -91,18 +114,9 @@ def _child(name: str, corpus: str, out: str, params: dict[str, Any]) -> dict[str
         rows = duckdb.sql(DUCKDB_SQL.format(source=source, alpha=alpha, ratio=ratio)).fetchall()
         result = {"kept_per_file": {Path(f).name: int(k) for f, k in rows}}
     else:
-        from leanlm.bis.score import BIS
-        from leanlm.bis.select import SelectConfig, select
+        from leanlm.bis.select import select
 
-        engine = name.split(":", 1)[1]
-        fmt = "jsonl"
-        workers = 1
-        if engine.endswith("+mmprm"):
-            engine, fmt = engine.removesuffix("+mmprm"), "mmprm"
-        if engine.endswith("x2"):
-            engine, workers = engine.removesuffix("x2"), 2
-        cfg = SelectConfig(ratio=ratio, scorer=BIS(alpha), engine=engine, output_format=fmt, workers=workers,
-                           compat="official")
+        cfg = contender_config(name, alpha, ratio)
         doc = select([corpus], out, cfg)
         result = {"kept_per_file": {Path(f["file"]).name: f["kept"] for f in doc["files"]},
                   "written": doc["totals"]["written"], "phases": doc["seconds"]}

@@ -66,11 +66,12 @@ def _mixture_table(corpus: Path, out_dir: Path) -> Table:
               metric="identical"),
     ],
     quick={"rollouts": 100_000, "sources": 38, "repeats": 1,
-           "contenders": ["official", "duckdb-sql", "ours:stream", "ours:streamx2", "ours:duckdb",
-                          "ours:stream+mmprm"]},
+           "contenders": ["official", "duckdb-sql", "ours:stream", "ours:stream/1w", "ours:stream/two-pass",
+                          "ours:duckdb", "ours:stream+mmprm"]},
     full={"rollouts": 1_000_000, "sources": 38, "repeats": 2,
-          "contenders": ["official", "duckdb-sql", "duckdb-sql-read_json", "ours:stream", "ours:streamx2",
-                         "ours:duckdb", "ours:ray", "ours:stream+mmprm"]},
+          "contenders": ["official", "duckdb-sql", "duckdb-sql-read_json", "ours:stream", "ours:stream/1w",
+                         "ours:stream/two-pass", "ours:stream/two-pass/1w", "ours:duckdb", "ours:ray",
+                         "ours:stream+mmprm"]},
 )
 def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     import matplotlib
