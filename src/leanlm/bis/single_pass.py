@@ -26,7 +26,6 @@ import mmap
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,8 +265,10 @@ def run(files: list[Path], config: Any, work_dir: str, out: IO[bytes], ratios: l
             if on_done is not None:
                 on_done(res)
         return results
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures: list[Future[FileSelection]] = [
+        futures = [
             pool.submit(select_file, str(p), i, config, work_dir, ratios[i]) for i, p in enumerate(files)]
         try:
             for fut in futures:  # in file order: the output is the files' parts in order

@@ -10,9 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
-from tqdm.auto import tqdm
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -41,11 +39,39 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+class _NoBar:
+    """What :func:`progress_bar` returns when bars are off: accepts tqdm's calls and does nothing (and does not
+    import tqdm, which costs a noticeable share of a short command's start-up)."""
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """Wrap an iterable in a tqdm progress bar (disabled when not interactive)."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(), dynamic_ncols=True, leave=False)
+    """Wrap an iterable in a tqdm progress bar (a plain iterator when not interactive)."""
+    if not progress_enabled():
+        return iter(iterable if iterable is not None else ())
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
 
 
-def progress_bar(*, desc: str = "", total: int | None = None, unit: str = "it") -> tqdm:
-    """A manual progress bar (``bar.update(n)``), disabled when not interactive; use as a context manager."""
-    return tqdm(desc=desc, total=total, unit=unit, disable=not progress_enabled(), dynamic_ncols=True, leave=False)
+def progress_bar(*, desc: str = "", total: int | None = None, unit: str = "it") -> Any:
+    """A manual progress bar (``bar.update(n)``), a no-op when not interactive; use as a context manager."""
+    if not progress_enabled():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)

@@ -45,12 +45,13 @@ class TaskConfig:
     audio_per_chunk: int = 10
     sources: int = 8
     classes: int = 8
-    sounds_per_chunk: int = 7
+    sounds_per_chunk: int = 8  # sounds per chunk, from distinct sources (always including the object's)
     object_patches: int = 2
     frame_noise: float = 0.1
     token_noise: float = 0.1
+    time_code: float = 1.0  # scale of the per-chunk time code shared by the chunk's video and audio tokens
     hidden_size: int = 64
-    task_seed: int = 1234  # fixes the dictionaries (object / source / class vectors): the "world"
+    task_seed: int = 1234  # fixes the dictionaries (object / source / class / time-code vectors): the "world"
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Batch:
     event_chunk: torch.Tensor  # [B]
     object_index: list[torch.Tensor]  # per sample, sequence indices of the object tokens
     target_audio_index: torch.Tensor  # [B] sequence index of the answer's sound token
+    sound_class: torch.Tensor  # [B, C, A] class of each audio token, -1 for background noise tokens
+    sound_source: torch.Tensor  # [B, C, A] source of each audio token, -1 for background noise tokens
 
 
 class AVTask:
@@ -71,6 +74,8 @@ class AVTask:
     def __init__(self, cfg: TaskConfig, model_config: Qwen2_5OmniThinkerConfig) -> None:
         if cfg.sounds_per_chunk > cfg.audio_per_chunk:
             raise ValueError("sounds_per_chunk cannot exceed audio_per_chunk")
+        if not 1 <= cfg.sounds_per_chunk <= cfg.sources:
+            raise ValueError("sounds_per_chunk must be between 1 and sources (one sound per source and chunk)")
         if cfg.frames % 2:
             raise ValueError("the synthetic task uses an even number of frames (whole chunks)")
         self.cfg = cfg
@@ -97,6 +102,8 @@ class AVTask:
         self.src_audio = self.obj @ mix
         self.cls = torch.randn(cfg.classes, d, generator=g)
         self.audio_bg = torch.randn(d, generator=g) * 0.5
+        self.event_sig = torch.randn(d, generator=g)
+        self.time_codes = cfg.time_code * torch.randn(self.chunks, d, generator=g)
 
     @property
     def class_tokens(self) -> torch.Tensor:
@@ -104,12 +111,14 @@ class AVTask:
 
     def sample(self, batch: int, generator: torch.Generator) -> Batch:
         cfg, g = self.cfg, generator
-        d, n_p, T, C, A = cfg.hidden_size, self.n_p, cfg.frames, self.chunks, cfg.audio_per_chunk
+        d, n_p, T, C, A, S = cfg.hidden_size, self.n_p, cfg.frames, self.chunks, cfg.audio_per_chunk, cfg.sounds_per_chunk
         side_w = cfg.grid_hw[1] // self.config.vision_config.spatial_merge_size
-        # video [B, T, n_p, D]: background + per-frame noise
+        ar = torch.arange(batch)
+        # video [B, T, n_p, D]: a static background (redundant frames) + the chunk's time code + small noise
         scene = torch.randn(batch, 1, 1, d, generator=g)
         bg = scene + 0.5 * torch.randn(batch, 1, n_p, d, generator=g)
-        video = bg + cfg.frame_noise * torch.randn(batch, T, n_p, d, generator=g)
+        codes = self.time_codes.repeat_interleave(2, dim=0)  # [T, D]: both frames of a chunk share its code
+        video = bg + codes.view(1, T, 1, d) + cfg.frame_noise * torch.randn(batch, T, n_p, d, generator=g)
         event = torch.randint(0, C, (batch,), generator=g)
         source = torch.randint(0, cfg.sources, (batch,), generator=g)
         answer = torch.randint(0, cfg.classes, (batch,), generator=g)
@@ -119,28 +128,36 @@ class AVTask:
             f1, f2 = 2 * int(event[b]), 2 * int(event[b]) + 1
             p1 = torch.arange(cfg.object_patches) + int(start[b])
             p2 = p1 + 1 if (int(p1[-1]) + 1) % side_w else p1 - 1  # moves one patch (right, or left at the edge)
-            o = self.obj[source[b]]
+            o = self.obj[source[b]] + self.event_sig + self.time_codes[event[b]]
             video[b, f1, p1] = o + cfg.token_noise * torch.randn(len(p1), d, generator=g)
             video[b, f2, p2] = o + cfg.token_noise * torch.randn(len(p2), d, generator=g)
             object_index.append(torch.cat([self.video_index[f1 * n_p + p1], self.video_index[f2 * n_p + p2]]))
-        # audio [B, C, A, D]: noise, then sounds_per_chunk sound tokens per chunk. Slot 0 of every chunk is
-        # the visible object's source s*; only in the event chunk does it carry the answer class c*, in the
-        # other chunks it carries another class (a distractor that only timing can rule out). The other
-        # sounds come from other sources with random classes.
+        # audio [B, C, A, D]: every chunk holds S sounds from S distinct sources, always including the
+        # object's source s* (so no source is rarer than another when S = sources), each with a random class, plus A - S background noise tokens; every audio
+        # token carries its chunk's time code. In the event chunk the sound of s* has the answer class c*;
+        # in the other chunks s* sounds with another class (a distractor that only the timing rules out),
+        # and c* is also given to one other sound of a random other chunk (when there is one), so the
+        # answer class is never unique in the audio.
         audio = self.audio_bg + 0.3 * torch.randn(batch, C, A, d, generator=g)
-        slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., : cfg.sounds_per_chunk]
-        other = torch.randint(0, cfg.sources - 1, (batch, C, cfg.sounds_per_chunk), generator=g)
-        src = other + (other >= source.view(-1, 1, 1)).long()  # any source but s*
-        classes = torch.randint(0, cfg.classes, (batch, C, cfg.sounds_per_chunk), generator=g)
+        slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., :S]
+        others = torch.argsort(torch.rand(batch, C, cfg.sources - 1, generator=g), dim=-1)[..., : S - 1]
+        others = others + (others >= source.view(-1, 1, 1)).long()  # S - 1 distinct sources other than s*
+        src = torch.cat([source.view(-1, 1, 1).expand(-1, C, 1), others], dim=-1)
+        classes = torch.randint(0, cfg.classes, (batch, C, S), generator=g)
         wrong = torch.randint(0, cfg.classes - 1, (batch, C), generator=g)
-        wrong = wrong + (wrong >= answer.view(-1, 1)).long()  # any class but c*
-        src[:, :, 0] = source.view(-1, 1)
-        classes[:, :, 0] = wrong
-        classes[torch.arange(batch), event, 0] = answer
-        sound = self.src_audio[src] + self.cls[classes]
+        classes[:, :, 0] = wrong + (wrong >= answer.view(-1, 1)).long()  # any class but c*
+        classes[ar, event, 0] = answer
+        if C > 1 and S > 1:
+            shift = torch.randint(1, C, (batch,), generator=g)
+            slot = torch.randint(1, S, (batch,), generator=g)
+            classes[ar, (event + shift) % C, slot] = answer
+        sound = self.src_audio[src] + self.cls[classes] + self.time_codes.view(1, C, 1, d)
         sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
+        audio = audio + self.time_codes.view(1, C, 1, d)
         audio.scatter_(2, slots.unsqueeze(-1).expand(-1, -1, -1, d), sound)
-        target_slot = slots[torch.arange(batch), event, 0]
+        sound_class = torch.full((batch, C, A), -1, dtype=torch.long).scatter_(2, slots, classes)
+        sound_source = torch.full((batch, C, A), -1, dtype=torch.long).scatter_(2, slots, src)
+        target_slot = slots[ar, event, 0]
         target = self.audio_index[event * A + target_slot]
         # assemble
         ids = self.prompt.input_ids.repeat(batch, 1)
@@ -150,7 +167,7 @@ class AVTask:
         embeds[:, self.audio_index] = audio.reshape(batch, C * A, d)
         labels = torch.full_like(ids, -100)
         labels[:, -1] = ids[:, -1]
-        return Batch(ids, embeds, labels, answer, event, object_index, target)
+        return Batch(ids, embeds, labels, answer, event, object_index, target, sound_class, sound_source)
 
     def model_inputs(self, model, batch: Batch) -> dict:
         """Thinker kwargs: text embeddings from the model's table, synthetic AV features at placeholders."""
