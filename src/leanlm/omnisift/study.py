@@ -89,8 +89,10 @@ class StudyConfig:
 
 
 def build_model(cfg: StudyConfig, seed: int):
+    # the audio rate follows the task: a 2-s chunk holds audio_per_chunk audio tokens
+    pps = int(cfg.task.get("audio_per_chunk", TaskConfig.audio_per_chunk)) // 2
     return tiny_thinker(
-        seed=seed, compact_ids=True, position_id_per_seconds=5, hidden_size=cfg.hidden_size,
+        seed=seed, compact_ids=True, position_id_per_seconds=pps, hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=max(1, cfg.heads // 2),
     )
 
