@@ -8,16 +8,16 @@ from leanlm.common.atomic import atomic_write_json
 from leanlm.common.report import ExperimentResult, Figure, Table
 from leanlm.reproduce import Claim, RunContext, register
 
-_TASK_QUICK = {"frames": 4, "sources": 4, "classes": 4}
+_TASK: dict[str, Any] = {}  # TaskConfig defaults: 2 chunks, 4 sources, 4 classes, 4 sounds per chunk
 QUICK: dict[str, Any] = {
-    "study": {"seeds": [0], "pretrain_steps": 1200, "finetune_steps": 150, "batch_size": 16, "lr": 3e-3,
-              "finetune_lr": 1e-3, "eval_samples": 192, "task": _TASK_QUICK,
+    "study": {"seeds": [0], "pretrain_steps": 1200, "finetune_steps": 150, "batch_size": 32, "lr": 3e-3,
+              "finetune_lr": 1e-3, "eval_samples": 256, "task": _TASK,
               "variants": ["full tokens", "OmniSIFT", "Random", "DyCoke-style", "OmniZip-style"]},
     "latency": {"frames": 16, "grid": 16, "repeats": 3, "hidden": 256},
 }
 FULL: dict[str, Any] = {
-    "study": {"seeds": [0, 1, 2], "pretrain_steps": 2000, "finetune_steps": 200, "batch_size": 16, "lr": 3e-3,
-              "finetune_lr": 1e-3, "eval_samples": 384, "task": _TASK_QUICK},
+    "study": {"seeds": [0, 1, 2], "pretrain_steps": 3000, "finetune_steps": 300, "batch_size": 32, "lr": 3e-3,
+              "finetune_lr": 1e-3, "eval_samples": 512, "task": _TASK},
     "latency": {"frames": 32, "grid": 16, "repeats": 5, "hidden": 256},
 }
 
@@ -67,6 +67,7 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     import matplotlib.pyplot as plt
 
     from leanlm.omnisift.study import StudyConfig, prefill_latency, run_study, summarize
+    from leanlm.omnisift.synth import TaskConfig
 
     cfg = StudyConfig.from_dict(dict(config["study"]))
     result = run_study(cfg, ctx.out_dir)
@@ -125,7 +126,7 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
             Table("Synthetic audio-visual task: accuracy by method and retention",
                   ["method", "target", "kept fraction", "rho_v / rho_a", "seeds", "accuracy", "std",
                    "answer sound kept", "object kept"], table_rows,
-                  caption=f"chance = {1 / cfg.task.get('classes', 8):.2f}; trained variants are fine-tuned with their own "
+                  caption=f"chance = {1 / cfg.task.get('classes', TaskConfig.classes):.2f}; trained variants are fine-tuned with their own "
                           "compression at rho_v=0.7, rho_a=0.3; Random / DyCoke-style / OmniZip-style run on the "
                           "full-token fine-tuned backbone"),
             Table("Prefill latency of a tiny thinker vs retention (median, interleaved)",

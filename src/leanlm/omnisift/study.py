@@ -69,6 +69,7 @@ class StudyConfig:
     layers: int = 2
     heads: int = 4
     selector_dim: int = 128
+    pretrain_hint: float = 0.5  # curriculum for stage A only: TaskConfig.hint (fine-tuning and evaluation: 0)
     threads: int = 1
     variants: list[str] = field(default_factory=lambda: list(TRAINED) + list(TRAINING_FREE))
     task: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +84,7 @@ class StudyConfig:
 
     def fingerprint(self, stage: str) -> str:
         keys = ("pretrain_steps", "finetune_steps", "batch_size", "lr", "finetune_lr", "hidden_size", "layers",
-                "heads", "selector_dim", "task")
+                "heads", "selector_dim", "task", "pretrain_hint")
         blob = json.dumps({k: asdict(self)[k] for k in keys} | {"stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -222,7 +223,8 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
             base.load_state_dict(torch.load(path, weights_only=True))
             pre = _saved_losses(path)
         else:
-            pre = Trainer(cfg, task, base, seed).train(cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
+            hinted = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **{**cfg.task, "hint": cfg.pretrain_hint}), base.config)
+            pre = Trainer(cfg, hinted, base, seed).train(cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
             _save(base, path, pre)
         if pre:
             curves[f"seed {seed} pretrain"] = pre

@@ -40,16 +40,17 @@ PREFIX = [10, 11]
 
 @dataclass
 class TaskConfig:
-    frames: int = 8
+    frames: int = 4  # 2 chunks
     grid_hw: tuple[int, int] = (8, 8)  # patches before the 2×2 merge: 16 tokens per LLM frame
-    audio_per_chunk: int = 10
-    sources: int = 8
-    classes: int = 8
-    sounds_per_chunk: int = 8  # sounds per chunk, from distinct sources (always including the object's)
+    audio_per_chunk: int = 4  # 2 audio tokens per second (position_id_per_seconds = 2)
+    sources: int = 4
+    classes: int = 4
+    sounds_per_chunk: int = 4  # sounds per chunk, from distinct sources (always including the object's)
     object_patches: int = 2
     frame_noise: float = 0.1
     token_noise: float = 0.1
     time_code: float = 1.0  # scale of the per-chunk time code shared by the chunk's video and audio tokens
+    hint: float = 0.0  # training wheels: fraction of samples whose answer sound also carries the event signature
     hidden_size: int = 64
     task_seed: int = 1234  # fixes the dictionaries (object / source / class / time-code vectors): the "world"
 
@@ -74,8 +75,11 @@ class AVTask:
     def __init__(self, cfg: TaskConfig, model_config: Qwen2_5OmniThinkerConfig) -> None:
         if cfg.sounds_per_chunk > cfg.audio_per_chunk:
             raise ValueError("sounds_per_chunk cannot exceed audio_per_chunk")
-        if not 1 <= cfg.sounds_per_chunk <= cfg.sources:
-            raise ValueError("sounds_per_chunk must be between 1 and sources (one sound per source and chunk)")
+        if not 1 <= cfg.sounds_per_chunk <= min(cfg.sources, cfg.classes):
+            raise ValueError("sounds_per_chunk must be between 1 and min(sources, classes): one sound per source "
+                             "and class in each chunk")
+        if cfg.frames // 2 > cfg.sounds_per_chunk:
+            raise ValueError("the Latin class layout needs at most sounds_per_chunk chunks")
         if cfg.frames % 2:
             raise ValueError("the synthetic task uses an even number of frames (whole chunks)")
         self.cfg = cfg
@@ -121,7 +125,6 @@ class AVTask:
         video = bg + codes.view(1, T, 1, d) + cfg.frame_noise * torch.randn(batch, T, n_p, d, generator=g)
         event = torch.randint(0, C, (batch,), generator=g)
         source = torch.randint(0, cfg.sources, (batch,), generator=g)
-        answer = torch.randint(0, cfg.classes, (batch,), generator=g)
         start = torch.randint(0, n_p - cfg.object_patches - 1, (batch,), generator=g)
         object_index = []
         for b in range(batch):
@@ -132,28 +135,31 @@ class AVTask:
             video[b, f1, p1] = o + cfg.token_noise * torch.randn(len(p1), d, generator=g)
             video[b, f2, p2] = o + cfg.token_noise * torch.randn(len(p2), d, generator=g)
             object_index.append(torch.cat([self.video_index[f1 * n_p + p1], self.video_index[f2 * n_p + p2]]))
-        # audio [B, C, A, D]: every chunk holds S sounds from S distinct sources, always including the
-        # object's source s* (so no source is rarer than another when S = sources), each with a random class, plus A - S background noise tokens; every audio
-        # token carries its chunk's time code. In the event chunk the sound of s* has the answer class c*;
-        # in the other chunks s* sounds with another class (a distractor that only the timing rules out),
-        # and c* is also given to one other sound of a random other chunk (when there is one), so the
-        # answer class is never unique in the audio.
+        # audio [B, C, A, D]: every chunk holds S sounds, one from each of S distinct sources (always including
+        # the object's source s*), plus A - S background noise tokens; every audio token carries its chunk's
+        # time code. The classes form a Latin rectangle over a per-sample set Q of S classes: in every chunk
+        # each class of Q sounds exactly once, and every source changes class from chunk to chunk
+        # (class(s, c) = Q[(π(s) + o_c) mod S], distinct offsets o_c). The answer c* = class(s*, event chunk).
+        # So the audio alone says only "one of Q" (each candidate equally likely), the object's source sounds
+        # with another class in every other chunk (a distractor only the timing rules out), and c* also
+        # sounds in every other chunk, from another source.
         audio = self.audio_bg + 0.3 * torch.randn(batch, C, A, d, generator=g)
         slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., :S]
         others = torch.argsort(torch.rand(batch, C, cfg.sources - 1, generator=g), dim=-1)[..., : S - 1]
         others = others + (others >= source.view(-1, 1, 1)).long()  # S - 1 distinct sources other than s*
-        src = torch.cat([source.view(-1, 1, 1).expand(-1, C, 1), others], dim=-1)
-        classes = torch.randint(0, cfg.classes, (batch, C, S), generator=g)
-        wrong = torch.randint(0, cfg.classes - 1, (batch, C), generator=g)
-        classes[:, :, 0] = wrong + (wrong >= answer.view(-1, 1)).long()  # any class but c*
-        classes[ar, event, 0] = answer
-        if C > 1 and S > 1:
-            shift = torch.randint(1, C, (batch,), generator=g)
-            slot = torch.randint(1, S, (batch,), generator=g)
-            classes[ar, (event + shift) % C, slot] = answer
+        src = torch.cat([source.view(-1, 1, 1).expand(-1, C, 1), others], dim=-1)  # [B, C, S]; slot 0 is s*
+        q = torch.argsort(torch.rand(batch, cfg.classes, generator=g), dim=-1)[:, :S]  # Q, in random order
+        offsets = torch.argsort(torch.rand(batch, S, generator=g), dim=-1)[:, :C]  # distinct per chunk
+        rank = torch.argsort(torch.rand(batch, cfg.sources, generator=g), dim=-1)  # π over all sources
+        idx = (rank.gather(1, src.reshape(batch, -1)).view(batch, C, S) + offsets.view(batch, C, 1)) % S
+        classes = q.gather(1, idx.reshape(batch, -1)).view(batch, C, S)
+        answer = classes[ar, event, 0]
         sound = self.src_audio[src] + self.cls[classes] + self.time_codes.view(1, C, 1, d)
         sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
         audio = audio + self.time_codes.view(1, C, 1, d)
+        if cfg.hint > 0:  # curriculum only (study: pretraining stage); evaluation never uses hints
+            hinted = (torch.rand(batch, generator=g) < cfg.hint).float().view(-1, 1)
+            sound[ar, event, 0] = sound[ar, event, 0] + hinted * self.event_sig
         audio.scatter_(2, slots.unsqueeze(-1).expand(-1, -1, -1, d), sound)
         sound_class = torch.full((batch, C, A), -1, dtype=torch.long).scatter_(2, slots, classes)
         sound_source = torch.full((batch, C, A), -1, dtype=torch.long).scatter_(2, slots, src)
