@@ -4,19 +4,33 @@ Nothing is real media. Each sample is a "video" of ``frames`` LLM frames of ``n_
 track of ``audio_per_chunk`` tokens per 2-s chunk, laid out with the real Qwen2.5-Omni placeholder
 interleave and TMRoPE ids (``use_audio_in_video=True``); the features that the encoders would produce are
 drawn directly in the D-dimensional embedding space (the encoders are bypassed, ``inputs_embeds`` is
-passed to the thinker):
+passed to the thinker). With the defaults: 4 frames of 16 tokens and 4 audio tokens per chunk, 2 chunks,
+72 audio-visual tokens.
 
+* time codes: every token of chunk ``c``, video and audio alike, carries a fixed vector ``τ_c`` (a
+  content-level clock, one per chunk; the TMRoPE ids are there too);
 * video: a static random background per sample (a scene vector plus a smaller per-patch vector, repeated
-  in every frame with small noise: redundant frames); in one random *event chunk* an object of identity ``s*`` (one of
-  ``sources``) covers ``object_patches`` patches of F1 and, moved by one patch, of F2;
-* audio: every chunk holds ``sounds_per_chunk`` sound tokens and background noise tokens; a sound token is
-  ``src_a[s] + cls[c] + noise``, where ``src_a[s] = M·obj[s]`` is the audio signature of source ``s`` (a fixed
-  random linear map of its visual appearance, so vision and audio agree only through a learnable map);
-* the answer is the class ``c*`` of the sound made by the visible object *during the visual event*: the
-  same source also sounds in every other chunk, with other classes (distractor audio that only the
-  audio-visual timing rules out), and the remaining sounds come from other sources.
+  in every frame with small noise: redundant frames); in one random *event chunk* an object of identity
+  ``s*`` (one of ``sources``) covers ``object_patches`` patches of F1 and, moved by one patch, of F2. Its
+  tokens are ``obj[s*] + event + τ_event`` (a fixed "event" signature). So the event is what spatial
+  saliency and temporal change (STVP) single out;
+* audio: each chunk holds ``sounds_per_chunk`` sound tokens, one from each of as many distinct sources
+  (always including ``s*``), and ``audio_per_chunk − sounds_per_chunk`` background-noise tokens (none with the
+  defaults). A sound is ``src_a[s] + cls[k] + τ_c + noise``,
+  where ``src_a[s] = M·obj[s]`` (a fixed random rotation of the source's look, so sight and sound agree only
+  through a learnable map);
+* classes form a Latin rectangle over a per-sample set ``Q``: in every chunk each class of ``Q`` sounds
+  exactly once, and every source changes class from chunk to chunk. The answer is ``c*``, the class of
+  ``s*``'s sound in the event chunk. The same source sounds in the other chunk with another class (a
+  distractor that only the timing rules out), and ``c*`` sounds in the other chunk from another source.
+  So from the audio alone every class of ``Q`` is equally likely (chance), whatever a score computed on the
+  audio does: finding the answer needs the video (which source, which chunk) and the time codes.
 
 The question and answer are two text tokens; the answer is one of ``classes`` class tokens.
+
+``hint`` is a curriculum ("training wheels"): in that fraction of samples the answer sound also carries
+the event signature, which gives the otherwise all-or-nothing 2-hop lookup a gradient. The study uses it
+only while pretraining on full tokens; fine-tuning and evaluation never see hints.
 
 The task is built around OmniSIFT's hypothesis: the relevant audio token can only be picked out by
 looking at the video of the same chunk, and the relevant visual tokens are the salient/changed ones.
