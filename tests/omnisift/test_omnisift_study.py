@@ -13,7 +13,7 @@ from leanlm.omnisift.synth import AVTask, TaskConfig
 
 torch.set_num_threads(1)
 
-SMALL = {"frames": 4, "sources": 4, "classes": 4, "sounds_per_chunk": 4, "audio_per_chunk": 4}
+SMALL = {"frames": 4, "sources": 4, "classes": 8, "sounds_per_chunk": 4, "audio_per_chunk": 4}
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +49,50 @@ def test_task_places_the_answer_sound_in_the_event_chunk(setup):
         assert int(batch.input_ids[b, -1]) == int(task.class_tokens[batch.answer[b]])
 
 
-def test_answer_is_not_recoverable_from_the_audio_alone(setup):
-    """The task's key property: every chunk sounds the same set of classes, once each (a Latin rectangle), the
-    object's source changes class from chunk to chunk, and the answer also sounds in the other chunks from
-    another source. Without the video (which source, which chunk) the audio does not single out the answer."""
+def test_without_the_answer_sound_the_input_is_the_same_whatever_the_answer(setup):
+    """The elimination leak is closed on every sample: forcing each possible answer class (same random draws
+    otherwise) changes the answer sound's token and the label only. So once the answer sound is dropped,
+    what remains (every other token's features, classes and sources) does not depend on the answer."""
     _, _, task = setup
-    batch = task.sample(256, torch.Generator().manual_seed(1))
+    n, K = 128, task.cfg.classes
+    runs = [task.sample(n, torch.Generator().manual_seed(3), answer=k) for k in range(K)]
+    ref = runs[0]
+    av = torch.cat([task.video_index, task.audio_index])
+    for k, batch in enumerate(runs):
+        assert (batch.answer == k).all()
+        assert torch.equal(batch.event_chunk, ref.event_chunk)
+        assert torch.equal(batch.target_audio_index, ref.target_audio_index)
+        assert torch.equal(batch.sound_source, ref.sound_source)
+        assert all(torch.equal(a, b) for a, b in zip(batch.object_index, ref.object_index, strict=True))
+        for b in range(n):
+            keep = av[av != ref.target_audio_index[b]]  # every AV token but the answer sound
+            assert torch.equal(batch.inputs_embeds[b, keep], ref.inputs_embeds[b, keep])
+            t = int(ref.target_audio_index[b])
+            assert k == 0 or not torch.equal(batch.inputs_embeds[b, t], ref.inputs_embeds[b, t])
+            # the classes heard without the answer sound, chunk by chunk, are the same for every answer
+            c, a = divmod(int((task.audio_index == t).nonzero()), task.cfg.audio_per_chunk)
+            mask = torch.ones_like(batch.sound_class[b], dtype=torch.bool)
+            mask[c, a] = False
+            assert torch.equal(batch.sound_class[b][mask], ref.sound_class[b][mask])
+            assert int(batch.sound_class[b, c, a]) == k
+
+
+def test_task_layout_sources_classes_and_answer(setup):
+    """Every chunk sounds each source once (the sources heard say nothing), the object's source sounds in
+    every chunk, the answer sound is s*'s in the event chunk, and classes are drawn over all classes (more
+    classes than sounds per chunk), with the answer uniform."""
+    _, _, task = setup
+    batch = task.sample(512, torch.Generator().manual_seed(1))
     cls, src = batch.sound_class, batch.sound_source  # [B, C, A]
+    C, A = cls.shape[1], cls.shape[2]
     for b in range(cls.shape[0]):
-        heard = [sorted(c for c in cls[b, k].tolist() if c >= 0) for k in range(cls.shape[1])]
-        assert all(h == heard[0] for h in heard) and len(set(heard[0])) == len(heard[0])
-        assert int(batch.answer[b]) in heard[0]
-        event = int(batch.event_chunk[b])
-        s_star = int(src[b, event][cls[b, event] == batch.answer[b]])
-        for k in range(cls.shape[1]):
-            if k != event:
-                assert int(cls[b, k][src[b, k] == s_star]) != int(batch.answer[b])  # the object sounds, other class
-                assert int(src[b, k][cls[b, k] == batch.answer[b]]) != s_star  # the answer class, other source
-    # the answer is uniform over classes
+        for k in range(C):
+            assert sorted(src[b, k].tolist()) == list(range(task.cfg.sources))
+        c, a = divmod(int((task.audio_index == batch.target_audio_index[b]).nonzero()), A)
+        assert c == int(batch.event_chunk[b]) and int(cls[b, c, a]) == int(batch.answer[b])
+    assert set(cls.flatten().tolist()) == set(range(task.cfg.classes))
     counts = torch.bincount(batch.answer, minlength=task.cfg.classes)
-    assert int(counts.min()) > 256 / task.cfg.classes / 2
+    assert int(counts.min()) > 512 / task.cfg.classes / 2
 
 
 def test_training_step_updates_backbone_and_selector(setup):
@@ -93,6 +117,9 @@ def test_evaluate_reports_budget_and_evidence(setup):
     pruned = trainer.evaluate(comp, 1)
     # 4 frames x (16 - 8) + 2 chunks x (4 - 2) kept of 72
     assert pruned["retention"] == pytest.approx((4 * 8 + 2 * 2) / 72)
+    # the leak check counts the samples whose answer sound was dropped
+    assert full["sound_dropped"] == 0 and full["accuracy_sound_dropped"] is None
+    assert pruned["sound_dropped"] == round((1 - pruned["target_audio_kept"]) * cfg.eval_samples)
 
 
 def test_stage_checkpoint_is_reused(setup, tmp_path):
@@ -111,6 +138,11 @@ def test_summarize_means_over_seeds():
              "object_kept": 1.0, "rho_v": 0.8, "rho_a": 0.5, "seed": s} for s, a in enumerate([0.5, 0.7])]
     (row,) = summarize(recs)
     assert row["accuracy"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1414, abs=1e-3)
+    assert row["accuracy_sound_dropped"] is None
+    recs[0] |= {"accuracy_sound_dropped": 0.5, "sound_dropped": 10}
+    recs[1] |= {"accuracy_sound_dropped": 0.2, "sound_dropped": 30}
+    (row,) = summarize(recs)
+    assert row["accuracy_sound_dropped"] == pytest.approx((5 + 6) / 40)  # pooled over seeds
 
 
 def test_study_config_rejects_unknown_fields():

@@ -85,7 +85,10 @@ class StudyConfig:
     def fingerprint(self, stage: str) -> str:
         keys = ("pretrain_steps", "finetune_steps", "batch_size", "lr", "finetune_lr", "hidden_size", "layers",
                 "heads", "selector_dim", "task", "pretrain_hint")
-        blob = json.dumps({k: asdict(self)[k] for k in keys} | {"stage": stage}, sort_keys=True)
+        fields = {k: asdict(self)[k] for k in keys}
+        # the resolved task (TaskConfig defaults included), so a changed default never resumes a stale checkpoint
+        fields["task"] = asdict(TaskConfig(**{"hidden_size": self.hidden_size, **self.task}))
+        blob = json.dumps(fields | {"stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -150,6 +153,7 @@ class Trainer:
         self.model.set_compressor(compressor)
         g = torch.Generator().manual_seed(eval_seed)
         correct = total = target_kept = object_kept = 0
+        dropped = dropped_correct = 0  # samples whose answer sound was dropped, and how many of them are right
         kept = av_total = 0
         remaining = self.cfg.eval_samples
         while remaining > 0:
@@ -157,7 +161,8 @@ class Trainer:
             batch = self.task.sample(n, g)
             out = self.model(**self.inputs(batch))
             logits = out.logits[:, -2, self.task.class_tokens]
-            correct += int((logits.argmax(-1) == batch.answer).sum())
+            right = logits.argmax(-1) == batch.answer
+            correct += int(right.sum())
             total += n
             stats = self.model.last_compression
             if stats is None:
@@ -166,13 +171,19 @@ class Trainer:
                 kept += n * (self.task.prompt.n_video + self.task.prompt.n_audio)
             else:
                 for b in range(n):
-                    target_kept += int(stats.keep[b, batch.target_audio_index[b]])
+                    kept_b = int(stats.keep[b, batch.target_audio_index[b]])
+                    target_kept += kept_b
+                    if not kept_b:
+                        dropped += 1
+                        dropped_correct += int(right[b])
                     object_kept += int(stats.keep[b, batch.object_index[b]].any())
                 kept += stats.video_kept + stats.audio_kept
             av_total += n * (self.task.prompt.n_video + self.task.prompt.n_audio)
             remaining -= n
+        # leak check: accuracy on the samples whose answer sound was dropped should be chance (1 / classes)
         return {"accuracy": correct / total, "target_audio_kept": target_kept / total,
-                "object_kept": object_kept / total, "retention": kept / av_total}
+                "object_kept": object_kept / total, "retention": kept / av_total,
+                "accuracy_sound_dropped": dropped_correct / dropped if dropped else None, "sound_dropped": dropped}
 
 
 def _save(model, path: Path, losses: list[float] | None = None) -> None:
@@ -281,9 +292,17 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "retention": statistics.mean(r["retention"] for r in rs),
             "target_audio_kept": statistics.mean(r["target_audio_kept"] for r in rs),
             "object_kept": statistics.mean(r["object_kept"] for r in rs),
+            # pooled over seeds: right answers among samples whose answer sound was dropped
+            "accuracy_sound_dropped": _pooled_dropped(rs),
             "rho_v": rs[0]["rho_v"], "rho_a": rs[0]["rho_a"],
         })
     return rows
+
+
+def _pooled_dropped(rs: list[dict[str, Any]]) -> float | None:
+    n = sum(r.get("sound_dropped", 0) for r in rs)
+    right = sum((r.get("accuracy_sound_dropped") or 0.0) * r.get("sound_dropped", 0) for r in rs)
+    return right / n if n else None
 
 
 def prefill_latency(cfg: StudyConfig, frames: int, grid: tuple[int, int], retentions: list[float], repeats: int,

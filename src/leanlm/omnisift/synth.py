@@ -15,16 +15,25 @@ passed to the thinker). With the defaults: 4 frames of 16 tokens and 4 audio tok
   tokens are ``obj[s*] + event + τ_event`` (a fixed "event" signature). So the event is what spatial
   saliency and temporal change (STVP) single out;
 * audio: each chunk holds ``sounds_per_chunk`` sound tokens, one from each of as many distinct sources
-  (always including ``s*``), and ``audio_per_chunk − sounds_per_chunk`` background-noise tokens (none with the
-  defaults). A sound is ``src_a[s] + cls[k] + τ_c + noise``,
-  where ``src_a[s] = M·obj[s]`` (a fixed random rotation of the source's look, so sight and sound agree only
-  through a learnable map);
-* classes form a Latin rectangle over a per-sample set ``Q``: in every chunk each class of ``Q`` sounds
-  exactly once, and every source changes class from chunk to chunk. The answer is ``c*``, the class of
-  ``s*``'s sound in the event chunk. The same source sounds in the other chunk with another class (a
-  distractor that only the timing rules out), and ``c*`` sounds in the other chunk from another source.
-  So from the audio alone every class of ``Q`` is equally likely (chance), whatever a score computed on the
-  audio does: finding the answer needs the video (which source, which chunk) and the time codes.
+  (always including ``s*``; with the defaults every source sounds once in every chunk, so the sources heard
+  say nothing), and ``audio_per_chunk − sounds_per_chunk`` background-noise tokens (none with the defaults).
+  A sound is ``src_a[s] + cls[k] + τ_c + noise``, where ``src_a[s] = M·obj[s]`` (a fixed random rotation of
+  the source's look, so sight and sound agree only through a learnable map);
+* classes: every sound's class is drawn independently and uniformly from all ``classes`` classes (8 with the
+  defaults, more than the 4 sounds of a chunk). The answer is ``c*``, the class of ``s*``'s sound in the
+  event chunk. The same source also sounds in the other chunk, with an independently drawn class (a
+  distractor that only the timing rules out; it equals ``c*`` with probability 1/classes).
+  Because nothing else depends on ``c*``, the input *without the answer sound* is the same whatever the
+  answer is (``sample(..., answer=k)`` changes only that token; the tests check this on every sample): a
+  compressor that drops the answer sound leaves chance (1/classes), and no elimination shortcut exists.
+  From the audio alone the posterior of the answer is proportional to how often each class is heard in the
+  clip (all source/chunk pairs are equally likely without the video): the best audio-only guess is right
+  about 0.32 of the time with 8 classes (chance 0.125); finding the answer needs the video (which source,
+  which chunk) and the time codes.
+
+History: an earlier version used a Latin layout (every class of a per-sample set Q of 4 classes sounded
+exactly once per chunk, 4 classes = 4 sounds). Audio-only was then exactly chance, but a chunk missing one
+sound gave the answer away by elimination (the class not heard), which compression-trained models learned.
 
 The question and answer are two text tokens; the answer is one of ``classes`` class tokens.
 
@@ -58,7 +67,7 @@ class TaskConfig:
     grid_hw: tuple[int, int] = (8, 8)  # patches before the 2×2 merge: 16 tokens per LLM frame
     audio_per_chunk: int = 4  # 2 audio tokens per second (position_id_per_seconds = 2)
     sources: int = 4
-    classes: int = 4
+    classes: int = 8  # each sound's class is drawn uniformly and independently (more classes than sounds)
     sounds_per_chunk: int = 4  # sounds per chunk, from distinct sources (always including the object's)
     object_patches: int = 2
     frame_noise: float = 0.1
@@ -89,11 +98,10 @@ class AVTask:
     def __init__(self, cfg: TaskConfig, model_config: Qwen2_5OmniThinkerConfig) -> None:
         if cfg.sounds_per_chunk > cfg.audio_per_chunk:
             raise ValueError("sounds_per_chunk cannot exceed audio_per_chunk")
-        if not 1 <= cfg.sounds_per_chunk <= min(cfg.sources, cfg.classes):
-            raise ValueError("sounds_per_chunk must be between 1 and min(sources, classes): one sound per source "
-                             "and class in each chunk")
-        if cfg.frames // 2 > cfg.sounds_per_chunk:
-            raise ValueError("the Latin class layout needs at most sounds_per_chunk chunks")
+        if not 1 <= cfg.sounds_per_chunk <= cfg.sources:
+            raise ValueError("sounds_per_chunk must be between 1 and sources: one sound per source in each chunk")
+        if cfg.classes < 2:
+            raise ValueError("the task needs at least 2 classes")
         if cfg.frames % 2:
             raise ValueError("the synthetic task uses an even number of frames (whole chunks)")
         self.cfg = cfg
@@ -127,7 +135,9 @@ class AVTask:
     def class_tokens(self) -> torch.Tensor:
         return torch.arange(FIRST_CLASS_TOKEN, FIRST_CLASS_TOKEN + self.cfg.classes)
 
-    def sample(self, batch: int, generator: torch.Generator) -> Batch:
+    def sample(self, batch: int, generator: torch.Generator, answer: int | torch.Tensor | None = None) -> Batch:
+        """Draws ``batch`` samples. ``answer`` (tests only) forces the answer class and changes nothing else:
+        every other random draw, and so every other token, is the same as without it."""
         cfg, g = self.cfg, generator
         d, n_p, T, C, A, S = cfg.hidden_size, self.n_p, cfg.frames, self.chunks, cfg.audio_per_chunk, cfg.sounds_per_chunk
         side_w = cfg.grid_hw[1] // self.config.vision_config.spatial_merge_size
@@ -151,22 +161,17 @@ class AVTask:
             object_index.append(torch.cat([self.video_index[f1 * n_p + p1], self.video_index[f2 * n_p + p2]]))
         # audio [B, C, A, D]: every chunk holds S sounds, one from each of S distinct sources (always including
         # the object's source s*), plus A - S background noise tokens; every audio token carries its chunk's
-        # time code. The classes form a Latin rectangle over a per-sample set Q of S classes: in every chunk
-        # each class of Q sounds exactly once, and every source changes class from chunk to chunk
-        # (class(s, c) = Q[(π(s) + o_c) mod S], distinct offsets o_c). The answer c* = class(s*, event chunk).
-        # So the audio alone says only "one of Q" (each candidate equally likely), the object's source sounds
-        # with another class in every other chunk (a distractor only the timing rules out), and c* also
-        # sounds in every other chunk, from another source.
+        # time code. Every sound's class is drawn independently and uniformly from all classes; the answer
+        # c* = class(s*, event chunk). Nothing else depends on c*, so without the answer sound the input is the
+        # same whatever the answer (no elimination shortcut when that sound is dropped).
         audio = self.audio_bg + 0.3 * torch.randn(batch, C, A, d, generator=g)
         slots = torch.argsort(torch.rand(batch, C, A, generator=g), dim=-1)[..., :S]
         others = torch.argsort(torch.rand(batch, C, cfg.sources - 1, generator=g), dim=-1)[..., : S - 1]
         others = others + (others >= source.view(-1, 1, 1)).long()  # S - 1 distinct sources other than s*
         src = torch.cat([source.view(-1, 1, 1).expand(-1, C, 1), others], dim=-1)  # [B, C, S]; slot 0 is s*
-        q = torch.argsort(torch.rand(batch, cfg.classes, generator=g), dim=-1)[:, :S]  # Q, in random order
-        offsets = torch.argsort(torch.rand(batch, S, generator=g), dim=-1)[:, :C]  # distinct per chunk
-        rank = torch.argsort(torch.rand(batch, cfg.sources, generator=g), dim=-1)  # π over all sources
-        idx = (rank.gather(1, src.reshape(batch, -1)).view(batch, C, S) + offsets.view(batch, C, 1)) % S
-        classes = q.gather(1, idx.reshape(batch, -1)).view(batch, C, S)
+        classes = torch.randint(0, cfg.classes, (batch, C, S), generator=g)
+        if answer is not None:
+            classes[ar, event, 0] = torch.as_tensor(answer, dtype=torch.long).expand(batch)
         answer = classes[ar, event, 0]
         sound = self.src_audio[src] + self.cls[classes] + self.time_codes.view(1, C, 1, d)
         sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
