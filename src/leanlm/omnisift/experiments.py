@@ -16,7 +16,7 @@ QUICK: dict[str, Any] = {
     "latency": {"frames": 16, "grid": 16, "repeats": 3, "hidden": 256},
 }
 FULL: dict[str, Any] = {
-    "study": {"seeds": [0, 1, 2], "pretrain_steps": 5000, "finetune_steps": 300, "batch_size": 32, "lr": 3e-3,
+    "study": {"seeds": [0, 1, 2], "pretrain_steps": 2000, "finetune_steps": 300, "batch_size": 32, "lr": 3e-3,
               "finetune_lr": 1e-3, "eval_samples": 512, "task": _TASK},
     "latency": {"frames": 32, "grid": 16, "repeats": 5, "hidden": 256},
 }
