@@ -221,7 +221,7 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
     """Run all seeds; returns per-seed records and the aggregated table rows."""
     torch.set_num_threads(cfg.threads)
     # once the loss is near zero, tiny gradients and optimizer states turn subnormal and CPU matmuls slow down
-    # many times over (seen: a 5,000-step pretraining that ran > 12 min instead of ~7); flush them to zero
+    # (measured from a converged checkpoint: 0.21 s per training step vs 0.10 s with flushing); flush to zero
     torch.set_flush_denormal(True)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
