@@ -513,14 +513,7 @@ def select(
         ties_left = cut.ties.copy()
         writes = _run_pass2(files, scans, remaps, cut, ties_left, config, output)
         t3 = time.perf_counter()
-        parts = [res.rejects for res in scans if res.rejects]
-        rpath = None
-        if parts or (config.skip_invalid and rejects is not None):
-            rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
-            with atomic_write(rpath, "wb") as fh:
-                for part in parts:
-                    with open(part, "rb") as src:
-                        shutil.copyfileobj(src, fh, 1 << 22)
+        rpath = _gather_rejects([res.rejects for res in scans if res.rejects], config, output, rejects)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = _manifest(files, scans, writes, names, m, k, cut, config, output, rpath,
@@ -529,6 +522,20 @@ def select(
     log.info("bis select: kept %d of %d candidates (%d rows read) from %d files in %.2f s -> %s",
              doc["totals"]["kept"], doc["totals"]["candidates"], doc["totals"]["rows"], len(files), t3 - t0, output)
     return doc
+
+
+def _gather_rejects(parts: list[str], config: SelectConfig, output: str | os.PathLike[str],
+                    rejects: str | os.PathLike[str] | None) -> Path | None:
+    """Concatenate the per-file rejects (in file order) into the rejects file, written atomically; its path, or
+    ``None`` when there is none (an empty one is written when ``skip_invalid`` names a rejects path)."""
+    if not parts and not (config.skip_invalid and rejects is not None):
+        return None
+    rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
+    with atomic_write(rpath, "wb") as fh:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 22)
+    return rpath
 
 
 def _select_single_pass(files: list[Path], output: str | os.PathLike[str], config: SelectConfig, *,
@@ -542,14 +549,7 @@ def _select_single_pass(files: list[Path], output: str | os.PathLike[str], confi
         with progress_bar(desc="bis select", unit="rows") as bar, atomic_write(output, "wb") as out:
             results = single_pass.run(files, config, tmp, out, [_ratio_for(n, config) for n in names],
                                       on_done=lambda r: bar.update(r.counts.rows))
-        rpath = None
-        parts = [r.rejects for r in results if r.rejects]
-        if parts or (config.skip_invalid and rejects is not None):
-            rpath = Path(rejects) if rejects is not None else Path(str(output) + ".rejects.jsonl")
-            with atomic_write(rpath, "wb") as fh:
-                for part in parts:
-                    with open(part, "rb") as src:
-                        shutil.copyfileobj(src, fh, 1 << 22)
+        rpath = _gather_rejects([r.rejects for r in results if r.rejects], config, output, rejects)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t1 = time.perf_counter()
