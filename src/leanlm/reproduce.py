@@ -9,7 +9,8 @@ A module registers its experiment(s) in ``leanlm/<module>/experiments.py`` with 
         name="fasa-retrieval",
         module="fasa",
         title="FASA keeps full-KV answers at a small token budget",
-        claims=[Claim("LongBench score at budget 256, % of full KV", paper="99.6%", metric="pct_full")],
+        claims=[Claim("LongBench score at budget 256, % of full KV", paper="99.6%", metric="pct_full",
+                      rule=AtLeast("pct_full", 99, partly=90), setting="135M model, 2K context")],
         quick={"prompts": 4},
         full={"prompts": 50},
     )
@@ -18,6 +19,12 @@ A module registers its experiment(s) in ``leanlm/<module>/experiments.py`` with 
 
 The runner imports every module's ``experiments`` file, runs the selected experiments in order, records
 failures (with the traceback) without stopping the others, and writes ``index.md`` / ``index.html``.
+
+Each claim's verdict is computed by its ``rule`` (:mod:`leanlm.common.verdicts`: ``AtLeast``, ``AtMost``,
+``Within``, ``Equals``, ``Interval``, ``RatioAtMost``, ``NotTestable``, all re-exported here) from the
+experiment's own metrics; the report opens with every claim's verdict and, when an earlier run's
+``results.json`` is found (the one ``--out`` already holds, else the newest sibling report directory), what
+changed since then (:mod:`leanlm.common.compare`).
 """
 
 from __future__ import annotations
@@ -34,23 +41,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leanlm.common.compare import find_previous, load_previous
 from leanlm.common.progress import get_logger, progress
-from leanlm.common.report import ClaimRow, ExperimentRecord, ExperimentResult, write_report
+from leanlm.common.report import ClaimRow, ExperimentRecord, ExperimentResult, format_cell, write_report
 from leanlm.common.seeding import seed_everything
+from leanlm.common.verdicts import (
+    AtLeast,
+    AtMost,
+    Equals,
+    Interval,
+    NotTestable,
+    RatioAtMost,
+    Rule,
+    Within,
+    judge,
+)
 
 #: Modules whose ``experiments`` submodule is imported to fill the registry, in report order.
 EXPERIMENT_MODULES = ("common", "fasa", "bis", "wideseek", "elastic", "omnisift")
+#: The paper each module reproduces, as the claims table names it.
+PAPERS = {
+    "common": "baseline (no paper)",
+    "fasa": "FASA (2602.03152)",
+    "bis": "BIS (2602.04145)",
+    "wideseek": "WideSeek-R1 (2602.04634)",
+    "elastic": "ERNIE 5.0 elastic (2602.04705)",
+    "omnisift": "OmniSIFT (2602.04804)",
+}
 
 log = get_logger("leanlm.reproduce")
 
 
 @dataclass
 class Claim:
-    """A headline number from the paper and the metric key (in ``ExperimentResult.metrics``) that is ours."""
+    """A headline number from the paper and the metric key (in ``ExperimentResult.metrics``) that is ours.
+
+    ``rule`` (a :class:`leanlm.common.verdicts.Rule`) computes the verdict from the metrics; without one the
+    claim shows "not judged". ``setting`` says in a few words how our setting differs from the paper's
+    (e.g. "135M model, 2K context"). ``spread`` names a metric shown as ``± value`` beside ours (a seed
+    std or a CI half-width; ``spread_label`` says which)."""
 
     text: str
     paper: str
     metric: str | None = None
+    rule: Rule | None = None
+    setting: str = ""
+    spread: str | None = None
+    spread_label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rule is not None and not isinstance(self.rule, Rule):
+            raise TypeError(f"claim {self.text!r}: rule must be a leanlm.common.verdicts.Rule, got {self.rule!r}")
 
 
 @dataclass
@@ -167,14 +208,22 @@ def environment() -> dict[str, Any]:
 
 
 def _claim_rows(experiment: Experiment, result: ExperimentResult | None) -> list[ClaimRow]:
-    from leanlm.common.report import format_cell
-
+    """Each claim beside our value (with its spread) and the verdict its rule computes from the metrics."""
     rows = []
+    metrics = None if result is None else result.metrics
     for claim in experiment.claims:
         ours = "n/a"
-        if result is not None and claim.metric and claim.metric in result.metrics:
-            ours = format_cell(result.metrics[claim.metric])
-        rows.append(ClaimRow(claim.text, claim.paper, ours))
+        if metrics is not None and claim.metric and claim.metric in metrics:
+            ours = format_cell(metrics[claim.metric])
+            if claim.spread and claim.spread in metrics:
+                label = f" ({claim.spread_label})" if claim.spread_label else ""
+                ours += f" ± {format_cell(metrics[claim.spread])}{label}"
+        judgement = judge(claim.rule, metrics)
+        rows.append(ClaimRow(
+            claim.text, claim.paper, ours, verdict=judgement.verdict, reason=judgement.reason,
+            rule=claim.rule.describe() if claim.rule is not None else "", setting=claim.setting, metric=claim.metric,
+            source=PAPERS.get(experiment.module, experiment.module),
+        ))
     return rows
 
 
@@ -215,14 +264,23 @@ def select(only: list[str] | None = None) -> list[Experiment]:
 
 
 def reproduce(
-    mode: str = "quick", only: list[str] | None = None, out: Path | None = None, seed: int = 0
+    mode: str = "quick", only: list[str] | None = None, out: Path | None = None, seed: int = 0,
+    compare: Path | bool = True,
 ) -> tuple[Path, list[ExperimentRecord]]:
-    """Run the selected experiments and write the report; returns (path of index.html, records)."""
+    """Run the selected experiments and write the report; returns (path of index.html, records).
+
+    ``compare``: True finds the previous run by itself (the ``results.json`` that ``out`` already holds, else
+    the newest sibling report directory's); a path (a ``results.json`` or a report directory) names it;
+    False leaves the comparison out."""
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
     experiments = select(only)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path("reports") / stamp
+    previous = None
+    if compare is not False:
+        source = find_previous(out_dir) if compare is True else Path(compare)
+        previous = load_previous(source, strict=compare is not True) if source is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[ExperimentRecord] = []
     wanted = set(only or [])
@@ -238,11 +296,12 @@ def reproduce(
     env = environment()
     env["mode"] = mode
     env["seed"] = seed
-    index = write_report(out_dir, records, env)
+    index = write_report(out_dir, records, env, previous=previous)
     return index, records
 
 
 __all__ = [
-    "REGISTRY", "Claim", "Experiment", "ExperimentResult", "RunContext", "discover", "register", "reproduce",
+    "PAPERS", "REGISTRY", "AtLeast", "AtMost", "Claim", "Equals", "Experiment", "ExperimentResult", "Interval",
+    "NotTestable", "RatioAtMost", "Rule", "RunContext", "Within", "discover", "register", "reproduce",
     "run_experiment", "select",
 ]

@@ -3,6 +3,10 @@
 An experiment returns an :class:`ExperimentResult`: tables (lists of rows), matplotlib figures, named
 metrics, notes. :func:`write_report` renders a list of :class:`ExperimentRecord` into ``index.md`` (figures
 as sibling PNG files), ``index.html`` (PNG embedded as base64, no external assets) and ``results.json``.
+
+Both pages open with the claims table: every registered claim, the paper's number beside ours, the setting
+difference and the verdict its rule computed (:mod:`leanlm.common.verdicts`), each row linking to its
+experiment's section; then, when a previous run is given, what changed since it (:mod:`leanlm.common.compare`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from leanlm.common.compare import Comparison, compare_runs
+from leanlm.common.verdicts import FAILED, NOT_JUDGED, STATES
 
 
 @dataclass
@@ -63,11 +69,20 @@ class ExperimentResult:
 
 @dataclass
 class ClaimRow:
-    """A paper claim beside our measurement of it."""
+    """A paper claim beside our measurement of it and the verdict its rule computed.
+
+    ``paper`` is the paper's number, ``source`` the paper's name, ``rule`` the rule in words, ``reason`` the
+    rule's one-line explanation for this run's numbers."""
 
     claim: str
     paper: str
     ours: str
+    verdict: str = NOT_JUDGED
+    reason: str = ""
+    rule: str = ""
+    setting: str = ""
+    metric: str | None = None
+    source: str = ""
 
 
 @dataclass
@@ -113,36 +128,173 @@ def table_html(table: Table) -> str:
         "<tr>" + "".join(f"<td>{html.escape(format_cell(c))}</td>" for c in row) + "</tr>" for row in table.rows
     )
     caption = f"<p class='cap'>{html.escape(table.caption)}</p>" if table.caption else ""
-    return f"<h4>{html.escape(table.title)}</h4><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+    return (f"<h4>{html.escape(table.title)}</h4><div class='tbl'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>{caption}")
 
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.ok{color:#1a7f37}.failed{color:#c62828}
-pre{background:#f6f8fa;padding:.8em;overflow:auto}.cap{color:#555;font-style:italic}img{max-width:100%}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
+.cap{color:#555;font-style:italic}img{max-width:100%;height:auto}
+.tbl{max-width:100%;overflow-x:auto}code{overflow-wrap:anywhere}
+table.claims td,table.claims th{text-align:left;vertical-align:top}table.claims td.num{text-align:right;white-space:nowrap}
+.v{display:inline-block;padding:.05em .5em;border-radius:.8em;font-weight:600;white-space:nowrap;font-size:.9em}
+.v-reproduced{background:#dafbe1;color:#116329}.v-partly{background:#fff3bf;color:#7a5500}
+.v-not-reproduced{background:#ffebe9;color:#a40e26}.v-not-testable-here{background:#eef1f4;color:#444}
+.v-not-measured{background:#eef1f4;color:#666}.v-not-judged{border:1px solid #bbb;color:#666}
+.v-experiment-failed{background:#a40e26;color:#fff}.why{display:block;color:#666;font-size:.8em;margin-top:.2em}
+.counts .v{margin-right:.4em}
 """
+
+
+def _verdict_class(verdict: str) -> str:
+    return "v v-" + _slug(verdict)
+
+
+def claims_rows(records: list[ExperimentRecord]) -> list[tuple[ExperimentRecord, ClaimRow]]:
+    """Every claim of every record, in report order; a failed record without claims (an import failure) gets
+    one row saying so."""
+    rows: list[tuple[ExperimentRecord, ClaimRow]] = []
+    for record in records:
+        for claim in record.claims:
+            rows.append((record, claim))
+        if not record.claims and record.status != "ok":
+            rows.append((record, ClaimRow(f"(claims unknown: {record.title})", "", "n/a", verdict=FAILED,
+                                          reason="the experiment failed before its claims could be read",
+                                          source=record.module)))
+    return rows
+
+
+def verdict_counts(rows: list[tuple[ExperimentRecord, ClaimRow]]) -> dict[str, int]:
+    counts = {state: 0 for state in STATES}
+    for _, claim in rows:
+        counts[claim.verdict] = counts.get(claim.verdict, 0) + 1
+    return {k: v for k, v in counts.items() if v}
+
+
+def _why(claim: ClaimRow) -> str:
+    if claim.rule and claim.reason and not claim.rule.startswith("not testable"):
+        return f"{claim.reason} (rule: {claim.rule})"
+    return claim.reason or claim.rule
+
+
+def claims_markdown(records: list[ExperimentRecord]) -> str:
+    rows = claims_rows(records)
+    counts = ", ".join(f"{n} {state}" for state, n in verdict_counts(rows).items())
+    parts = ["## Claims: the papers' numbers and ours", "",
+             f"{len(rows)} claims: {counts}." if rows else "No claims registered.", ""]
+    if rows:
+        parts += ["| paper | claim | paper's number | ours | setting here | verdict | why |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+
+        def cell(text: str) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        for record, claim in rows:
+            parts.append(
+                f"| {cell(claim.source or record.module)} | [{cell(claim.claim)}](#{_slug(record.name)}) | "
+                f"{cell(claim.paper)} | {cell(claim.ours)} | {cell(claim.setting)} | **{claim.verdict}** | "
+                f"{cell(_why(claim))} |"
+            )
+    return "\n".join(parts)
+
+
+def claims_html(records: list[ExperimentRecord]) -> str:
+    rows = claims_rows(records)
+    counts = "".join(f"<span class='{_verdict_class(state)}'>{n} {html.escape(state)}</span>"
+                     for state, n in verdict_counts(rows).items())
+    head = "".join(f"<th>{c}</th>" for c in
+                   ["paper", "claim", "paper's number", "ours", "setting here", "verdict"])
+    body = []
+    for record, claim in rows:
+        why = _why(claim)
+        body.append(
+            f"<tr><td>{html.escape(claim.source or record.module)}</td>"
+            f"<td><a href='#{_slug(record.name)}'>{html.escape(claim.claim)}</a></td>"
+            f"<td class='num'>{html.escape(claim.paper)}</td><td class='num'>{html.escape(claim.ours)}</td>"
+            f"<td>{html.escape(claim.setting)}</td>"
+            f"<td><span class='{_verdict_class(claim.verdict)}'>{html.escape(claim.verdict)}</span>"
+            f"{f'<span class=why>{html.escape(why)}</span>' if why else ''}</td></tr>"
+        )
+    table = (f"<div class='tbl'><table class='claims' id='claims-table'><thead><tr>{head}</tr></thead>"
+             f"<tbody>{''.join(body)}</tbody></table></div>") if rows else "<p>No claims registered.</p>"
+    return (f"<h2 id='claims'>Claims: the papers' numbers and ours</h2><p class='counts'>{len(rows)} claims: "
+            f"{counts}</p>{table}<p class='cap'>Verdicts are computed from each experiment's metrics by the rule "
+            "it declares with the claim (shown under the verdict); \"not judged\" means no rule was declared, "
+            "\"not measured\" that this run's configuration did not produce the number.</p>")
+
+
+def _changes_table(comparison: Comparison) -> Table:
+    return Table(
+        f"Changes since the previous run ({comparison.date}, commit {comparison.commit})",
+        ["experiment", "claim", "what changed", "before", "now"],
+        [[c.experiment, c.claim or "-", c.kind, c.before or "-", c.now or "-"] for c in comparison.changes],
+        caption=f"previous run: {comparison.source}; {comparison.claims_compared} claims compared",
+    )
+
+
+def changes_markdown(comparison: Comparison | None) -> str:
+    if comparison is None:
+        return ""
+    if not comparison.changes:
+        return (f"**No verdict or headline number changed** since the previous run ({comparison.date}, commit "
+                f"{comparison.commit}; {comparison.claims_compared} claims compared; {comparison.source}).")
+    return table_markdown(_changes_table(comparison))
+
+
+def changes_html(comparison: Comparison | None) -> str:
+    if comparison is None:
+        return ""
+    if not comparison.changes:
+        return (f"<p id='changes'><b>No verdict or headline number changed</b> since the previous run "
+                f"({html.escape(comparison.date)}, commit {html.escape(comparison.commit)}; "
+                f"{comparison.claims_compared} claims compared; {html.escape(comparison.source)}).</p>")
+    return f"<div id='changes'>{table_html(_changes_table(comparison))}</div>"
 
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
+def _record_json(record: ExperimentRecord) -> dict[str, Any]:
+    data = {k: v for k, v in asdict(record).items() if k != "result"}
+    if record.result is not None:
+        data["metrics"] = record.result.metrics
+        data["tables"] = [asdict(t) for t in record.result.tables]
+        data["notes"] = record.result.notes
+    return data
+
+
 def write_report(
-    out_dir: Path, records: list[ExperimentRecord], environment: dict[str, Any], title: str = "leanlm reproduce"
+    out_dir: Path, records: list[ExperimentRecord], environment: dict[str, Any], title: str = "leanlm reproduce",
+    previous: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``index.md``, ``index.html``, ``results.json`` and figure PNGs into ``out_dir``; return index.html."""
+    """Write ``index.md``, ``index.html``, ``results.json`` and figure PNGs into ``out_dir``; return index.html.
+
+    ``previous``: an earlier run's ``results.json`` content; the report then lists what changed since it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md: list[str] = [f"# {title}", ""]
-    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    results = {"environment": environment, "experiments": [_record_json(r) for r in records]}
+    comparison = compare_runs(previous, results) if previous is not None else None
+    if comparison is not None:
+        results["compared_with"] = {"source": comparison.source, "date": comparison.date, "commit": comparison.commit,
+                                    "changes": [asdict(c) for c in comparison.changes]}
+    intro = (f"Mode {environment.get('mode', '?')}, commit {environment.get('git commit', '?')}, "
+             f"{environment.get('date (UTC)', '?')} UTC.")
+    md: list[str] = [f"# {title}", "", intro, "", claims_markdown(records), ""]
+    body: list[str] = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>", claims_html(records)]
+    if comparison is not None:
+        md += [changes_markdown(comparison), ""]
+        body.append(changes_html(comparison))
 
     summary = Table(
         "Summary",
         ["experiment", "module", "status", "seconds"],
         [[r.name, r.module, r.status, round(r.seconds, 1)] for r in records],
     )
-    md += [table_markdown(summary), ""]
-    body.append(table_html(summary))
+    md += ["## Experiments", "", table_markdown(summary), ""]
+    body.append("<h2 id='experiments'>Experiments</h2>" + table_html(summary))
 
     env_rows = [[k, str(v)] for k, v in environment.items()]
     env_table = Table("Environment", ["what", "value"], env_rows)
@@ -151,7 +303,8 @@ def write_report(
 
     for record in records:
         anchor = _slug(record.name)
-        md += [f"## {record.title} (`{record.name}`)", "", f"Status: **{record.status}**, {record.seconds:.1f} s.", ""]
+        md += [f"<a id=\"{anchor}\"></a>", "", f"## {record.title} (`{record.name}`)", "",
+               f"Status: **{record.status}**, {record.seconds:.1f} s.", ""]
         body.append(
             f"<h2 id='{anchor}'>{html.escape(record.title)} (<code>{html.escape(record.name)}</code>)</h2>"
             f"<p>Status: <b class='{record.status}'>{record.status}</b>, {record.seconds:.1f} s.</p>"
@@ -160,7 +313,8 @@ def write_report(
         md += [f"Config: `{config_text}`", ""]
         body.append(f"<p>Config: <code>{html.escape(config_text)}</code></p>")
         if record.claims:
-            claims = Table("Paper vs ours", ["claim", "paper", "ours"], [[c.claim, c.paper, c.ours] for c in record.claims])
+            claims = Table("Paper vs ours", ["claim", "paper", "ours", "verdict", "why"],
+                           [[c.claim, c.paper, c.ours, c.verdict, _why(c)] for c in record.claims])
             md += [table_markdown(claims), ""]
             body.append(table_html(claims))
         if record.error:
@@ -192,14 +346,5 @@ def write_report(
         f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
     )
     index = atomic_write_text(out_dir / "index.html", page)
-
-    def record_json(record: ExperimentRecord) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(record).items() if k != "result"}
-        if record.result is not None:
-            data["metrics"] = record.result.metrics
-            data["tables"] = [asdict(t) for t in record.result.tables]
-            data["notes"] = record.result.notes
-        return data
-
-    atomic_write_json(out_dir / "results.json", {"environment": environment, "experiments": [record_json(r) for r in records]})
+    atomic_write_json(out_dir / "results.json", results)
     return index
