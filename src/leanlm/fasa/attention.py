@@ -43,15 +43,19 @@ def focused_attention(
     indices: torch.Tensor,
     scaling: float,
     valid: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """FAC (Eq. 7): exact softmax attention of ``query (B, H_q, 1, d)`` over the ``indices`` tokens only.
 
     Returns ``(B, H_q, 1, d)``. Selected tokens that ``valid`` marks invisible (only possible when the
-    budget exceeds the visible keys) get zero weight.
+    budget exceeds the visible keys) get zero weight. ``softcap`` (Gemma 2) caps the scaled logits as the
+    model's own attention does: ``softcap * tanh(logits / softcap)``.
     """
     k_sel = gather_tokens(key, indices)  # (B, H_q, k, d)
     v_sel = gather_tokens(value, indices)
     logits = (query @ k_sel.transpose(-1, -2)).float() * scaling  # (B, H_q, 1, k)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     if valid is not None:
         keep = valid.expand(indices.shape[0], indices.shape[1], valid.shape[-1]).gather(-1, indices)
         logits = logits.masked_fill(~keep[:, :, None, :], float("-inf"))

@@ -1,6 +1,6 @@
 """Offline calibration of dominant frequency chunks (paper Eq. 5, Algorithm 1).
 
-The model generates on calibration text with an attention hook (:func:`~leanlm.fasa.integration.attention_handler`)
+The model generates on calibration text with an attention hook (:func:`~leanlm.fasa.hooks.attention_handler`)
 that sees the post-RoPE q/k of every layer. At each decode step (and, by default, at every
 ``prefill_stride``-th prefill position) it computes CA_K for every (layer, query head, FC) (Eq. 4) and
 averages (Eq. 5). The ``N_tip`` FCs with the highest mean CA are the head's dominant set ``I_dom``
@@ -29,7 +29,7 @@ from leanlm.common.atomic import atomic_write_json
 from leanlm.common.progress import get_logger, progress
 from leanlm.fasa.agreement import contextual_agreement
 from leanlm.fasa.chunks import PAIRINGS, detect_pairing, head_dim_of
-from leanlm.fasa.integration import attention_handler, dense_attention_forward
+from leanlm.fasa.hooks import attention_handler, dense_attention_forward
 from leanlm.fasa.selectors import expand_kv
 
 FORMAT = "leanlm.fasa.calibration/1"

@@ -26,10 +26,13 @@ PAIRINGS = ("half", "interleaved", "adjacent")
 #: transformers model types whose attention applies RoPE with ``rotate_half`` on the full head.
 ROTATE_HALF_MODEL_TYPES = frozenset(
     {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
-     "phi3", "olmo", "olmo2", "granite", "starcoder2", "smollm3", "helium", "internlm2", "deepseek_v3"}
+     "phi3", "olmo", "olmo2", "granite", "starcoder2", "smollm3", "helium", "internlm2"}
 )
 #: model types whose RoPE rotates adjacent pairs (2i, 2i+1).
 INTERLEAVED_MODEL_TYPES = frozenset({"gptj", "cohere", "cohere2", "glm", "glm4", "chatglm"})
+#: model types with multi-head latent attention (MLA): RoPE covers only a ``qk_rope_head_dim`` slice of each
+#: head, so frequency chunks over the whole head would mostly point at the no-RoPE part.
+MLA_MODEL_TYPES = frozenset({"deepseek_v2", "deepseek_v3", "kimi_k2", "longcat_flash"})
 #: model types known to use no rotary embedding at all (absolute positions or ALiBi).
 NO_ROPE_MODEL_TYPES = frozenset({"gpt2", "opt", "bloom", "mpt", "falcon_alibi", "bert", "roberta", "t5", "gpt_bigcode"})
 
@@ -92,6 +95,12 @@ def detect_pairing(model_or_config: Any) -> str:
         raise UnsupportedModelError(
             f"model_type {model_type!r} has no rotary position embedding (RoPE); FASA's frequency chunks "
             "are defined only for RoPE models (Llama, Qwen2, Mistral, ...)"
+        )
+    if model_type in MLA_MODEL_TYPES or getattr(text_config, "qk_rope_head_dim", None) is not None:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} uses multi-head latent attention (MLA) with partial RoPE "
+            f"(qk_rope_head_dim={getattr(text_config, 'qk_rope_head_dim', '?')} of each head); FASA's frequency "
+            "chunks need RoPE over the whole head, so this model is not supported"
         )
     partial = getattr(text_config, "partial_rotary_factor", 1.0) or 1.0
     if float(partial) != 1.0:

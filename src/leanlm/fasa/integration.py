@@ -1,95 +1,32 @@
-"""Plugging FASA into transformers through its public extension points.
+"""``apply()``: decode a transformers model with FASA inside a ``with`` block (paper §3.2, §B.1).
 
-One attention function is registered in ``transformers.AttentionInterface`` (and the matching mask builder
-in ``AttentionMaskInterface``) under the name ``"fasa"``. :func:`apply` switches a model to it with
-``model.set_attn_implementation`` for the duration of a ``with`` block and restores the previous
-implementation on exit; the function finds the per-model settings (a *handler*) through the attention
-module's config. Nothing in transformers is monkey-patched.
-
-The same hook serves calibration: :mod:`leanlm.fasa.calibration` installs a handler that computes dense
-attention and records CA from the post-RoPE ``query``/``key`` it receives.
+The attention hook itself lives in :mod:`leanlm.fasa.hooks` (shared with calibration). Here: the decode
+handler :class:`FasaAttention` (dense prefill and dense layers; at decode steps the FASA-C fast path of
+:mod:`leanlm.fasa.decode` over a :class:`~leanlm.fasa.cache.FasaCache`, or the per-head reference path of
+:mod:`leanlm.fasa.selectors` + :mod:`leanlm.fasa.attention` for other caches and selectors), and
+:func:`apply`, which also gives ``generate()`` a ``FasaCache`` by default.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from leanlm.fasa.attention import focused_attention, key_validity
-from leanlm.fasa.chunks import UnsupportedModelError, detect_pairing
+from leanlm.fasa.cache import FasaCache, LabelSpec, find_layer
+from leanlm.fasa.calibration import Calibration
+from leanlm.fasa.decode import fasa_c_attention
+from leanlm.fasa.hooks import FASA_IMPL, attention_handler, dense_attention_forward, register
 from leanlm.fasa.selectors import FASASelector, TokenSelector, top_budget
 
-FASA_IMPL = "fasa"
+__all__ = ["FASA_IMPL", "DecodeStats", "FasaAttention", "apply", "attention_handler", "dense_attention_forward",
+           "register"]
 
-#: id(attention module config) -> handler called with the attention function's arguments.
-_HANDLERS: dict[int, Callable[..., tuple[torch.Tensor, Any]]] = {}
-
-
-def dense_attention_forward(module, query, key, value, attention_mask, **kwargs):
-    """transformers' own sdpa attention: the dense path (prefill, dense layers, calibration)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _dispatch(module, query, key, value, attention_mask, dropout=0.0, **kwargs):
-    handler = _HANDLERS.get(id(module.config))
-    if handler is None:
-        raise RuntimeError(
-            "attn_implementation 'fasa' is set but no FASA settings are active for this model; "
-            "use `with leanlm.fasa.apply(model, calibration, budget=...)`"
-        )
-    # ``dropout`` may arrive positionally: kvpress wraps every registered attention function at import and
-    # calls it as ``func(module, query, key, value, attention_mask, dropout, **kwargs)``
-    return handler(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
-
-
-def register() -> None:
-    """Register the ``"fasa"`` attention and mask functions with transformers (idempotent)."""
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    AttentionInterface.register(FASA_IMPL, _dispatch)
-    AttentionMaskInterface.register(FASA_IMPL, sdpa_mask)
-
-
-def attention_configs(model: Any) -> set[int]:
-    """ids of the configs seen by the model's attention modules (one for a plain causal LM)."""
-    ids = {id(m.config) for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")}
-    if not ids:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no transformers attention modules (with layer_idx and "
-            "num_key_value_groups); FASA supports decoder LMs such as Llama, Qwen2 and Mistral"
-        )
-    return ids
-
-
-@contextlib.contextmanager
-def attention_handler(model: Any, handler: Callable[..., tuple[torch.Tensor, Any]]) -> Iterator[None]:
-    """Route the model's attention through ``handler`` inside the block, restoring the old implementation."""
-    detect_pairing(model)  # raises a clear error for models without (full) RoPE
-    if not getattr(model, "_can_set_attn_implementation", lambda: False)():
-        raise UnsupportedModelError(
-            f"{type(model).__name__} does not use transformers' AttentionInterface, so FASA cannot hook it"
-        )
-    ids = attention_configs(model)
-    if any(i in _HANDLERS for i in ids):
-        raise RuntimeError("FASA (or FASA calibration) is already active on this model; nested apply() is not allowed")
-    register()
-    previous = model.config._attn_implementation
-    for i in ids:
-        _HANDLERS[i] = handler
-    try:
-        model.set_attn_implementation(FASA_IMPL)
-        yield
-    finally:
-        for i in ids:
-            _HANDLERS.pop(i, None)
-        model.set_attn_implementation(previous)
+BACKENDS = ("auto", "torch", "triton", "reference")
 
 
 def _pow2(n: int) -> bool:
@@ -103,6 +40,7 @@ class DecodeStats:
 
     sparse_calls: int = 0
     dense_calls: int = 0
+    fast_calls: int = 0  # sparse calls that ran FASA-C over a FasaCache's label buffer
     keys_seen: int = 0
     keys_attended: int = 0
 
@@ -119,6 +57,12 @@ class FasaAttention:
     - ``budget``: N_fac, tokens attended per query head per step.
     - ``dense_layers``: layers that always attend densely (official code: layer 0).
     - ``n_sink`` / ``n_recent``: tokens always kept (default 0: the paper forces none).
+    - ``backend``: ``"auto"`` (FASA-C on a :class:`~leanlm.fasa.cache.FasaCache`: Triton kernels on CUDA
+      when installed, else torch), ``"torch"`` (FASA-C in torch), ``"triton"`` (kernels, error if
+      unavailable), ``"reference"`` (the per-head reference path over whatever cache is used; slow).
+
+    The fast path needs the keys to come from a :class:`~leanlm.fasa.cache.FasaCache` (``apply`` gives
+    ``generate`` one by default) and a :class:`FASASelector`; anything else runs the reference path.
     """
 
     selector: TokenSelector
@@ -129,10 +73,12 @@ class FasaAttention:
     backend: str = "auto"
     stats: DecodeStats = field(default_factory=DecodeStats)
 
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
     def _triton(self, query: torch.Tensor) -> bool:
-        if self.backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
-        if self.backend == "torch":
+        if self.backend in ("torch", "reference"):
             return False
         from leanlm.fasa import kernels
 
@@ -141,9 +87,24 @@ class FasaAttention:
             raise RuntimeError("backend='triton' needs CUDA and the 'triton' package")
         return ok and (self.backend == "triton" or query.is_cuda)
 
+    # ------------------------------------------------------------------ the cache FASA-C reads
+    def label_specs(self, num_layers: int, n_kv: int) -> list[LabelSpec | None]:
+        """Per layer: the label layout of a FASA layer, ``None`` for dense layers and non-FASA selectors."""
+        if not isinstance(self.selector, FASASelector) or self.backend == "reference":
+            return [None] * num_layers
+        return [None if layer in self.dense_layers else LabelSpec.from_head_dims(self.selector.dims[layer], n_kv)
+                for layer in range(num_layers)]
+
+    def new_cache(self, config: Any, capacity: int | None = None) -> FasaCache:
+        """A :class:`FasaCache` laid out for this handler (pass it as ``past_key_values``)."""
+        text = config.get_text_config(decoder=True)
+        n_kv = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+        return FasaCache(specs=self.label_specs(int(text.num_hidden_layers), n_kv), capacity=capacity)
+
+    # ------------------------------------------------------------------ reference path
     def choose(self, query: torch.Tensor, key: torch.Tensor, layer: int, valid: torch.Tensor | None = None,
                triton: bool = False) -> torch.Tensor:
-        """Indices ``(B, H_q, min(budget, T))`` of the tokens attended at this decode step."""
+        """Reference selection: indices ``(B, H_q, min(budget, T))`` of the tokens attended at this step."""
         if (triton and isinstance(self.selector, FASASelector) and not self.selector.pooled
                 and _pow2(self.selector.dims.shape[-1])):
             from leanlm.fasa.kernels import tip_scores
@@ -168,19 +129,60 @@ class FasaAttention:
             )
         b, t = key.shape[0], key.shape[2]
         scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        softcap = kwargs.get("softcap")
         valid = key_validity(attention_mask, b, t)
+        fast = find_layer(key) if self.backend != "reference" else None
         triton = self._triton(query)
-        indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)
-        if triton and valid is None and _pow2(query.shape[-1]):  # else: the torch path
-            from leanlm.fasa.kernels import focused_attention as fac_kernel
-
-            out = fac_kernel(query, key, value, indices, scaling)  # FAC, Eq. 7 (GPU kernel)
+        if fast is not None and fast.spec is not None:  # FASA-C: TIP over the label buffer, gather, SDPA
+            pooled = bool(getattr(self.selector, "pooled", False))
+            out, indices = fasa_c_attention(query, fast, self.budget, scaling, pooled=pooled, valid=valid,
+                                            softcap=softcap, n_sink=self.n_sink, n_recent=self.n_recent)
+            attended = indices.shape[-1]
         else:
-            out = focused_attention(query, key, value, indices, scaling, valid)  # FAC, Eq. 7
+            indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)
+            if triton and valid is None and softcap is None and _pow2(query.shape[-1]):  # else: the torch path
+                from leanlm.fasa.kernels import focused_attention as fac_kernel
+
+                out = fac_kernel(query, key, value, indices, scaling)  # FAC, Eq. 7 (GPU kernel)
+            else:
+                out = focused_attention(query, key, value, indices, scaling, valid, softcap)  # FAC, Eq. 7
+            attended = indices.shape[-1]
         self.stats.sparse_calls += 1
+        self.stats.fast_calls += int(fast is not None and fast.spec is not None)
         self.stats.keys_seen += t * query.shape[1] * b
-        self.stats.keys_attended += indices.shape[-1] * query.shape[1] * b
+        self.stats.keys_attended += attended * query.shape[1] * b
         return out.transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def _default_cache(model: Any, handler: FasaAttention) -> Iterator[None]:
+    """Inside the block, ``model.generate()`` without ``past_key_values`` gets ``handler.new_cache(...)``.
+
+    transformers builds generate()'s default cache in ``_prepare_cache_for_generation``; we shadow that
+    method on this model *instance* only (the class is untouched) and remove the shadow on exit. A cache
+    passed by the caller, ``cache_implementation=...`` or ``use_cache=False`` are left to transformers.
+    """
+    original = getattr(model, "_prepare_cache_for_generation", None)
+    if original is None:  # another transformers: generate() keeps its own cache (reference path)
+        yield
+        return
+
+    def prepare(generation_config, model_kwargs, *args, **kwargs):
+        mode = args[0] if args else kwargs.get("generation_mode")
+        wants_default = (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+                         and generation_config.cache_implementation is None
+                         and getattr(mode, "name", "") not in ("ASSISTED_GENERATION", "CONTRASTIVE_SEARCH"))
+        if not wants_default:
+            return original(generation_config, model_kwargs, *args, **kwargs)
+        capacity = kwargs.get("max_cache_length", args[2] if len(args) > 2 else None)
+        model_kwargs["past_key_values"] = handler.new_cache(model.config, capacity if isinstance(capacity, int) else None)
+        return None
+
+    model._prepare_cache_for_generation = prepare
+    try:
+        yield
+    finally:
+        model.__dict__.pop("_prepare_cache_for_generation", None)
 
 
 @contextlib.contextmanager
@@ -195,22 +197,23 @@ def apply(
     n_sink: int = 0,
     n_recent: int = 0,
     backend: str = "auto",
+    cache: bool = True,
     check: bool = True,
 ) -> Iterator[FasaAttention]:
     """Decode ``model`` with FASA inside the block: ``with apply(model, calib, budget=256): model.generate(...)``.
 
     ``calibration`` is a :class:`~leanlm.fasa.calibration.Calibration` (or a path to one); its dominant FCs
     come from the CA table whose K best matches ``budget`` (official-code behaviour). Pass ``selector``
-    instead to run another selector (oracle, Quest, ...) through the same path. ``backend``: ``"auto"``
-    uses the Triton kernels on CUDA when installed, ``"torch"`` forces the reference path. ``check`` verifies that
-    the calibration was made on a model with the same attention geometry. Yields the handler, whose
-    ``stats`` count sparse and dense attention calls.
+    instead to run another selector (oracle, Quest, ...) through the same path. ``pooled``: one token set
+    per KV group (faster, not the paper's per-head rule). ``cache``: ``generate()`` calls without their own
+    ``past_key_values`` get a :class:`~leanlm.fasa.cache.FasaCache` (preallocated K/V plus label buffer), so
+    the FASA-C fast path runs with no other change. ``backend``: see :class:`FasaAttention`. ``check``
+    verifies that the calibration was made on a model with the same attention geometry. Yields the handler,
+    whose ``stats`` count sparse and dense attention calls and ``new_cache(config)`` builds a cache.
     """
     if selector is None:
         if calibration is None:
             raise ValueError("apply() needs a calibration (or an explicit selector)")
-        from leanlm.fasa.calibration import Calibration
-
         if not isinstance(calibration, Calibration):
             calibration = Calibration.load(calibration)
         if check:
@@ -218,5 +221,5 @@ def apply(
         selector = FASASelector.from_calibration(calibration, budget=budget, pooled=pooled)
     handler = FasaAttention(selector=selector, budget=int(budget), dense_layers=frozenset(dense_layers),
                             n_sink=n_sink, n_recent=n_recent, backend=backend)
-    with attention_handler(model, handler):
+    with attention_handler(model, handler), (_default_cache(model, handler) if cache else contextlib.nullcontext()):
         yield handler

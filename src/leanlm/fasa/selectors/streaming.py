@@ -19,6 +19,7 @@ class StreamingSelector(TokenSelector):
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor, layer_idx: int) -> torch.Tensor:
         b, h, t = query.shape[0], query.shape[1], keys.shape[2]
-        position = torch.arange(t, device=keys.device, dtype=query.dtype)
+        # float32, not the query dtype: in fp16/bf16 positions above 2048/256 round together and tie
+        position = torch.arange(t, device=keys.device, dtype=torch.float32)
         score = torch.where(position < self.n_sink, position.new_tensor(float(t)), position)  # sinks rank first
         return score.expand(b, h, t)
