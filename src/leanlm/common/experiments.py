@@ -60,8 +60,9 @@ def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int
     module="common",
     title="The embedded real model: SmolLM2-135M-Instruct perplexity and factual answers",
     claims=[
-        Claim("Held-out Wikipedia perplexity (lower is better; no paper number, a baseline)", "n/a", "wiki_ppl"),
-        Claim("Greedy factual answers correct", "n/a", "factual_accuracy"),
+        Claim("Held-out Wikipedia perplexity (lower is better; no paper number, a baseline)", "n/a", "wiki_ppl",
+              setting="SmolLM2-135M, Q4 GGUF"),
+        Claim("Greedy factual answers correct", "n/a", "factual_accuracy", setting="8 simple questions"),
     ],
     quick={"articles": 40, "offset": 9000, "max_tokens": 2048, "questions": 8},
     full={"articles": 400, "offset": 9000, "max_tokens": 32768, "questions": 8},

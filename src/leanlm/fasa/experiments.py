@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from leanlm.common.report import ExperimentResult, Figure, Table
-from leanlm.reproduce import Claim, RunContext, register
+from leanlm.reproduce import AtLeast, Claim, RunContext, register
 
 
 def _presses(names: list[str], ratio: float) -> dict[str, Any]:
@@ -31,13 +31,17 @@ def _presses(names: list[str], ratio: float) -> dict[str, Any]:
     title="FASA: full-KV answers at a small decode budget (needle retrieval on SmolLM2-135M)",
     claims=[
         Claim("FASA score as % of full KV at budget 256 (paper: LongBench avg, Llama-3.1-8B 48.2 / 48.7)",
-              paper="99%", metric="fasa_pct_of_full_256"),
+              paper="99%", metric="fasa_pct_of_full_256", rule=AtLeast("fasa_pct_of_full_256", 99, partly=90),
+              setting="135M model, needle prompts ~2K tokens"),
         Claim("FASA answers identical to full KV at budget 256 (no paper number)", paper="n/a",
-              metric="fasa_agree_256"),
+              metric="fasa_agree_256", rule=AtLeast("fasa_agree_256", 0.9, partly=0.5),
+              setting="135M model, greedy answers"),
         Claim("Top-K recall of the oracle's tokens, K=256 (paper Table 1: compound CA of top-16/64 FCs)",
-              paper="59.7%", metric="fasa_recall_256"),
+              paper="59.7%", metric="fasa_recall_256", rule=AtLeast("fasa_recall_256", 59.7, partly=50),
+              setting="135M model; top-K recall, not CA"),
         Claim("Decode attention speedup of one layer at the longest context (paper: 2.56x end-to-end at 64K, "
-              "Triton on GPU; ours: torch on CPU)", paper="2.56x", metric="attention_speedup_longest"),
+              "Triton on GPU; ours: torch on CPU)", paper="2.56x", metric="attention_speedup_longest",
+              rule=AtLeast("attention_speedup_longest", 2.56, partly=1.1), setting="one layer, torch on CPU, ≤ 8K"),
     ],
     quick={"trials": 3, "context_tokens": 1500, "budgets": [64, 256], "new_tokens": 8, "calib_tokens": 1024,
            "calib_decode_steps": 16, "calib_stride": 64, "presses": ["snapkv", "streaming_llm", "knorm"],

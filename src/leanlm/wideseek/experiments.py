@@ -9,7 +9,7 @@ from typing import Any
 
 from leanlm.common.progress import get_logger, progress
 from leanlm.common.report import ExperimentResult, Figure, Table
-from leanlm.reproduce import Claim, RunContext, register
+from leanlm.reproduce import Claim, NotTestable, RunContext, register
 
 log = get_logger("leanlm.wideseek.experiments")
 
@@ -45,13 +45,16 @@ def _e2e(ctx: RunContext, config: dict[str, Any]) -> dict[str, Any]:
     title="WideSeek-R1: wall time vs number of parallel subagents, orchestration overhead, real llama.cpp run",
     claims=[
         Claim("Wall-time speed-up of 8 parallel subagents over 1 (batching server, llama.cpp-like latency model)",
-              paper="not reported (Fig. 4 reports item F1 vs width)", metric="speedup_8"),
+              paper="not reported (Fig. 4 reports item F1 vs width)", metric="speedup_8",
+              setting="scripted agents, simulated latency"),
         Claim("Same, on a one-slot server (llama-cpp-python serves one request at a time)", paper="n/a",
               metric="speedup_8_one_slot"),
         Claim("Runtime + tool cost per model call in ms (zero-latency model, 8 subagents)", paper="n/a",
               metric="runtime_ms_per_call"),
         Claim("Item F1 of the real embedded SmolLM2-135M, multi-agent, one small task",
-              paper="40.0 (WideSeek-R1-4B, Avg@4, WideSearch)", metric="e2e_item_f1"),
+              paper="40.0 (WideSeek-R1-4B, Avg@4, WideSearch)", metric="e2e_item_f1",
+              rule=NotTestable("needs the RL-trained WideSeek-R1-4B and WideSearch; the 135M model is no stand-in"),
+              setting="135M model, offline world, 1 task"),
     ],
     quick={"task": "Western Europe", "widths": [1, 2, 4, 8], "one_slot_widths": [8], "single_agent": True,
            "calibration_calls": 0, "latency_median": 1.5, "latency_sigma": 0.25, "latency_scale": 0.5, "index_queries": 20,
