@@ -84,6 +84,7 @@ def select_cmd(
             from leanlm.bis.stats import score_corpus
 
             score_corpus(inputs, scores_out, scorer=sc, fields=config.fields, skip_invalid=skip_invalid)
+            typer.echo(f"scores -> {scores_out}")
     except ImportError as exc:
         typer.echo(f"error: engine {engine!r} needs a package that is not installed ({exc}); "
                    "install the extra, e.g. pip install 'leanlm[distributed]' for ray", err=True)
@@ -141,6 +142,7 @@ def stats_cmd(
         typer.echo(name + "\t" + "\t".join(str(s[c]) for c in cols))
     if json_out:
         atomic_write_json(json_out, {"alpha": alpha, "sources": summary})
+        typer.echo(f"summary -> {json_out}")
     if png:
         import io
 

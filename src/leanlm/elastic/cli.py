@@ -160,3 +160,4 @@ def bench(
         )
     if out is not None:
         atomic_write_json(out, rows)
+        typer.echo(f"wrote {out}")

@@ -42,7 +42,7 @@ def calibrate(
                                          "default: real Wikipedia text"),
     field: str = typer.Option("text", help="JSONL field holding the text"),
     k: list[int] = typer.Option([64, 128, 256, 512], "--k", help="top-K sizes to record CA for (repeatable)"),
-    n_tip: int = typer.Option(0, help="dominant FCs per head (0 = 25%% of head_dim/2, the paper's 16 of 64)"),
+    n_tip: int = typer.Option(0, help="dominant FCs per head (0 = 25% of head_dim/2, the paper's 16 of 64)"),
     pairing: str = typer.Option("auto", help="auto | half | interleaved | adjacent (official-code ablation)"),
     max_tokens: int = typer.Option(2048, help="truncate each calibration text to this many tokens"),
     decode_steps: int = typer.Option(32, help="greedy decode steps per text whose CA is recorded"),

@@ -238,6 +238,7 @@ def score(
                      metrics_rows(report["summary"]))
     if out:
         atomic_write_json(out, {"rows": rows, **report["summary_json"]})
+        typer.echo(f"scores -> {out}")
 
 
 @app.command()
