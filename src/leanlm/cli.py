@@ -33,6 +33,22 @@ MODULES = {
     "omnisift": "OmniSIFT modality-asymmetric token compression (arXiv 2602.04804).",
 }
 
+#: Help width when stdout is not a terminal (piped into less or a file, CI logs): rich would squeeze it to 80.
+HELP_WIDTH = 120
+
+
+def widen_help_when_piped() -> None:
+    """Give Typer's rich help ``HELP_WIDTH`` columns when stdout is not a terminal, unless the user set
+    ``COLUMNS`` or ``TERMINAL_WIDTH`` (a real terminal keeps its own width)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH"):
+        return
+    try:
+        from typer import rich_utils
+    except ImportError:  # pragma: no cover - typer without rich
+        return
+    rich_utils.MAX_WIDTH = HELP_WIDTH
+
+
 root = typer.Typer(
     name="leanlm",
     help="leanlm: five 2026 methods that make LLMs cheaper, with laptop-scale reproductions.",
@@ -84,8 +100,14 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default reports/<timestamp>)."),
     seed: int = typer.Option(0, help="Seed for every random number generator."),
     list_only: bool = typer.Option(False, "--list", help="List registered experiments and exit."),
+    compare: Optional[Path] = typer.Option(
+        None, "--compare", help="Previous run to compare with (results.json or its report directory); default: "
+        "the run --out already holds, else the newest report directory beside it."),
+    no_compare: bool = typer.Option(False, "--no-compare", help="Leave the comparison with the previous run out."),
 ) -> None:
-    """Rerun each paper's headline experiment and write a report (index.md + self-contained index.html)."""
+    """Rerun each paper's headline experiment and write a report (index.md + self-contained index.html).
+
+    The report opens with every registered claim: the paper's number, ours, and the verdict its rule computes."""
     from leanlm import reproduce as repro
 
     if list_only:
@@ -93,11 +115,18 @@ def reproduce(
             typer.echo(f"{experiment.name:<28} {experiment.module:<10} {experiment.title}")
         return
     try:
-        index, records = repro.reproduce("quick" if quick else "full", only=only, out=out, seed=seed)
+        index, records = repro.reproduce("quick" if quick else "full", only=only, out=out, seed=seed,
+                                         compare=False if no_compare else (compare or True))
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0]), param_hint="--only") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--compare") from exc
     for record in records:
-        typer.echo(f"{record.status:>6}  {record.seconds:7.1f} s  {record.name}")
+        counts: dict[str, int] = {}
+        for claim in record.claims:
+            counts[claim.verdict] = counts.get(claim.verdict, 0) + 1
+        verdicts = ", ".join(f"{n} {v}" for v, n in counts.items())
+        typer.echo(f"{record.status:>6}  {record.seconds:7.1f} s  {record.name}" + (f"  ({verdicts})" if verdicts else ""))
     typer.echo(f"Report: {index}")
     typer.echo(f"        {index.with_name('index.md')}")
     if any(r.status != "ok" for r in records):
@@ -134,6 +163,7 @@ def _listing_only(help_text: str) -> typer.Typer:
 def build_app(mount: Iterable[str] | None = None) -> typer.Typer:
     """The CLI with the named modules' groups imported (all when ``mount`` is None), the others listed only."""
     wanted = set(MODULES) if mount is None else set(mount)
+    widen_help_when_piped()
     cli = typer.Typer(
         name="leanlm", help=root.info.help, no_args_is_help=True, add_completion=False,
         pretty_exceptions_show_locals=False,
