@@ -75,14 +75,14 @@ def fasa_c_attention(
     group = n_q // n_kv
     t = layer.length
     scores = tip_scores(query, layer, pooled)  # TIP, Eq. 6
-    if valid is not None:
-        if pooled and valid.shape[1] != 1:
-            valid = valid.view(b, n_kv, group, t).any(2)
-        scores = scores.masked_fill(~valid, float("-inf"))
     if n_sink:
         scores[..., :n_sink] = float("inf")
     if n_recent:
         scores[..., max(0, t - n_recent) :] = float("inf")
+    if valid is not None:  # after forcing: a forced token that is padding is still never preferred
+        if pooled and valid.shape[1] != 1:
+            valid = valid.view(b, n_kv, group, t).any(2)
+        scores = scores.masked_fill(~valid, float("-inf"))
     indices = exact_topk(scores, budget, block)  # T_t = TopK-I(S_t, N_fac)
     keys, values = _gather_rows(layer, indices, 1 if pooled else group)
     q = query.view(b, n_kv, group, d) if pooled else query  # pooled: the group folds into q_len

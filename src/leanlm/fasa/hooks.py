@@ -35,6 +35,10 @@ def dense_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("softcap") is not None:
         from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
 
+        q_len, kv_len = query.shape[2], key.shape[2]
+        if attention_mask is None and q_len > 1:  # sdpa's mask builder leaves causality to ``is_causal``
+            rows = torch.arange(kv_len - q_len, kv_len, device=query.device)[:, None]
+            attention_mask = torch.arange(kv_len, device=query.device)[None, :] <= rows
         if attention_mask is not None and attention_mask.dtype == torch.bool:  # "fasa" masks are sdpa's booleans
             attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
                 ~attention_mask, torch.finfo(query.dtype).min)
