@@ -19,7 +19,8 @@ BAD_CASES = {
     "step not an object": ('{"steps_with_score": [0.5]}', "steps_with_score[0]"),
     "not an object": ("[1, 2, 3]", "Expected `object`"),
     "bool score": ('{"steps_with_score": [{"score": true}]}', "score"),
-    "nan score": ('{"steps_with_score": [{"score": NaN}]}', "invalid JSON"),
+    "nan score": ('{"steps_with_score": [{"score": NaN}]}', "NaN step score (not valid JSON)"),
+    "infinite score": ('{"steps_with_score": [{"score": Infinity}]}', "non-finite number (Infinity)"),
 }
 
 
@@ -61,7 +62,7 @@ def test_skip_invalid_writes_rejects_and_counts_reconcile(tmp_path: Path, engine
     f = doc["files"][0]
     assert f["rows"] == 8 and f["blank_lines"] == 1
     assert f["malformed"] == 4 and f["without_scores"] == 1 and f["candidates"] == 3
-    assert f["kept"] == 1 and f["rows"] == f["kept"] + f["not_kept"] + f["malformed"]
+    assert f["kept"] == 1 and f["not_kept"] == 2 and f["rows"] == f["candidates"] + f["without_scores"] + f["malformed"]
     rej = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert [r["line"] for r in rej] == [3, 4, 5, 9]
     assert all(r["file"] == str(src) and r["error"] and r["raw"] for r in rej)
@@ -93,6 +94,8 @@ def test_missing_inputs_and_bad_settings(tmp_path: Path) -> None:
         select([tmp_path / "emptydir"], tmp_path / "o.jsonl")
     good = write(tmp_path / "in" / "a.jsonl", [GOOD])
     with pytest.raises(ValueError, match="is one of the inputs"):
+        select([good], good)
+    with pytest.raises(FileNotFoundError, match="skipped 1 of leanlm's own files"):  # the output is not an input
         select([good.parent], good)
     assert good.read_text() == GOOD + "\n"
     with pytest.raises(ValueError, match="ratio"):

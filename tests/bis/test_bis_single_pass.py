@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from leanlm.bis import single_pass
+from leanlm.bis.cut import stable_top_k
 from leanlm.bis.score import BIS, RandomScorer
-from leanlm.bis.select import SelectConfig, select
+from leanlm.bis.select import SelectConfig, select, worker_count
 
 GOOD = {"image": "i", "question": "q", "steps_with_score": [{"step": "a", "score": 0.5}, {"step": "b", "score": 0.0}]}
 
@@ -100,7 +101,7 @@ def test_parallel_workers_same_bytes(synth_corpus: Path, tmp_path: Path) -> None
 
 def test_plan_choice(synth_corpus: Path, tmp_path: Path) -> None:
     files = sorted(synth_corpus.glob("*.jsonl"))
-    assert single_pass.eligible(files, SelectConfig())
+    assert single_pass.ineligible_reason(files, SelectConfig()) is None
     assert "group_by" in single_pass.ineligible_reason(files, SelectConfig(group_by="global"))
     assert "engine" in single_pass.ineligible_reason(files, SelectConfig(engine="duckdb"))
     gz = tmp_path / "in" / "z.jsonl.gz"
@@ -114,8 +115,8 @@ def test_plan_choice(synth_corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown plan"):
         SelectConfig(plan="three-pass")
     # workers: 0 = auto, one process for a small corpus; an explicit count is capped by the number of files
-    assert single_pass.worker_count(files, SelectConfig()) == 1
-    assert single_pass.worker_count(files, SelectConfig(workers=64)) == len(files)
+    assert worker_count(files, SelectConfig()) == 1
+    assert worker_count(files, SelectConfig(workers=64)) == len(files)
 
 
 def test_stable_top_k_is_the_stable_descending_sort() -> None:
@@ -125,7 +126,7 @@ def test_stable_top_k_is_the_stable_descending_sort() -> None:
         cand = [i for i in range(len(s)) if not np.isnan(s[i])]
         for k in range(len(cand) + 1):
             want = sorted(cand, key=lambda i: s[i], reverse=True)[:k]  # Python's sort is stable
-            assert single_pass.stable_top_k(s, k).tolist() == want
+            assert stable_top_k(s, k).tolist() == want
 
 
 def _rss_kb() -> int:

@@ -8,6 +8,8 @@ Public API::
 See ``docs/bis.md`` for the equations, the engines and where we differ from the official script.
 """
 
+from leanlm.bis.config import SelectConfig
+from leanlm.bis.inputs import discover_inputs
 from leanlm.bis.schema import Fields
 from leanlm.bis.score import (
     BIS,
@@ -22,7 +24,7 @@ from leanlm.bis.score import (
     bis_value,
     make_scorer,
 )
-from leanlm.bis.select import SelectConfig, discover_inputs, select
+from leanlm.bis.select import select
 
 __all__ = [
     "BIS",

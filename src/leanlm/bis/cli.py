@@ -51,8 +51,13 @@ def select_cmd(
     workers: int = typer.Option(0, help="Processes over files (stream) or Ray CPUs (ray); 0 = one per CPU."),
     plan: str = typer.Option("auto", help="auto | single-pass (per-file groups, plain JSONL) | two-pass."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl (original lines) | mmprm (training format) | parquet"),
-    compat: str = typer.Option("default", help="'official' drops what the official converter drops (mmprm)."),
+    compat: str = typer.Option("default", help="'official': the official script's behaviour where it differs (mmprm "
+                                               "drops what its converter drops; a NaN step score is a negative step)."),
     skip_invalid: bool = typer.Option(False, help="Write invalid lines to the rejects file instead of failing."),
+    strict_scores: bool = typer.Option(False, help="Reject (file:line) rollouts without any scored step instead of "
+                                                   "counting them as without_scores (the official behaviour)."),
+    allow_empty: bool = typer.Option(False, help="Accept inputs with no rows at all (an empty selection)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output, manifest or rejects file."),
     rejects: Path | None = typer.Option(None, help="Rejects file (default <output>.rejects.jsonl)."),
     manifest: Path | None = typer.Option(None, help="Manifest JSON (default <output>.manifest.json)."),
     scores_out: Path | None = typer.Option(None, help="Also write every rollout's score (.parquet/.csv/.jsonl; "
@@ -78,8 +83,9 @@ def select_cmd(
                               fields=_fields(steps_field, score_field, step_text_field, image_field, question_fields,
                                              mc_correct_field, mc_total_field),
                               engine=engine, output_format=fmt, compat=compat, skip_invalid=skip_invalid,
-                              workers=workers, hash_input=not no_hash, plan=plan)
-        doc = select(inputs, output, config, manifest=manifest, rejects=rejects)
+                              workers=workers, hash_input=not no_hash, plan=plan, strict_scores=strict_scores,
+                              allow_empty=allow_empty)
+        doc = select(inputs, output, config, manifest=manifest, rejects=rejects, overwrite=force)
         if scores_out is not None:
             from leanlm.bis.stats import score_corpus
 
@@ -89,12 +95,16 @@ def select_cmd(
         typer.echo(f"error: engine {engine!r} needs a package that is not installed ({exc}); "
                    "install the extra, e.g. pip install 'leanlm[distributed]' for ray", err=True)
         raise typer.Exit(2) from exc
-    except (RecordError, ValueError, FileNotFoundError) as exc:
+    except (RecordError, ValueError, FileNotFoundError, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    for s in doc["skipped_inputs"]:
+        typer.echo(f"skipped {s['file']}: {s['why']}", err=True)
+    for w in doc["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
     t = doc["totals"]
-    typer.echo(f"kept {t['kept']} of {t['candidates']} candidates ({t['rows']} rows, {t['malformed']} rejected, "
-               f"{t['without_scores']} without scores); wrote {t['written']} to {output}")
+    typer.echo(f"kept {t['kept']} of {t['candidates']} candidates ({t['rows']} rows: {t['candidates']} candidates, "
+               f"{t['without_scores']} WITHOUT SCORES, {t['malformed']} rejected); wrote {t['written']} to {output}")
 
 
 @app.command("score")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -155,7 +156,7 @@ class FileScanner:
 
     def __init__(self, path: str | os.PathLike[str], file_index: int, fields: Fields, *, skip_invalid: bool = False,
                  on_reject: Callable[[Reject], None] | None = None, chunk_bytes: int = CHUNK_BYTES,
-                 hash_input: bool = True):
+                 hash_input: bool = True, strict_scores: bool = False, nan_negative: bool = False):
         self.path = str(path)
         self.file_index = file_index
         self.fields = fields
@@ -163,6 +164,8 @@ class FileScanner:
         self.on_reject = on_reject
         self.chunk_bytes = chunk_bytes
         self.hash_input = hash_input
+        self.strict_scores = strict_scores
+        self.nan_negative = nan_negative
         self.decoder = build_decoder(fields)
         self.counts = FileCounts()
 
@@ -184,10 +187,46 @@ class FileScanner:
                 rows.append(_Empty)
                 rejected[k] = True
             except msgspec.DecodeError as exc:
-                self._reject(first_line + i, f"invalid JSON ({exc})", lines[i])
-                rows.append(_Empty)
-                rejected[k] = True
+                try:
+                    rows.append(self._decode_nonfinite(lines[i]))
+                except _NotNonFinite:
+                    self._reject(first_line + i, f"invalid JSON ({exc})", lines[i])
+                    rows.append(_Empty)
+                    rejected[k] = True
+                except (_NonFinite, msgspec.ValidationError) as why:
+                    self._reject(first_line + i, str(why), lines[i])
+                    rows.append(_Empty)
+                    rejected[k] = True
         return rows, rejected, len(lines), len(lines) - len(nonblank)
+
+    def _decode_nonfinite(self, line: bytes) -> Any:
+        """A line msgspec refused: if it is JSON only once ``NaN``/``Infinity`` tokens are allowed, decide.
+
+        The official script reads such lines with ``json.loads`` and ``float()``: a NaN step score is then a
+        scored step that is not positive (``nan > 0`` is false), e.g. ``compute_bis([nan, 0.5], 0.05) = 0.15``.
+        BIS depends on a non-positive score only through the step count, so under ``--compat official`` a
+        NaN score is decoded as 0.0, which gives the official BIS exactly. Otherwise, and for ±Infinity
+        (whose BIS is infinite or undefined), the line is rejected with a message saying so.
+        """
+        seen: list[str] = []
+
+        def constant(name: str) -> float:
+            seen.append(name)
+            return 0.0
+
+        try:
+            obj = json.loads(line, parse_constant=constant)
+        except ValueError:
+            raise _NotNonFinite from None
+        if not seen:
+            raise _NotNonFinite
+        if any(c != "NaN" for c in seen):
+            raise _NonFinite(f"non-finite number ({', '.join(sorted(set(seen)))}) in the line: an infinite step "
+                             "score gives an infinite or undefined BIS; fix or drop the line")
+        if not self.nan_negative:
+            raise _NonFinite("NaN step score (not valid JSON); the official script counts a NaN score as a "
+                             "negative step: use --compat official for that, or fix the data")
+        return self.decoder.decode(msgspec.json.encode(obj))
 
     def __iter__(self) -> Iterator[ChunkScan]:
         sha = hashlib.sha256() if self.hash_input else None
@@ -260,24 +299,44 @@ class FileScanner:
             stats.n[b] = 0
             rejected[b] = True
         groups = None
+        split: tuple[list[bytes], list[int]] | None = None
         if self.fields.group is not None:
             groups = [r.group for r in rows]
             for k, g in enumerate(groups):
                 if g is None and not rejected[k]:
-                    lines, nonblank = row_lines(_as_bytes(chunk))
+                    split = split or row_lines(_as_bytes(chunk))
+                    lines, nonblank = split
                     self._reject(line_no + nonblank[k], f"missing group field {self.fields.group!r}",
                                  lines[nonblank[k]])
                     rejected[k] = True
                     stats.n[k] = 0
-        counts.rows += len(rows)
+        if self.strict_scores:
+            for k in np.flatnonzero((stats.n == 0) & ~rejected).tolist():
+                split = split or row_lines(_as_bytes(chunk))
+                lines, nonblank = split
+                self._reject(line_no + nonblank[k], f"no scored step in {self.fields.steps!r} (--strict-scores)",
+                             lines[nonblank[k]])
+                rejected[k] = True
+        _count(counts, len(rows), stats.n, rejected)
         counts.blank += blank
-        nrej = int(rejected.sum())
-        counts.malformed += nrej
-        cand = int((stats.n > 0).sum())
-        counts.candidates += cand
-        counts.without_scores += len(rows) - cand - nrej
         return ChunkScan(stats=stats, groups=groups, lines_in_chunk=nlines, first_line=line_no,
                          rejected=rejected, blank=blank)
+
+
+class _NotNonFinite(Exception):
+    """The line is not JSON even with NaN/Infinity allowed."""
+
+
+class _NonFinite(ValueError):
+    """The line is JSON with NaN/Infinity tokens that are not accepted here (the message says why)."""
+
+
+def _count(counts: FileCounts, nrows: int, n: np.ndarray, rejected: np.ndarray) -> None:
+    """Add a chunk's rows to the file's counters, each category counted on its own (they must add up)."""
+    counts.rows += nrows
+    counts.malformed += int(np.count_nonzero(rejected))
+    counts.candidates += int(np.count_nonzero((n > 0) & ~rejected))
+    counts.without_scores += int(np.count_nonzero((n == 0) & ~rejected))
 
 
 def _as_bytes(chunk: Any) -> bytes:
@@ -313,7 +372,9 @@ class ParquetScanner:
 
     def __init__(self, path: str | os.PathLike[str], file_index: int, fields: Fields, *, skip_invalid: bool = False,
                  on_reject: Callable[[Reject], None] | None = None, batch_rows: int = 65536, hash_input: bool = True,
-                 **_: object):
+                 strict_scores: bool = False, nan_negative: bool = False, **_: object):
+        self.strict_scores = strict_scores
+        self.nan_negative = nan_negative
         self.path = str(path)
         self.file_index = file_index
         self.fields = fields
@@ -335,6 +396,8 @@ class ParquetScanner:
         s = step.get(f.score)
         if s is None:
             return None
+        if self.nan_negative and isinstance(s, float) and math.isnan(s):
+            return 0.0  # the official float(): a NaN step is scored and not positive (see FileScanner)
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
             raise RecordError(self.path, row, f"field {f.steps}[].{f.score}: expected a finite number, got {s!r}")
         return float(s)
@@ -384,15 +447,17 @@ class ParquetScanner:
                         acc += s
                         npos += 1
                 n[k], n_pos[k], sum_pos[k] = len(scores), npos, acc
+                if self.strict_scores and not scores:
+                    message = f"no scored step in {f.steps!r} (--strict-scores)"
+                    if not self.skip_invalid:
+                        raise RecordError(self.path, row0 + k + 1, message)
+                    if self.on_reject is not None:
+                        self.on_reject(Reject(self.path, row0 + k + 1, message, repr(steps)[:1000]))
+                    rejected[k] = True
             groups = batch.column(f.group).to_pylist() if f.group else None
             stats = RolloutStats(n=n, n_pos=n_pos, sum_pos=sum_pos, row=np.arange(row0, row0 + nrows),
                                  file_index=self.file_index)
-            counts.rows += nrows
-            nrej = int(rejected.sum())
-            counts.malformed += nrej
-            cand = int((n > 0).sum())
-            counts.candidates += cand
-            counts.without_scores += nrows - cand - nrej
+            _count(counts, nrows, n, rejected)
             yield ChunkScan(stats=stats, groups=groups, lines_in_chunk=nrows, first_line=row0 + 1,
                             rejected=rejected)
             row0 += nrows

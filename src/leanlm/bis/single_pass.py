@@ -8,7 +8,7 @@ is memory-mapped once and, in one worker:
    two-pass engine (:meth:`leanlm.bis.scan.FileScanner.scan_buffer`), keeping each row's score and the byte
    span of its line (24 bytes per row);
 2. cut exactly: the candidates' stable descending sort by score keeps the first ``max(1, int(m·ratio))``, ties
-   in file order, the same rows as the radix cut (:func:`leanlm.bis.select.find_cut`);
+   in file order, the same rows as the radix cut (:func:`leanlm.bis.cut.find_cut`);
 3. written: the kept lines' original bytes (or their MM-PRM conversion), in file order, into a part file that
    the driver appends to the output as soon as every earlier file is done.
 
@@ -21,7 +21,6 @@ engine's byte for byte (the tests check it).
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import shutil
@@ -33,14 +32,18 @@ from typing import IO, Any
 
 import numpy as np
 
-from leanlm.bis.convert import ConversionCounts, encode_mmprm, to_mmprm
-from leanlm.bis.scan import FileScanner, Reject
+from leanlm.bis.config import SelectConfig, source_name
+from leanlm.bis.convert import ConversionCounts
+from leanlm.bis.cut import chunk_scores, keep_count, stable_top_k
+from leanlm.bis.engine_stream import scanner_for
+from leanlm.bis.executor import map_ordered
+from leanlm.bis.scan import FileCounts
+from leanlm.bis.spill import RejectSink, spill_path
+from leanlm.bis.writers import make_writer
 
 #: A file larger than this takes the two-pass path: the per-row arrays and the cut's sort peak near 100 bytes
 #: per row (measured: 204 MB for a 951 MB file of 2M rows), and several workers may hold one each.
 MAX_FILE_BYTES = 1 << 30
-#: Below this much input in all, worker processes cost more than they save.
-PARALLEL_MIN_BYTES = 32 << 20
 
 
 @dataclass
@@ -48,23 +51,22 @@ class FileSelection:
     """One file's single-pass result: pass-1 counts, the cut of its group and what was written."""
 
     path: str
-    counts: Any  # leanlm.bis.scan.FileCounts
+    counts: FileCounts
     candidates: int
     k: int
     threshold: float | None  # the k-th largest score (None when nothing is kept)
     ties_kept: int  # kept rows whose score equals the threshold
     kept: int
+    not_kept: int
     written: int
     conversion: ConversionCounts
     part: str
     rejects: str | None
 
 
-def ineligible_reason(files: list[Path], config: Any) -> str | None:
+def ineligible_reason(files: list[Path], config: SelectConfig) -> str | None:
     """Why the single-pass plan does not apply (``None`` when it does). It needs per-file groups, the stream
     engine, plain JSONL in, JSONL or MM-PRM out, and no file over :data:`MAX_FILE_BYTES`."""
-    from leanlm.bis.select import source_name
-
     if config.engine != "stream":
         return f"engine {config.engine!r} (the single pass is the stream engine's)"
     if config.group_by != "file":
@@ -79,20 +81,6 @@ def ineligible_reason(files: list[Path], config: Any) -> str | None:
         if p.stat().st_size > MAX_FILE_BYTES:
             return f"{p}: larger than {MAX_FILE_BYTES >> 30} GiB"
     return None
-
-
-def eligible(files: list[Path], config: Any) -> bool:
-    """Whether the single-pass plan applies (see :func:`ineligible_reason`)."""
-    return ineligible_reason(files, config) is None
-
-
-def worker_count(files: list[Path], config: Any) -> int:
-    """``config.workers`` (0 = one per available CPU), capped by the number of files; 1 for small corpora."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    wanted = config.workers if config.workers > 0 else cpus
-    if config.workers <= 0 and sum(p.stat().st_size for p in files) < PARALLEL_MIN_BYTES:
-        wanted = 1
-    return max(1, min(wanted, len(files)))
 
 
 @contextmanager
@@ -119,48 +107,17 @@ def _drop_pages(buffer: Any, start: int, stop: int) -> None:
             buffer.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
-class _RejectSink:
-    """Writes ``--skip-invalid`` rejects of one file to a JSONL file, opened on the first reject."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.count = 0
-        self._fh: IO[str] | None = None
-
-    def __call__(self, r: Reject) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._fh.write(json.dumps({"file": r.path, "line": r.line, "error": r.error, "raw": r.raw},
-                                  ensure_ascii=False) + "\n")
-        self.count += 1
-
-    def close(self) -> str | None:
-        if self._fh is not None:
-            self._fh.close()
-        return self.path if self.count else None
-
-
-def stable_top_k(score: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the k largest non-NaN scores, ties by row order (Python's stable ``sorted(reverse=True)``)."""
-    cand = np.flatnonzero(~np.isnan(score))
-    order = np.argsort(-score[cand], kind="stable")
-    return cand[order[:k]]
-
-
-def select_file(path: str, file_index: int, config: Any, work_dir: str, ratio: float) -> FileSelection:
+def select_file(path: str, file_index: int, config: SelectConfig, work_dir: str, ratio: float) -> FileSelection:
     """Score, cut and write one file in a single pass (see the module docstring)."""
-    from leanlm.bis.select import _chunk_scores, keep_count
-
-    sink = _RejectSink(os.path.join(work_dir, f"{file_index:06d}.rejects.jsonl"))
-    part = os.path.join(work_dir, f"{file_index:06d}.part")
-    scanner = FileScanner(path, file_index, config.fields, skip_invalid=config.skip_invalid, on_reject=sink,
-                          chunk_bytes=config.chunk_bytes, hash_input=False)
+    sink = RejectSink(spill_path(work_dir, file_index, ".rejects.jsonl"))
+    part = spill_path(work_dir, file_index, ".part")
+    scanner = scanner_for(path, file_index, config, sink, hash_input=False)
     sha = hashlib.sha256() if config.hash_input else None
     try:
         with _mapped(path) as buf:
             scores, starts, stops = [], [], []
             for offset, ends, chunk in scanner.scan_buffer(buf, on_bytes=sha.update if sha else None):
-                scores.append(_chunk_scores(config.scorer, chunk.stats))
+                scores.append(chunk_scores(config.scorer, chunk.stats))
                 run_end = offset + int(ends[-1])
                 line_start = np.concatenate(([0], ends[:-1]))
                 if chunk.blank:  # rows are the non-blank lines
@@ -173,21 +130,29 @@ def select_file(path: str, file_index: int, config: Any, work_dir: str, ratio: f
             start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
             stop = np.concatenate(stops) if stops else np.zeros(0, np.int64)
             del scores, starts, stops  # the per-run pieces: halves the peak during the sort below
-            m = int(np.count_nonzero(~np.isnan(score)))
+            candidate = ~np.isnan(score)
+            m = int(np.count_nonzero(candidate))
             k = keep_count(m, ratio)
             top = stable_top_k(score, k)
             threshold = float(score[top[-1]]) if k else None
             ties = int(np.count_nonzero(score[top] == threshold)) if k else 0
-            kept_rows = np.sort(top)
-            conv = ConversionCounts()
+            kept_mask = np.zeros(len(score), dtype=bool)
+            kept_mask[top] = True
+            kept_rows = np.flatnonzero(kept_mask)
+            not_kept = int(np.count_nonzero(candidate & ~kept_mask))
             with open(part, "wb") as out:
-                written = _write_rows(buf, start[kept_rows], stop[kept_rows], config, conv, out)
+                writer = make_writer(config.output_format, out, config.fields, config.compat)
+                for b0 in range(0, len(kept_rows), 1 << 16):
+                    rows = kept_rows[b0 : b0 + (1 << 16)]
+                    writer.write_spans(buf, start[rows], stop[rows])
+                    _drop_pages(buf, int(start[rows[0]]), int(stop[rows[-1]]))
     finally:
         rejects = sink.close()
     if sha is not None:
         scanner.counts.sha256 = sha.hexdigest()
     return FileSelection(path=path, counts=scanner.counts, candidates=m, k=k, threshold=threshold, ties_kept=ties,
-                         kept=len(kept_rows), written=written, conversion=conv, part=part, rejects=rejects)
+                         kept=len(kept_rows), not_kept=not_kept, written=writer.written,
+                         conversion=writer.conversion, part=part, rejects=rejects)
 
 
 def _nonblank_lines(buf: Any, offset: int, line_start: np.ndarray, line_end: np.ndarray) -> np.ndarray:
@@ -197,41 +162,7 @@ def _nonblank_lines(buf: Any, offset: int, line_start: np.ndarray, line_end: np.
     return np.asarray(keep, dtype=np.int64)
 
 
-#: Lines written per batch (bounds the memory of the joined output bytes).
-_WRITE_BATCH = 8192
-
-
-def _write_rows(buf: Any, start: np.ndarray, stop: np.ndarray, config: Any, conv: ConversionCounts,
-                out: IO[bytes]) -> int:
-    """Write the kept lines (original bytes, each newline-terminated) or their MM-PRM conversion."""
-    view = memoryview(buf)
-    written = 0
-    try:
-        for b0 in range(0, len(start), _WRITE_BATCH):
-            spans = zip(start[b0 : b0 + _WRITE_BATCH].tolist(), stop[b0 : b0 + _WRITE_BATCH].tolist(), strict=True)
-            if config.output_format == "mmprm":
-                parts = []
-                for a, b in spans:
-                    rec = to_mmprm(json.loads(bytes(view[a:b])), config.fields, config.compat, conv)
-                    if rec is not None:
-                        parts.append(encode_mmprm(rec))
-                out.write("".join(parts).encode("utf-8"))
-                written += len(parts)
-                continue
-            lines = [view[a:b] for a, b in spans]
-            out.write(b"".join(lines))
-            written += len(lines)
-            if lines and lines[-1][-1:] != b"\n":  # the file's last line had no newline
-                out.write(b"\n")
-            for line in lines:
-                line.release()
-            _drop_pages(buf, int(start[b0]), int(stop[min(b0 + _WRITE_BATCH, len(start)) - 1]))
-    finally:
-        view.release()
-    return written
-
-
-def _append(src: str, out: IO[bytes]) -> None:
+def append_part(src: str, out: IO[bytes]) -> None:
     """Append a part file to ``out`` (in-kernel ``copy_file_range`` where possible) and delete it."""
     out.flush()
     with open(src, "rb") as fh:
@@ -254,34 +185,15 @@ def _append(src: str, out: IO[bytes]) -> None:
     os.unlink(src)
 
 
-def run(files: list[Path], config: Any, work_dir: str, out: IO[bytes], ratios: list[float],
+def run(files: list[Path], config: SelectConfig, work_dir: str, out: IO[bytes], ratios: list[float],
+        executor: str = "serial", workers: int = 1,
         on_done: Callable[[FileSelection], object] | None = None) -> list[FileSelection]:
-    """Select every file (in worker processes when ``workers`` > 1) and append the parts to ``out`` in order."""
-    workers = worker_count(files, config)
+    """Select every file (on ``executor``) and append the parts to ``out`` in file order."""
+    items = [(str(p), i, config, work_dir, ratios[i]) for i, p in enumerate(files)]
     results: list[FileSelection] = []
-    if workers == 1:
-        for i, p in enumerate(files):
-            res = select_file(str(p), i, config, work_dir, ratios[i])
-            _append(res.part, out)
-            results.append(res)
-            if on_done is not None:
-                on_done(res)
-        return results
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [
-            pool.submit(select_file, str(p), i, config, work_dir, ratios[i]) for i, p in enumerate(files)]
-        try:
-            for fut in futures:  # in file order: the output is the files' parts in order
-                res = fut.result()
-                _append(res.part, out)
-                results.append(res)
-                if on_done is not None:
-                    on_done(res)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    for res in map_ordered(select_file, items, executor, workers):
+        append_part(res.part, out)
+        results.append(res)
+        if on_done is not None:
+            on_done(res)
     return results
-

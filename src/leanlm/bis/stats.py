@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from leanlm.bis.config import source_name
+from leanlm.bis.inputs import discover_inputs
 from leanlm.bis.scan import scanner
 from leanlm.bis.schema import Fields
 from leanlm.bis.score import BIS, External, Scorer
-from leanlm.bis.select import discover_inputs, source_name
 from leanlm.common.atomic import atomic_write
 from leanlm.common.progress import progress
 
