@@ -12,7 +12,7 @@ SERVER_STAMP := $(VENV)/.stamp-server-$(KEY)
 # llama.cpp's default native build crashes at the first token on this machine; a portable build works.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
 
-.PHONY: demo test test-fast bench lint setup setup-dev clean
+.PHONY: demo test test-fast bench lint setup setup-dev browser clean
 
 $(BASE_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,17 @@ demo: $(BASE_STAMP)
 	$(VENV)/bin/leanlm reproduce --quick --out reports/latest
 	@echo "Report written to reports/latest/index.html (and index.md)"
 
-test: $(DEV_STAMP) $(SERVER_STAMP)
+# The report's browser test needs Chromium: installed from the system packages only when missing. Without root,
+# sudo or the package mirror it stays missing and the test skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	    { $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; \
+	  } >/dev/null 2>&1 && echo "installed chromium (for the report's browser test)" || \
+	  echo "chromium could not be installed: the report's browser test will skip"; }
+
+test: $(DEV_STAMP) $(SERVER_STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(DEV_STAMP)
