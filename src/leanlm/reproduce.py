@@ -2,7 +2,7 @@
 
 A module registers its experiment(s) in ``leanlm/<module>/experiments.py`` with :func:`register`::
 
-    from leanlm.reproduce import Claim, RunContext, register
+    from leanlm.reproduce import AtLeast, Claim, RunContext, register
     from leanlm.common.report import ExperimentResult, Table
 
     @register(
