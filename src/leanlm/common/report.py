@@ -190,11 +190,12 @@ def claims_markdown(records: list[ExperimentRecord]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- |"]
 
         def cell(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
+            return str(text).replace("|", "\\|").replace("\n", " ").strip()
 
         for record, claim in rows:
             parts.append(
-                f"| {cell(claim.source or record.module)} | [{cell(claim.claim)}](#{_slug(record.name)}) | "
+                f"| {cell(claim.source or record.module)} | "
+                f"[{cell(claim.claim).replace('[', '(').replace(']', ')')}](#{_slug(record.name)}) | "
                 f"{cell(claim.paper)} | {cell(claim.ours)} | {cell(claim.setting)} | **{claim.verdict}** | "
                 f"{cell(_why(claim))} |"
             )
