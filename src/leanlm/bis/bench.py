@@ -1,35 +1,50 @@
-"""Side-by-side benchmark of the selection engines, the plain-Python official algorithm and a DuckDB SQL query.
+"""``leanlm bis bench``: selection contenders side by side, like for like, with checked outputs.
 
-Every contender runs in its own fresh interpreter on the same corpus, one after the other; the child reports
-its own high-water RSS (``VmHWM``; with ``--workers``, also its largest worker's) and its work time
-(interpreter start-up excluded); the wall time is measured outside (included). Outputs are compared
-byte for byte: all our engines with each other, our ``mmprm --compat official`` output with the official
-algorithm's, and the DuckDB query's per-source kept counts with ours.
+Two kinds of output are compared separately, never against each other:
 
-Contenders:
+* **raw**: the kept original lines, in file order (what ``leanlm bis select`` writes by default);
+* **mmprm**: the kept rollouts converted to the official MM-PRM training format (``--format mmprm --compat
+  official``, what the official ``scripts/build_bis_subset.py`` writes).
 
-* ``official``: :mod:`leanlm.bis.reference`, the official script's algorithm in plain Python (whole files in
-  memory, ``json.loads`` per line, stable sort), writing the MM-PRM subset like the script;
-* ``duckdb-sql``: a hand-written DuckDB query computing the same per-source selection (row_number over a
-  partition), the issue's peer; it computes the kept set and counts it, writing nothing;
-* ``ours:<engine>``: :func:`leanlm.bis.select.select` writing the kept original lines (default ``jsonl``), and
-  ``ours:stream+mmprm`` writing the official training format.
+Contenders (each run as its own process, wall time measured outside it, so interpreter start-up and imports
+count for everyone):
+
+* ``official-script`` (mmprm): the official script itself, from a fetched copy (``--official-script``; never
+  part of leanlm), with its own defaults for everything but the corpus, α, ratio and output;
+* ``reference`` / ``reference-raw``: :mod:`leanlm.bis.reference`, our plain-Python reading of the official
+  algorithm, writing MM-PRM or the kept lines;
+* ``duckdb-copy`` (raw): a hand-written DuckDB query that reads the lines as text, scores them with
+  ``json_extract`` and list lambdas (the positive scores summed left to right like Python's ``sum``), keeps
+  the top ``max(1, floor(m·ratio))`` per file with ties broken by row index, and writes the kept lines with
+  ``COPY ... TO``;
+* ``ours:<engine>[+mmprm][/two-pass][/<n>w]``: :func:`leanlm.bis.select.select` with that configuration.
+
+Protocol: one untimed run of every contender first, whose output must equal its kind's reference bytes
+(``reference-raw`` for raw; the official script's, else ``reference``'s, for mmprm), then ``repeats`` timed
+rounds, the contenders interleaved and their order rotated each round. Reported: median, min and max wall
+seconds; the median of the per-round paired ratios; the peak RSS of the largest process of each contender
+(``ru_maxrss`` as reported by ``/usr/bin/time``, which includes waited-for worker processes).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from leanlm.common.progress import get_logger
 
 log = get_logger("leanlm.bis.bench")
+
+DEFAULT_CONTENDERS = ["official-script", "reference", "reference-raw", "duckdb-copy", "ours:stream",
+                      "ours:stream/1w", "ours:stream/two-pass", "ours:duckdb", "ours:stream+mmprm"]
 
 
 def ensure_corpus(root: str | os.PathLike[str], rollouts: int, sources: int = 38, seed: int = 0) -> Path:
@@ -45,42 +60,39 @@ def ensure_corpus(root: str | os.PathLike[str], rollouts: int, sources: int = 38
     return out
 
 
-#: The issue's peer, a hand-written per-source selection in DuckDB SQL. ``{source}`` is one of the two readers
-#: below: DuckDB's ``read_json`` with a declared column, or ``read_json_objects`` + ``json_transform`` (faster
-#: here: ``read_json`` pays a large fixed cost per file on this machine).
-DUCKDB_SQL = """
-WITH r AS (
-  SELECT f, row_number() OVER (PARTITION BY f) AS rn,
-         list_filter(list_transform(steps_with_score, lambda s: s.score), lambda x: x IS NOT NULL) AS sc
-  FROM {source}
-), b AS (
-  SELECT f, rn, len(sc) AS n, len(list_filter(sc, lambda x: x > 0)) AS np,
-         list_sum(list_filter(sc, lambda x: x > 0)) AS sp
-  FROM r WHERE len(sc) > 0
-), s AS (
-  SELECT f, rn, (np / n * (1 - np / n) + {alpha}) * CASE WHEN np > 0 THEN sp / np ELSE 1.0 END AS bis FROM b
-), k AS (
-  SELECT f, rn, row_number() OVER (PARTITION BY f ORDER BY bis DESC, rn) AS pos, count(*) OVER (PARTITION BY f) AS m
-  FROM s
-)
-SELECT f, count(*) AS kept FROM k WHERE pos <= greatest(1, floor(m * {ratio})) GROUP BY f ORDER BY f
+#: The DuckDB contender. Lines are read as text (a delimiter byte that JSON text cannot hold unescaped), so
+#: the kept lines are written back unchanged; ``gi`` is the row index in read order (files in name order).
+DUCKDB_COPY_SQL = """
+COPY (
+  WITH raw AS (
+    SELECT filename AS f, line, row_number() OVER () AS gi
+    FROM read_csv('{glob}', columns={{'line': 'VARCHAR'}}, header=false, delim='\\x01', quote='', escape='',
+                  filename=true, auto_detect=false)
+  ), s AS (
+    SELECT f, line, gi, list_filter(CAST(json_extract(line, '$.steps_with_score[*].score') AS DOUBLE[]),
+                                    lambda x: x IS NOT NULL) AS sc FROM raw
+  ), b AS (
+    SELECT f, line, gi, len(sc) AS n, list_filter(sc, lambda x: x > 0) AS ps FROM s WHERE len(sc) > 0
+  ), k AS (
+    SELECT f, line, gi,
+           row_number() OVER (PARTITION BY f ORDER BY
+             (len(ps) / n * (1 - len(ps) / n) + {alpha})
+             * CASE WHEN len(ps) > 0 THEN list_reduce(list_prepend(0.0, ps), lambda a, b: a + b) / len(ps)
+                    ELSE 1.0 END DESC, gi) AS pos,
+           count(*) OVER (PARTITION BY f) AS m
+    FROM b
+  )
+  SELECT line FROM k WHERE pos <= greatest(1, floor(m * {ratio})) ORDER BY f, gi
+) TO '{out}' (FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER '\\x01')
 """
-DUCKDB_SOURCES = {
-    "duckdb-sql": ("(SELECT filename AS f, json_transform(json, '{{\"steps_with_score\":[{{\"score\":\"DOUBLE\"}}]}}')"
-                   ".steps_with_score AS steps_with_score FROM read_json_objects('{glob}', "
-                   "format='newline_delimited', filename=true))"),
-    "duckdb-sql-read_json": ("(SELECT filename AS f, steps_with_score FROM read_json('{glob}', "
-                             "format='newline_delimited', filename=true, "
-                             "columns={{'steps_with_score': 'STRUCT(score DOUBLE)[]'}}))"),
-}
 
 
 def contender_config(name: str, alpha: float, ratio: float) -> Any:
     """The :class:`SelectConfig` of an ``ours:`` contender: ``ours:<engine>[+mmprm][/two-pass][/<n>w]``, e.g.
     ``ours:stream`` (the defaults), ``ours:stream/1w`` (one process), ``ours:stream/two-pass``,
     ``ours:stream+mmprm`` (MM-PRM output, ``--compat official``)."""
+    from leanlm.bis.config import SelectConfig
     from leanlm.bis.score import BIS
-    from leanlm.bis.select import SelectConfig
 
     engine, *opts = name.split(":", 1)[1].split("/")
     fmt = "jsonl"
@@ -98,105 +110,222 @@ def contender_config(name: str, alpha: float, ratio: float) -> Any:
                         compat="official", plan=plan)
 
 
-def _child(name: str, corpus: str, out: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one contender in this (child) process; returns its timing and result summary."""
-    alpha, ratio = params["alpha"], params["ratio"]
-    t0 = time.perf_counter()
-    if name == "official":
+def kind_of(name: str) -> str:
+    """``raw`` or ``mmprm``: what a contender writes."""
+    if name in ("official-script", "reference") or name.endswith("+mmprm") or "+mmprm/" in name:
+        return "mmprm"
+    if name in ("reference-raw", "duckdb-copy") or name.startswith("ours:"):
+        return "raw"
+    raise ValueError(f"unknown contender {name!r}")
+
+
+def child(name: str, corpus: str, out: str, alpha: float, ratio: float) -> None:
+    """Run one in-house contender in this process (``python -m leanlm.bis.bench child ...``)."""
+    if name in ("reference", "reference-raw"):
         from leanlm.bis import reference
 
-        written = reference.build_subset(reference.select_paths(corpus), alpha, ratio, out)
-        result: dict[str, Any] = {"written": written}
-    elif name in DUCKDB_SOURCES:
+        reference.build_subset(reference.select_paths(corpus), alpha, ratio, out, raw=name == "reference-raw")
+    elif name == "duckdb-copy":
         import duckdb
 
-        source = DUCKDB_SOURCES[name].format(glob=os.path.join(corpus, "*.jsonl"))
-        rows = duckdb.sql(DUCKDB_SQL.format(source=source, alpha=alpha, ratio=ratio)).fetchall()
-        result = {"kept_per_file": {Path(f).name: int(k) for f, k in rows}}
+        glob = os.path.join(corpus, "*.jsonl").replace("'", "''")
+        duckdb.sql(DUCKDB_COPY_SQL.format(glob=glob, alpha=alpha, ratio=ratio, out=out.replace("'", "''")))
     else:
         from leanlm.bis.select import select
 
-        cfg = contender_config(name, alpha, ratio)
-        doc = select([corpus], out, cfg)
-        result = {"kept_per_file": {Path(f["file"]).name: f["kept"] for f in doc["files"]},
-                  "written": doc["totals"]["written"], "phases": doc["seconds"]}
-    result["seconds"] = time.perf_counter() - t0
-    result["peak_rss_mb"] = _peak_rss_mb()
-    return result
+        select([corpus], out, contender_config(name, alpha, ratio), spill_dir=os.path.dirname(out))
 
 
-def _peak_rss_mb() -> float:
-    """This process's high-water RSS (``VmHWM``, reset at exec, unlike ``ru_maxrss`` which Linux carries over
-    from the forking parent) or, if larger, that of its largest waited-for child (``--workers`` processes)."""
-    import resource
-
-    hwm = 0.0
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return max(hwm, children)
+def command(name: str, corpus: Path, out: Path, alpha: float, ratio: float, official_script: Path | None
+            ) -> list[str]:
+    if name == "official-script":
+        if official_script is None:
+            raise ValueError("the official-script contender needs --official-script PATH")
+        return [sys.executable, str(official_script), "--annotations-dir", str(corpus), "--alpha", str(alpha),
+                "--top-ratio", str(ratio), "--output", str(out)]
+    return [sys.executable, "-m", "leanlm.bis.bench", "child", name, str(corpus), str(out), str(alpha), str(ratio)]
 
 
 @dataclass
-class Measurement:
-    name: str
+class Run:
     seconds: float
-    wall_seconds: float
     peak_rss_mb: float
-    result: dict[str, Any]
-    output: str
 
 
-def measure(name: str, corpus: Path, out_dir: Path, params: dict[str, Any], timeout: float = 3600) -> Measurement:
-    """Run ``name`` in a fresh interpreter and read its peak RSS from ``wait4``."""
-    out = out_dir / f"{name.replace(':', '-').replace('+', '-')}.jsonl"
-    res_file = out_dir / f"{out.stem}.result.json"
-    cmd = [sys.executable, "-m", "leanlm.bis.bench", name, str(corpus), str(out), json.dumps(params), str(res_file)]
+def run_once(cmd: list[str], work: Path, timeout: float = 3600) -> Run:
+    """Run ``cmd`` under ``/usr/bin/time`` (its ``ru_maxrss``: the largest process, workers included)."""
+    rss_file = work / "rss.txt"
     env = {**os.environ, "LEANLM_NO_PROGRESS": "1", "LEANLM_LOG_LEVEL": "WARNING"}
+    timer = shutil.which("time") or "/usr/bin/time"
+    full = [timer, "-f", "%M", "-o", str(rss_file), *cmd] if Path(timer).exists() else cmd
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = t0 + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            raise TimeoutError(f"{name} ran over {timeout} s")
-        time.sleep(0.02)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc = subprocess.run(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+                          check=False)
+    seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark contender {name} failed ({proc.returncode}):\n{err[-3000:]}")
-    result = json.loads(res_file.read_text())
-    del usage  # ru_maxrss of a forked child includes the parent's image (Linux keeps it across exec)
-    return Measurement(name=name, seconds=result["seconds"], wall_seconds=wall, peak_rss_mb=result["peak_rss_mb"],
-                       result=result, output=str(out))
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')[-3000:]}")
+    rss = float(rss_file.read_text().split()[-1]) / 1024 if rss_file.exists() else float("nan")
+    return Run(seconds=seconds, peak_rss_mb=rss)
 
 
-def run_benchmark(corpus: Path, out_dir: Path, contenders: list[str], alpha: float = 0.05, ratio: float = 0.25,
-                  repeats: int = 1) -> list[Measurement]:
-    """Measure each contender ``repeats`` times (interleaved) and keep each one's fastest run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best: dict[str, Measurement] = {}
-    params = {"alpha": alpha, "ratio": ratio}
-    for _ in range(repeats):
-        for name in contenders:
-            m = measure(name, corpus, out_dir, params)
-            log.info("%-22s %.2f s (wall %.2f s), peak RSS %.0f MB", name, m.seconds, m.wall_seconds, m.peak_rss_mb)
-            if name not in best or m.seconds < best[name].seconds:
-                best[name] = m
-    return [best[n] for n in contenders]
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
-def main(argv: list[str]) -> None:
-    name, corpus, out, params, res_file = argv
-    result = _child(name, corpus, out, json.loads(params))
-    Path(res_file).write_text(json.dumps(result))
+@dataclass
+class Result:
+    name: str
+    kind: str
+    runs: list[Run] = field(default_factory=list)
+    sha256: str = ""
+    rows_out: int = 0
+    identical: bool = False
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max(r.peak_rss_mb for r in self.runs)
+
+
+def _line_count(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 22), b""))
+
+
+def run_benchmark(corpus: Path, work: Path, contenders: list[str], alpha: float = 0.05, ratio: float = 0.25,
+                  repeats: int = 5, official_script: Path | None = None) -> dict[str, Any]:
+    """Check every contender's output, then time ``repeats`` interleaved rounds; returns the report data."""
+    work.mkdir(parents=True, exist_ok=True)
+    if official_script is None and "official-script" in contenders:
+        log.warning("no --official-script given: the official-script contender is left out")
+        contenders = [c for c in contenders if c != "official-script"]
+    results = {c: Result(c, kind_of(c)) for c in contenders}
+
+    def out_path(name: str) -> Path:
+        return work / f"out-{name.replace(':', '-').replace('+', '-').replace('/', '-')}.jsonl"
+
+    def one(name: str) -> Run:
+        out = out_path(name)
+        for p in (out, Path(str(out) + ".manifest.json")):
+            p.unlink(missing_ok=True)
+        return run_once(command(name, corpus, out, alpha, ratio, official_script), work)
+
+    # 1. untimed check run: every output must equal its kind's reference bytes
+    for name in contenders:
+        one(name)
+        res = results[name]
+        res.sha256, res.rows_out = sha256_file(out_path(name)), _line_count(out_path(name))
+    refs = {"raw": "reference-raw", "mmprm": "official-script" if official_script else "reference"}
+    for res in results.values():
+        ref = results.get(refs[res.kind])
+        res.identical = ref is not None and res.sha256 == ref.sha256
+    # 2. timed rounds, interleaved, order rotated each round
+    load_before = os.getloadavg()
+    for r in range(repeats):
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for name in order:
+            run = one(name)
+            results[name].runs.append(run)
+            log.info("round %d %-24s %.2f s, peak RSS %.0f MB", r + 1, name, run.seconds, run.peak_rss_mb)
+    load_after = os.getloadavg()
+    for name in contenders:
+        out_path(name).unlink(missing_ok=True)
+    return {"corpus": str(corpus), "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("*.jsonl")),
+            "files": len(list(corpus.glob("*.jsonl"))), "alpha": alpha, "ratio": ratio, "repeats": repeats,
+            "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after,
+            "official_script": str(official_script) if official_script else None,
+            "official_commit": _official_commit(official_script), "results": results}
+
+
+def _official_commit(script: Path | None) -> str | None:
+    """The commit of the fetched official copy, from a ``COMMIT`` file beside or above ``scripts/``."""
+    if script is None:
+        return None
+    for d in (script.parent, script.parent.parent):
+        if (d / "COMMIT").exists():
+            return (d / "COMMIT").read_text().strip()
+    return None
+
+
+def ratios(data: dict[str, Any], slow: str, fast: str) -> dict[str, float] | None:
+    """Speed-up of ``fast`` over ``slow``: ratio of medians, and median/min/max of the per-round ratios."""
+    res = data["results"]
+    if slow not in res or fast not in res:
+        return None
+    a, b = res[slow], res[fast]
+    paired = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs, strict=True)]
+    return {"of_medians": a.median / b.median, "paired_median": statistics.median(paired),
+            "paired_min": min(paired), "paired_max": max(paired)}
+
+
+GOALS = [  # (label, slow, fast, at least)
+    ("raw: ours (default) vs DuckDB COPY", "duckdb-copy", "ours:stream", 1.5),
+    ("raw: ours (default) vs reference (plain Python)", "reference-raw", "ours:stream", None),
+    ("MM-PRM: ours vs the official script", "official-script", "ours:stream+mmprm", 4.0),
+    ("MM-PRM: ours vs reference (plain Python)", "reference", "ours:stream+mmprm", None),
+    ("ours: MM-PRM time / raw time (goal ≤ 1.5)", "ours:stream+mmprm", "ours:stream", None),
+]
+
+
+def to_markdown(data: dict[str, Any], command_line: str) -> str:
+    res: dict[str, Result] = data["results"]
+    lines = [f"Command: `{command_line}`", "",
+             f"Corpus: `{data['corpus']}`: {data['files']} files, {data['corpus_bytes'] / 1e6:.0f} MB; "
+             f"α = {data['alpha']}, top {data['ratio']:.0%} per file. {data['repeats']} timed rounds, interleaved. "
+             f"CPUs: {data['cpus']}; load average before/after: "
+             f"{', '.join(f'{x:.2f}' for x in data['loadavg_before'])} / "
+             f"{', '.join(f'{x:.2f}' for x in data['loadavg_after'])}.",
+             f"Official script: `{data['official_script']}` at commit `{data['official_commit']}`."
+             if data["official_script"] else "Official script: not given (contender left out).", ""]
+    for kind, title in (("raw", "Raw output (the kept original lines)"),
+                        ("mmprm", "MM-PRM output (the official training format)")):
+        lines += [f"### {title}", "", "| contender | median s | min–max s | peak RSS MB | rows out | output |",
+                  "|---|---|---|---|---|---|"]
+        for r in res.values():
+            if r.kind != kind:
+                continue
+            lines.append(f"| {r.name} | {r.median:.2f} | {min(x.seconds for x in r.runs):.2f}–"
+                         f"{max(x.seconds for x in r.runs):.2f} | {r.peak_rss_mb:.0f} | {r.rows_out:,} | "
+                         f"{'identical' if r.identical else '**DIFFERENT**'} (`{r.sha256[:12]}`) |")
+        lines.append("")
+    lines += ["### Ratios (like for like)", "",
+              "| comparison | ratio of medians | per-round ratio: median (min–max) | goal |", "|---|---|---|---|"]
+    for label, slow, fast, goal in GOALS:
+        q = ratios(data, slow, fast)
+        if q is None:
+            continue
+        if slow == "ours:stream+mmprm":  # a time ratio, not a speed-up
+            lines.append(f"| {label} | {q['of_medians']:.2f} | {q['paired_median']:.2f} ({q['paired_min']:.2f}–"
+                         f"{q['paired_max']:.2f}) | {'met' if q['of_medians'] <= 1.5 else 'not met'} |")
+            continue
+        verdict = "" if goal is None else ("met" if q["of_medians"] >= goal else "not met") + f" (≥ {goal}x)"
+        lines.append(f"| {label} | {q['of_medians']:.2f}x | {q['paired_median']:.2f}x ({q['paired_min']:.2f}–"
+                     f"{q['paired_max']:.2f}) | {verdict} |")
+    ours = [r for r in res.values() if r.name.startswith("ours:")]
+    if ours:
+        worst = max(r.peak_rss_mb for r in ours)
+        lines += ["", f"Largest peak RSS of any of our processes: {worst:.0f} MB "
+                      f"({'met' if worst < 1024 else 'not met'}: goal < 1 GB)."]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k != "results"}
+    out["results"] = {n: {**asdict(r), "median": r.median, "peak_rss_mb": r.peak_rss_mb}
+                      for n, r in data["results"].items()}
+    out["ratios"] = {label: ratios(data, slow, fast) for label, slow, fast, _ in GOALS}
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if len(sys.argv) == 7 and sys.argv[1] == "child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), float(sys.argv[6]))
+    else:
+        raise SystemExit("usage: python -m leanlm.bis.bench child NAME CORPUS OUT ALPHA RATIO")

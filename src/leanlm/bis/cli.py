@@ -177,3 +177,33 @@ def synth_cmd(
     files = write_corpus(out_dir, SynthConfig(rollouts=rollouts, sources=sources, seed=seed), single_file=single_file)
     size = sum(f.stat().st_size for f in files)
     typer.echo(json.dumps({"files": len(files), "rollouts": rollouts, "bytes": size, "dir": str(out_dir)}))
+
+
+@app.command("bench")
+def bench_cmd(
+    out: Path = typer.Option(..., "--out", help="Markdown report (a .json twin is written beside it)."),
+    corpus: Path | None = typer.Option(None, help="Directory of *.jsonl files (default: a synthetic corpus)."),
+    rollouts: int = typer.Option(1_000_000, help="Synthetic corpus size (when --corpus is not given)."),
+    sources: int = typer.Option(38, help="Synthetic corpus files."),
+    corpus_root: Path = typer.Option(Path("/tmp/leanlm-bis-bench"), help="Where the synthetic corpus is kept."),
+    official_script: Path | None = typer.Option(None, help="A fetched copy of the official "
+                                                           "scripts/build_bis_subset.py (never part of leanlm)."),
+    contender: list[str] = typer.Option([], "--contender", help="Repeatable; default: all but Ray."),
+    repeats: int = typer.Option(5, help="Timed rounds (contenders interleaved)."),
+    alpha: float = typer.Option(0.05),
+    ratio: float = typer.Option(0.25),
+) -> None:
+    """Time the selection contenders like for like (raw vs raw, MM-PRM vs MM-PRM) with checked outputs."""
+    import sys
+
+    from leanlm.bis.bench import DEFAULT_CONTENDERS, ensure_corpus, run_benchmark, to_json, to_markdown
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+
+    corpus = corpus or ensure_corpus(corpus_root, rollouts, sources)
+    data = run_benchmark(corpus, out.parent / (out.stem + "-work"), contender or DEFAULT_CONTENDERS, alpha=alpha,
+                         ratio=ratio, repeats=repeats, official_script=official_script)
+    md = to_markdown(data, "leanlm bis bench " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bis", "bench"]
+                                                            else sys.argv[1:]))
+    atomic_write_text(out, md)
+    atomic_write_json(out.with_suffix(".json"), to_json(data))
+    typer.echo(md)
