@@ -53,6 +53,29 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
 
 
+class RopeCache:
+    """cos/sin of every position up to a length, computed once and grown on demand (shared by all layers).
+
+    Indexing the table gives exactly the values :func:`rope_cos_sin` computes for the same positions (the same
+    fp32 operations on the same inputs), so caching changes no logit.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.head_dim, self.theta = head_dim, theta
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``length`` (an upper bound of the positions, known on the host) avoids reading ``positions.max()``."""
+        need = length if length is not None else (int(positions.max()) + 1 if positions.numel() else 1)
+        if self.cos is None or self.cos.shape[0] < need or self.cos.device != positions.device or self.cos.dtype != dtype:
+            size = max(need, 2 * self.cos.shape[0] if self.cos is not None else 256)
+            table = torch.arange(size, device=positions.device)[None]
+            cos, sin = rope_cos_sin(table, self.head_dim, self.theta, dtype)
+            self.cos, self.sin = cos[0, 0], sin[0, 0]
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -72,12 +95,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: Cache | None, cache_index: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: Cache | None, cache_index: int,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.theta, q.dtype)
+        cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, cache_index)
@@ -115,13 +140,38 @@ class RouterChoice:
     probs: torch.Tensor  # [N, E] fp32, masked experts have probability 0
 
 
+class _Permute(torch.autograd.Function):
+    """``x[perm]`` whose backward is the gather ``grad[inverse]`` (no scatter-add: bit-deterministic on any
+    number of threads, unlike the ``index_put_(accumulate=True)`` autograd uses for a plain index)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x[perm]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse], None, None
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` reordered by the permutation ``perm`` (``inverse`` = its inverse), deterministic backward."""
+    return _Permute.apply(x, perm, inverse)
+
+
 class ElasticMoe(nn.Module):
     """Routed experts (stacked weights ``[E, d, f]``) + shared experts, with elastic width and sparsity.
 
     The correction bias ``router_bias`` is a buffer: it only affects *which* experts are chosen, never the
     weights, and is updated outside the optimizer by :func:`leanlm.elastic.balance.update_router_biases`.
     ``expert_usage`` accumulates the tokens routed to each expert while training (used by extraction).
+
+    Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"gather"`` when a call has at most
+    ``GATHER_MAX_PAIRS`` (token, expert) pairs -- decoding -- and ``"sorted"`` otherwise.
     """
+
+    GATHER_MAX_PAIRS = 64
 
     def __init__(self, config: ElasticMoeConfig) -> None:
         super().__init__()
@@ -160,25 +210,54 @@ class ElasticMoe(nn.Module):
         flat = x.reshape(-1, shape[-1])
         k = top_k or self.top_k
         choice = self.route(flat, expert_mask, k)
-        out = self.dispatch_experts(flat, choice)
+        mode = self.dispatch
+        if mode == "auto":
+            mode = "gather" if flat.shape[0] * k <= self.GATHER_MAX_PAIRS else "sorted"
+        out = self.gather_experts(flat, choice) if mode == "gather" else self.dispatch_experts(flat, choice)
         if self.shared is not None:
             out = out + self.shared(flat)
         return out.reshape(shape)
+
+    def _counts(self, indices: torch.Tensor) -> torch.Tensor:
+        """Tokens per expert, as an exact integer scatter (no host sync, deterministic)."""
+        flat = indices.reshape(-1)
+        return torch.zeros(self.num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+    def gather_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
+        """Decode-time dispatch: gather the chosen experts' weights (``[N, k, d, f]``) and run one batched matmul
+        chain. No sort, no counts read on the host, no per-expert Python loop: the cost is the k experts each
+        token actually uses, so it scales with k (and with N; use ``"sorted"`` for large batches)."""
+        idx = choice.indices
+        n, k = idx.shape
+        self.last_counts = self._counts(idx).detach()
+        flat_idx = idx.reshape(-1)
+
+        def take(w: torch.Tensor) -> torch.Tensor:  # index_select: its backward is index_add_, deterministic on CPU
+            return w.index_select(0, flat_idx).view(n, k, *w.shape[1:])
+
+        x = flat[:, None, None, :]  # [N, 1, 1, d]
+        h = F.silu(x @ take(self.w_gate)) * (x @ take(self.w_up))  # [N, k, 1, f]
+        y = (h @ take(self.w_down)).squeeze(2)  # [N, k, d]
+        return (y * choice.weights.to(flat.dtype)[..., None]).sum(1)
 
     def dispatch_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
         """Sort the (token, expert) pairs by expert and run each expert once on its contiguous block.
 
         ``"sorted"``: one matmul chain per non-empty expert (a loop over experts, never over tokens);
         ``"bmm"``: the blocks padded to the largest one and run as one batched matmul over all experts.
+        The pairs are permuted into expert order and back with gathers only (:func:`permute_rows`), and each
+        token's k outputs are summed in a fixed order, so forward and backward are bit-deterministic for a
+        given thread count (no scatter-add / ``index_add_``).
         """
-        k = choice.indices.shape[1]
+        n, k = choice.indices.shape
         flat_experts = choice.indices.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
-        token_of = order // k
-        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = self._counts(flat_experts)
         self.last_counts = counts.detach()
-        xs = flat[token_of]
-        weights = choice.weights.reshape(-1)[order].to(flat.dtype)
+        pairs = flat[:, None, :].expand(n, k, flat.shape[-1]).reshape(n * k, -1)
+        xs = permute_rows(pairs, order, inverse)
         if self.dispatch == "bmm":
             ys = self._bmm_blocks(xs, counts)
         else:
@@ -190,9 +269,8 @@ class ElasticMoe(nn.Module):
                 if chunk.shape[0]
             ]
             ys = torch.cat(outs) if outs else xs.new_zeros(0, xs.shape[-1])
-        out = torch.zeros_like(flat)
-        out.index_add_(0, token_of, ys * weights[:, None])
-        return out
+        y = permute_rows(ys, inverse, order).view(n, k, -1)
+        return (y * choice.weights.to(flat.dtype)[..., None]).sum(1)
 
     def _bmm_blocks(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         e = self.num_experts
@@ -229,10 +307,10 @@ class DecoderLayer(nn.Module):
         self.mlp: nn.Module = ElasticMoe(config) if self.is_moe else SwiGLU(config.hidden_size, config.dense_intermediate_size)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, cache: Cache | None, cache_index: int,
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: Cache | None, cache_index: int,
         expert_mask: torch.Tensor | None, top_k: int | None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), positions, cache, cache_index)
+        x = x + self.attn(self.input_norm(x), rope, cache, cache_index)
         h = self.post_attn_norm(x)
         return x + (self.mlp(h, expert_mask, top_k) if self.is_moe else self.mlp(h))
 
@@ -296,6 +374,8 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rope = RopeCache(config.head_dim, config.rope_theta)
+        self._checked: dict[tuple[SubNet, str], dict[int, torch.Tensor]] = {}  # validated sub-network -> masks
         self.post_init()
 
     def expert_masks(self, subnet: SubNet | None, device: torch.device) -> dict[int, torch.Tensor]:
@@ -308,23 +388,37 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
             masks[layer] = mask
         return masks
 
+    def _prepare(self, subnet: SubNet, device: torch.device) -> dict[int, torch.Tensor]:
+        """Validate ``subnet`` and build its expert masks once; later calls with the same sub-network (every
+        decoding step of ``generate``) reuse them instead of re-validating per forward."""
+        key = (subnet, str(device))
+        masks = self._checked.get(key)
+        if masks is None:
+            subnet.validate(len(self.layers), self.config.num_experts, self.config.moe_layers, self.config.num_experts_per_tok)
+            masks = self.expert_masks(subnet, device)
+            if len(self._checked) > 256:  # elastic training draws many sub-networks; keep the cache small
+                self._checked.clear()
+            self._checked[key] = masks
+        return masks
+
     def forward(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         cache: Cache | None = None,
         subnet: SubNet | None = None,
+        length: int | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        if subnet is not None:
-            subnet.validate(len(self.layers), self.config.num_experts, self.config.moe_layers, self.config.num_experts_per_tok)
+        """``length``: an upper bound of ``positions`` known on the host (no device read for the RoPE table)."""
         x = self.embed_tokens(input_ids)
-        masks = self.expert_masks(subnet, x.device)
+        masks = self._prepare(subnet, x.device) if subnet is not None else {}
         top_k = subnet.top_k if subnet is not None else None
         run = subnet.layers if subnet is not None and subnet.layers is not None else range(len(self.layers))
+        rope = self.rope(positions, x.dtype, length)
         counts: dict[int, torch.Tensor] = {}
         for slot, i in enumerate(run):
             layer = self.layers[i]
-            x = layer(x, positions, cache, slot, masks.get(i), top_k)
+            x = layer(x, rope, cache, slot, masks.get(i), top_k)
             if layer.is_moe:
                 counts[i] = layer.mlp.last_counts
         return self.norm(x), counts
@@ -370,16 +464,19 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs: object,
     ) -> ElasticMoeOutput:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("ElasticMoeForCausalLM does not support padding: attention_mask must be all ones")
         subnet = subnet if subnet is not None else self.active_subnet
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # checked on the prompt only: a decoding step appends ones to the mask (no device read per token)
+        if attention_mask is not None and past == 0 and not bool(attention_mask.all()):
+            raise ValueError("ElasticMoeForCausalLM does not support padding: attention_mask must be all ones")
         b, t = input_ids.shape
+        length = None
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
-        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet)
+            length = past + t
+        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(kept)
         loss = lm_loss = mtp_loss = None

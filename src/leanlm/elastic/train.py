@@ -35,6 +35,7 @@ from leanlm.elastic.balance import BiasSchedule, update_router_biases
 from leanlm.elastic.config import ElasticMoeConfig
 from leanlm.elastic.data import GROUPED, TEXT, MixedCorpus, vocab_size, wiki_corpora
 from leanlm.elastic.elastic import ElasticConfig, ElasticSampler
+from leanlm.elastic.frozen import frozen_slices, keep_frozen
 from leanlm.elastic.model import ElasticMoeForCausalLM
 from leanlm.elastic.subnet import SubNet
 
@@ -316,7 +317,8 @@ def train(
                 for layer in sorted(step_counts):
                     dist.all_reduce(step_counts[layer])
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            with keep_frozen(optimizer, frozen_slices(model, subnets) if cfg.elastic.enabled else []):
+                optimizer.step()
             masks = model.model.expert_masks(subnets[0], ids.device)
             update_router_biases(model, step_counts, bias.rate_at(step), masks)
             tokens += ids.numel() * world * len(subnets)
