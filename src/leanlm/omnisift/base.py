@@ -65,6 +65,15 @@ class AVCompressor(nn.Module, ABC):
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
 
+    def bind(self, hidden_size: int) -> None:
+        """Called by the thinker with its text hidden size (``config.get_text_config().hidden_size``).
+        Compressors with parameters build or check them here; parameter-free ones ignore it."""
+
+    def spec(self) -> dict:
+        """JSON-able description saved in the model config, so ``from_pretrained`` rebuilds the same
+        compressor (:func:`leanlm.omnisift.registry.compressor_from_spec`)."""
+        return {"method": self.name, "rho_v": self.rho_v, "rho_a": self.rho_a, "seed": self.seed}
+
     def budget(self, layout: AVLayout) -> tuple[int, int]:
         """(video tokens removed, audio tokens removed) for one sequence at the current ratios.
 

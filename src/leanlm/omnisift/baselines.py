@@ -75,6 +75,9 @@ class DyCokeTTM(AVCompressor):
         super().__init__(rho_v, rho_a, seed)
         self.window = window
 
+    def spec(self) -> dict:
+        return {**super().spec(), "window": self.window}
+
     def compress(self, embeds: torch.Tensor, layouts: list[AVLayout]) -> CompressionResult:
         keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
         for b, layout in enumerate(layouts):
@@ -149,6 +152,9 @@ class OmniZipStyle(AVCompressor):
         super().__init__(rho_v, rho_a, seed)
         self.knn = knn
         self.audio_scores: list[torch.Tensor] | None = None
+
+    def spec(self) -> dict:
+        return {**super().spec(), "knn": self.knn}
 
     def compress(self, embeds: torch.Tensor, layouts: list[AVLayout]) -> CompressionResult:
         keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)

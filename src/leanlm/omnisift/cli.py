@@ -124,3 +124,28 @@ def demo(
     s = model.last_compression
     log.info("%s: video %d/%d, audio %d/%d kept (%.1f%%); generated %s", method, s.video_kept, s.video_total,
              s.audio_kept, s.audio_total, 100 * s.retention, out[0, p.input_ids.shape[1]:].tolist())
+
+
+@app.command()
+def curves(
+    out: Path = typer.Option(Path("reports/omnisift-curves"), help="output directory (curves-seed<k>.json, checkpoints)"),
+    seed: int = typer.Option(0, help="seed to run (run several processes for several seeds)"),
+    steps: int = typer.Option(1500, help="fine-tuning steps per mode"),
+    eval_every: int = typer.Option(100, help="evaluate every this many steps"),
+    modes: str = typer.Option("ste,direct", help="comma-separated: ste (the paper's STE only), direct (+BCE on the answer sound)"),
+    config: Optional[Path] = typer.Option(None, help="JSON file overriding study settings (StudyConfig fields)"),
+) -> None:
+    """Answer-sound retention per fine-tuning step: VGAS through the STE vs directly supervised vs random."""
+    from leanlm.omnisift.curves import MODES, run_curves
+    from leanlm.omnisift.experiments import FULL
+    from leanlm.omnisift.study import StudyConfig
+
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    bad = [m for m in chosen if m not in MODES]
+    if bad:
+        raise typer.BadParameter(f"--modes: unknown {', '.join(bad)}; known: {', '.join(MODES)}")
+    settings = dict(FULL["study"])
+    settings["seeds"] = [seed]
+    settings["eval_samples"] = 256
+    settings.update(_load_config(config))
+    run_curves(StudyConfig.from_dict(settings), seed, out, steps, eval_every, modes=chosen)

@@ -16,7 +16,11 @@ from leanlm.omnisift.vgas import VGAS, straight_through, topk_mask
 
 
 class OmniSIFT(AVCompressor):
-    """STVP + VGAS. Defaults ``rho_v=0.7, rho_a=0.3`` are the reference code's training defaults."""
+    """STVP + VGAS. Defaults ``rho_v=0.7, rho_a=0.3`` are the reference code's training defaults.
+
+    ``hidden_size=None`` (the default) builds the selector when the compressor is given to a thinker, with
+    D = ``config.get_text_config().hidden_size`` (3584 for Qwen2.5-Omni-7B, 2048 for 3B); an explicit
+    ``hidden_size`` is checked against the thinker's."""
 
     name = "omnisift"
 
@@ -24,7 +28,7 @@ class OmniSIFT(AVCompressor):
         self,
         rho_v: float = 0.7,
         rho_a: float = 0.3,
-        hidden_size: int = 3584,
+        hidden_size: int | None = None,
         *,
         spatial: bool = True,
         temporal: bool = True,
@@ -40,13 +44,37 @@ class OmniSIFT(AVCompressor):
         if audio not in ("vgas", "self", "random"):
             raise ValueError(f"audio must be 'vgas', 'self' or 'random', got {audio!r}")
         self.spatial, self.temporal, self.video, self.audio = spatial, temporal, video, audio
-        self.selector = (
-            VGAS(hidden_size, selector_dim, selector_heads, context="video" if audio == "vgas" else "audio")
-            if audio != "random" else None
-        )
+        self.selector_dim, self.selector_heads = selector_dim, selector_heads
+        self.selector: VGAS | None = None
+        if hidden_size is not None:
+            self.bind(hidden_size)
+
+    def bind(self, hidden_size: int) -> None:
+        """Build the selector for LLM width ``hidden_size`` (D), or check that an existing one matches it."""
+        if self.audio == "random":
+            return
+        if self.selector is None:
+            context = "video" if self.audio == "vgas" else "audio"
+            self.selector = VGAS(hidden_size, self.selector_dim, self.selector_heads, context=context)
+        elif self.selector.a_proj.in_features != hidden_size:
+            raise ValueError(
+                f"the OmniSIFT selector was built for hidden size {self.selector.a_proj.in_features}, but the "
+                f"thinker's text hidden size is {hidden_size}; build OmniSIFT(hidden_size=None) and let the "
+                f"thinker size it"
+            )
+
+    def spec(self) -> dict:
+        return {**super().spec(), "spatial": self.spatial, "temporal": self.temporal, "video": self.video,
+                "audio": self.audio, "selector_dim": self.selector_dim, "selector_heads": self.selector_heads}
 
     def compress(self, embeds: torch.Tensor, layouts: list[AVLayout]) -> CompressionResult:
         batch, seq_len, dim = embeds.shape
+        if self.audio != "random" and self.selector is None:
+            raise ValueError("OmniSIFT(hidden_size=None) has no selector yet: give it to a thinker "
+                             "(OmniSIFTThinker / attach / set_compressor) or call bind(hidden_size)")
+        if self.selector is not None and self.selector.a_proj.in_features != dim:
+            raise ValueError(f"the OmniSIFT selector expects embeddings of size {self.selector.a_proj.in_features}, "
+                             f"got {dim}")
         flat = embeds.reshape(batch * seq_len, dim)
         keep = torch.ones(batch * seq_len, dtype=torch.bool, device=embeds.device)
         want_gate = self.selector is not None and torch.is_grad_enabled() and any(

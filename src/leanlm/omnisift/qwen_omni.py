@@ -23,7 +23,10 @@ taken from the text config.
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,7 +86,12 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
 
     def __init__(self, config: Qwen2_5OmniThinkerConfig, compressor: AVCompressor | None = None) -> None:
         super().__init__(config)
-        self.compressor = compressor
+        if compressor is None and getattr(config, "omnisift", None):
+            from leanlm.omnisift.registry import compressor_from_spec
+
+            compressor = compressor_from_spec(config.omnisift)
+        self.compressor = None
+        self.set_compressor(compressor)
         self._reset_compression_state()
 
     def _reset_compression_state(self) -> None:
@@ -92,7 +100,71 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         self._compressed_mask: torch.Tensor | None = None
 
     def set_compressor(self, compressor: AVCompressor | None) -> None:
+        """Use ``compressor`` (None: no compression). Learnable selectors are sized from the text config
+        (D = ``config.get_text_config().hidden_size``) and moved to the model's device."""
+        if compressor is not None:
+            compressor.bind(self.config.get_text_config().hidden_size)
+            compressor.to(self.get_input_embeddings().weight.device)
         self.compressor = compressor
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``save_pretrained``, with the compressor's spec (method, ratios, selector width)
+        in ``config.omnisift`` so that ``from_pretrained`` rebuilds it; its weights are ``compressor.*``."""
+        if self.compressor is not None:
+            self.config.omnisift = self.compressor.spec()
+        elif hasattr(self.config, "omnisift"):
+            del self.config.omnisift
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> OmniSIFTThinker:
+        """Load a thinker, or the thinker of a full Qwen2.5-Omni / OmniSIFT-7B checkpoint (``thinker.*`` keys).
+
+        The compressor is ``compressor=...`` if given, else the one saved in ``config.omnisift``, else, when
+        the checkpoint holds the official selector (``thinker.compressor.*``), ``OmniSIFT()`` with the
+        reference defaults. Official selector names are mapped to ours (``compressor.selector.*``). When
+        the model ends up with a learnable selector whose weights are not in the checkpoint, a warning
+        says that it is randomly initialised.
+        """
+        path = Path(str(pretrained_model_name_or_path))
+        keys = checkpoint_keys(path)
+        full = any(k.startswith("thinker.") for k in keys)
+        thinker_keys = {k.removeprefix("thinker.") for k in keys if k.startswith("thinker.") or not full}
+        official = any(k.startswith("compressor.") and not k.startswith("compressor.selector.") for k in thinker_keys)
+        ours = any(k.startswith("compressor.selector.") for k in thinker_keys)
+        if "config" not in kwargs:
+            from transformers import Qwen2_5OmniConfig
+
+            raw, _ = Qwen2_5OmniThinkerConfig.get_config_dict(pretrained_model_name_or_path)
+            if raw.get("model_type") == "qwen2_5_omni":
+                config = Qwen2_5OmniConfig.from_pretrained(pretrained_model_name_or_path).thinker_config
+            else:
+                config = Qwen2_5OmniThinkerConfig.from_pretrained(pretrained_model_name_or_path)
+            kwargs["config"] = config
+        if kwargs.get("compressor") is None and not getattr(kwargs["config"], "omnisift", None) and official:
+            from leanlm.omnisift.omnisift import OmniSIFT
+
+            kwargs["compressor"] = OmniSIFT()
+        mapping = dict(kwargs.pop("key_mapping", None) or {})
+        if full:
+            mapping[r"^thinker\."] = ""
+        if official:
+            mapping[r"^(thinker\.)?compressor\.(?!selector\.)"] = "compressor.selector."
+        if mapping:
+            kwargs["key_mapping"] = mapping
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        selector = getattr(model.compressor, "selector", None)
+        if selector is not None and not (official or ours):
+            message = (
+                f"OmniSIFT: no selector weights (compressor.selector.* or thinker.compressor.*) in {path}; "
+                f"the audio selector is RANDOMLY INITIALISED and its choice of audio tokens is arbitrary until "
+                f"it is trained (`leanlm omnisift train`)"
+            )
+            warnings.warn(message, UserWarning, stacklevel=2)
+            from leanlm.common.progress import get_logger
+
+            get_logger("leanlm.omnisift").warning(message)
+        return model
 
     def forward(
         self,
@@ -125,6 +197,13 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         logits for the last n positions only) and ``av_layouts`` (precomputed chunk layouts, one per row)."""
         past_len = 0 if past_key_values is None else past_key_values.get_seq_length()
         if past_len > 0:
+            media = [name for name, value in (("pixel_values", pixel_values), ("pixel_values_videos", pixel_values_videos),
+                     ("input_features", input_features)) if value is not None]
+            if media:
+                raise ValueError(
+                    f"OmniSIFTThinker got media ({', '.join(media)}) with a non-empty cache ({past_len} cached "
+                    f"tokens): media can only be compressed in a prefill; start a new cache for a new video"
+                )
             return self._decode_step(
                 input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds, position_ids=position_ids, labels=labels, use_cache=use_cache,
@@ -261,6 +340,21 @@ def attach(thinker: Qwen2_5OmniThinkerForConditionalGeneration, compressor: AVCo
     if not isinstance(thinker, Qwen2_5OmniThinkerForConditionalGeneration):
         raise TypeError(f"attach needs a Qwen2_5OmniThinkerForConditionalGeneration, got {type(thinker).__name__}")
     thinker.__class__ = OmniSIFTThinker
-    thinker.compressor = compressor  # type: ignore[attr-defined]
+    thinker.compressor = None  # type: ignore[attr-defined]
+    thinker.set_compressor(compressor)  # type: ignore[attr-defined]
     thinker._reset_compression_state()  # type: ignore[attr-defined]
     return thinker  # type: ignore[return-value]
+
+
+def checkpoint_keys(path: Path) -> set[str]:
+    """Tensor names of a local safetensors checkpoint (sharded or not); empty when none is found."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return set(json.loads(index.read_text())["weight_map"])
+    single = path / "model.safetensors"
+    if single.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as handle:
+            return set(handle.keys())
+    return set()

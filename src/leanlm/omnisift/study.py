@@ -37,6 +37,7 @@ from leanlm.omnisift.omnisift import OmniSIFT
 from leanlm.omnisift.presets import DEFAULT_RHO_A, DEFAULT_RHO_V, kept_tokens, paper_ratios, solve_rho_v
 from leanlm.omnisift.synth import AVTask, TaskConfig
 from leanlm.omnisift.tiny import tiny_thinker
+from leanlm.omnisift.training import GroupedAdamW, SelectorOptim, warmup_schedule
 
 log = get_logger("leanlm.omnisift.study")
 
@@ -49,6 +50,8 @@ TRAINED: dict[str, dict[str, Any] | None] = {
     "audio-only selector": {"audio": "self"},
     "VGAS→random": {"audio": "random"},
     "STVP→random": {"video": "random"},
+    # random video and audio during fine-tuning too: the "Random" row with the same adaptation as OmniSIFT's
+    "Random (fine-tuned)": {"method": "random"},
 }
 #: Training-free baselines applied to the full-token fine-tuned backbone: name -> (class, Table 6 row).
 TRAINING_FREE = {"Random": (RandomPruning, "random"), "DyCoke-style": (DyCokeTTM, "dycoke"),
@@ -69,6 +72,9 @@ class StudyConfig:
     layers: int = 2
     heads: int = 4
     selector_dim: int = 128
+    selector_lr: float = 1e-3  # the selector's own AdamW group (training.SelectorOptim; our deviation)
+    selector_eps: float = 1e-12
+    selector_clip: float = 1.0
     pretrain_hint: float = 0.5  # curriculum for stage A only: TaskConfig.hint (fine-tuning and evaluation: 0)
     threads: int = 1
     variants: list[str] = field(default_factory=lambda: list(TRAINED) + list(TRAINING_FREE))
@@ -83,8 +89,9 @@ class StudyConfig:
         return cls(**data)
 
     def fingerprint(self, stage: str) -> str:
-        keys = ("pretrain_steps", "finetune_steps", "batch_size", "lr", "finetune_lr", "hidden_size", "layers",
-                "heads", "selector_dim", "task", "pretrain_hint")
+        keys = ("pretrain_steps", "batch_size", "lr", "hidden_size", "layers", "heads", "task", "pretrain_hint")
+        if stage != "pretrain":
+            keys += ("finetune_steps", "finetune_lr", "selector_dim", "selector_lr", "selector_eps", "selector_clip")
         fields = {k: asdict(self)[k] for k in keys}
         # the resolved task (TaskConfig defaults included), so a changed default never resumes a stale checkpoint
         fields["task"] = asdict(TaskConfig(**{"hidden_size": self.hidden_size, **self.task}))
@@ -101,8 +108,14 @@ def build_model(cfg: StudyConfig, seed: int):
     )
 
 
-def make_compressor(cfg: StudyConfig, flags: dict[str, Any], seed: int) -> OmniSIFT:
+def make_compressor(cfg: StudyConfig, flags: dict[str, Any], seed: int) -> AVCompressor:
+    if flags.get("method") == "random":
+        return RandomPruning(DEFAULT_RHO_V, DEFAULT_RHO_A, seed=seed)
     return OmniSIFT(DEFAULT_RHO_V, DEFAULT_RHO_A, cfg.hidden_size, selector_dim=cfg.selector_dim, seed=seed, **flags)
+
+
+def selector_optim(cfg: StudyConfig) -> SelectorOptim:
+    return SelectorOptim(lr=cfg.selector_lr, eps=cfg.selector_eps, clip=cfg.selector_clip)
 
 
 class Trainer:
@@ -126,25 +139,54 @@ class Trainer:
         kw["av_layouts"] = [self.layout] * n
         return kw
 
-    def train(self, steps: int, lr: float, desc: str) -> list[float]:
+    def train(self, steps: int, lr: float, desc: str, callback: Any = None, direct: float = 0.0) -> list[float]:
+        """AdamW with the selector in its own group (:class:`~leanlm.omnisift.training.GroupedAdamW`).
+        ``callback(step, trainer)`` runs every step after the update (curves); ``direct`` > 0 adds that
+        weight times a binary cross-entropy on the selector's scores with the answer sound as target (the
+        *directly supervised* diagnostic selector; OmniSIFT itself has no auxiliary loss)."""
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)))
+        opt = GroupedAdamW(self.model, lr, selector_optim(self.cfg))
+        sched = warmup_schedule(opt, steps)
+        captured: list[torch.Tensor] = []
+        selector = getattr(self.model.compressor, "selector", None)
+        handle = None
+        if direct and selector is not None:
+            handle = selector.register_forward_hook(lambda mod, args, out: captured.append(out))
         losses = []
-        with progress_bar(desc=desc, total=steps, unit="step") as bar:
-            for _ in range(steps):
-                batch = self.task.sample(self.cfg.batch_size, self.generator)
-                out = self.model(**self.inputs(batch))
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                losses.append(float(out.loss.detach()))
-                bar.update(1)
+        try:
+            with progress_bar(desc=desc, total=steps, unit="step") as bar:
+                for step in range(steps):
+                    batch = self.task.sample(self.cfg.batch_size, self.generator)
+                    captured.clear()
+                    out = self.model(**self.inputs(batch))
+                    loss = out.loss
+                    if handle is not None and captured:
+                        loss = loss + direct * self._direct_loss(captured[0], batch)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    self.last_norms = dict(opt.last_norms)
+                    losses.append(float(out.loss.detach()))
+                    bar.update(1)
+                    if callback is not None:
+                        callback(step + 1, self)
+                        self.model.train()
+        finally:
+            if handle is not None:
+                handle.remove()
         self.model.eval()
         return losses
+
+    def _direct_loss(self, scores: torch.Tensor, batch) -> torch.Tensor:
+        """BCE between the selector's scores [B·C, A] (chunks in batch-then-time order, as ``group_chunks``
+        stacks them) and the indicator of the answer sound."""
+        n = batch.input_ids.shape[0]
+        target = torch.zeros(n, self.position_ids.shape[-1])
+        target[torch.arange(n), batch.target_audio_index] = 1.0
+        chunk_audio = torch.stack([c.audio for c in self.layout.chunks])  # [C, A]
+        want = target[:, chunk_audio].reshape(scores.shape)
+        return torch.nn.functional.binary_cross_entropy(scores.float().clamp(1e-6, 1 - 1e-6), want)
 
     @torch.no_grad()
     def evaluate(self, compressor: AVCompressor | None, eval_seed: int) -> dict[str, float]:
