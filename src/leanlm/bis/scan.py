@@ -156,8 +156,11 @@ class FileScanner:
 
     def __init__(self, path: str | os.PathLike[str], file_index: int, fields: Fields, *, skip_invalid: bool = False,
                  on_reject: Callable[[Reject], None] | None = None, chunk_bytes: int = CHUNK_BYTES,
-                 hash_input: bool = True, strict_scores: bool = False, nan_negative: bool = False):
+                 hash_input: bool = True, strict_scores: bool = False, nan_negative: bool = False,
+                 source: str | os.PathLike[str] | None = None):
         self.path = str(path)
+        #: Where the bytes are read from (a local copy on a Ray worker); ``path`` is what messages name.
+        self.source = str(source) if source is not None else self.path
         self.file_index = file_index
         self.fields = fields
         self.skip_invalid = skip_invalid
@@ -245,8 +248,8 @@ class FileScanner:
 
     def _scan(self, on_bytes: Callable[[bytes], object] | None) -> Iterator[ChunkScan]:
         line_no, row0 = 1, 0
-        self.counts.bytes = os.path.getsize(self.path)  # on disk (compressed size for .gz/.zst), as every engine
-        for chunk in iter_line_chunks(self.path, self.chunk_bytes, on_bytes=on_bytes):
+        self.counts.bytes = os.path.getsize(self.source)  # on disk (compressed size for .gz/.zst), as every engine
+        for chunk in iter_line_chunks(self.source, self.chunk_bytes, on_bytes=on_bytes):
             scan = self.scan_chunk(chunk, line_no, row0)
             yield scan
             line_no += scan.lines_in_chunk
@@ -372,7 +375,9 @@ class ParquetScanner:
 
     def __init__(self, path: str | os.PathLike[str], file_index: int, fields: Fields, *, skip_invalid: bool = False,
                  on_reject: Callable[[Reject], None] | None = None, batch_rows: int = 65536, hash_input: bool = True,
-                 strict_scores: bool = False, nan_negative: bool = False, **_: object):
+                 strict_scores: bool = False, nan_negative: bool = False,
+                 source: str | os.PathLike[str] | None = None, **_: object):
+        self.source = str(source) if source is not None else str(path)
         self.strict_scores = strict_scores
         self.nan_negative = nan_negative
         self.path = str(path)
@@ -407,7 +412,7 @@ class ParquetScanner:
 
         f = self.fields
         try:
-            pf = pq.ParquetFile(self.path)
+            pf = pq.ParquetFile(self.source)
         except Exception as exc:
             raise RecordError(self.path, None, f"not a readable Parquet file ({exc})") from exc
         names = set(pf.schema_arrow.names)
@@ -416,10 +421,10 @@ class ParquetScanner:
                 raise RecordError(self.path, None, f"missing column {column!r}")
         columns = [f.steps] + ([f.group] if f.group else [])
         counts = self.counts
-        counts.bytes = os.path.getsize(self.path)
+        counts.bytes = os.path.getsize(self.source)
         if self.hash_input:
             sha = hashlib.sha256()
-            with open(self.path, "rb") as fh:
+            with open(self.source, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 22), b""):
                     sha.update(block)
             counts.sha256 = sha.hexdigest()
@@ -466,7 +471,7 @@ class ParquetScanner:
 def scanner(path: str | os.PathLike[str], file_index: int, fields: Fields, **kwargs: object
             ) -> FileScanner | ParquetScanner:
     """The pass-1 scanner for a file: Parquet by extension, JSONL (plain/.gz/.zst) otherwise."""
-    if not Path(path).exists():
+    if not Path(str(kwargs.get("source") or path)).exists():
         raise RecordError(path, None, "no such file")
     cls = ParquetScanner if is_parquet(path) else FileScanner
     return cls(path, file_index, fields, **kwargs)  # type: ignore[arg-type]

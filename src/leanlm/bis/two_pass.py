@@ -42,6 +42,10 @@ class FileWrite:
 
 
 def pass1(files: list[str], config: SelectConfig, spill_dir: str, executor: str, workers: int) -> list[FileScores]:
+    if executor == "ray":  # a Ray Data pipeline: no filesystem shared with the workers
+        from leanlm.bis import ray_pipeline
+
+        return ray_pipeline.pass1(files, config, spill_dir, workers)
     engine = get_engine(config.engine)
     items = [(p, i, config, spill_dir) for i, p in enumerate(files)]
     return list(map_ordered(engine.scan, items, executor, workers))
@@ -189,7 +193,9 @@ def run(files: list[str], config: SelectConfig, output: str | os.PathLike[str], 
     cut = compute_cut(scans, remaps, names, m, config)
     t2 = time.perf_counter()
     # Tie quotas are split per file (tie_quotas), so files are written independently whatever the grouping.
-    writes = pass2(files, scans, remaps, cut, config, output, spill_dir, executor, workers)
+    # With Ray, pass 2 runs where the inputs and spills are: on the driver, in local processes.
+    local = ("process" if workers > 1 else "serial") if executor == "ray" else executor
+    writes = pass2(files, scans, remaps, cut, config, output, spill_dir, local, workers)
     t3 = time.perf_counter()
     f, g = outcomes(scans, writes, names, cut)
     return scans, f, g, {"pass1": t1 - t0, "cut": t2 - t1, "pass2": t3 - t2}
