@@ -170,3 +170,48 @@ def test_softcap_is_applied_on_the_sparse_path():
             _, sparse = greedy_logits(model, ids, steps=3)
         assert fasa.stats.sparse_calls == 2 * 2
         assert torch.allclose(eager, sparse, atol=1e-5), backend
+
+
+# ---------------------------------------------------------------- FASA-M
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-head", "pooled"])
+def test_fasa_m_gives_reference_tokens_and_keeps_only_labels_resident(pooled):
+    from leanlm.fasa.offload import FasaMCache, OffloadedLayer
+
+    model = tiny_llama(seed=3)
+    ids = torch.randint(1, 128, (1, 90), generator=torch.Generator().manual_seed(1))
+    sel = random_selector(model)
+    sel.pooled = pooled
+    with apply(model, selector=sel, budget=6, backend="reference"):
+        seq_ref, logits_ref = greedy_logits(model, ids, steps=6)
+    with apply(model, selector=sel, budget=6, offload=True, window=4) as fasa:
+        cache = fasa.new_cache(model.config)
+        assert isinstance(cache, FasaMCache) and isinstance(cache.layers[1], OffloadedLayer)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
+                                 do_sample=False, pad_token_id=0, past_key_values=cache,
+                                 return_dict_in_generate=True, output_logits=True)
+    assert fasa.stats.fast_calls == 5
+    assert torch.equal(out.sequences, seq_ref)
+    assert torch.allclose(torch.stack(out.logits), logits_ref, atol=1e-5, rtol=1e-5)
+    layer = cache.layers[1]
+    assert layer._label.device.type == "cpu" and layer.tier_bytes() == 2 * layer._keys.numel() * 4
+    assert layer.resident_bytes() < layer.tier_bytes() / 2  # label (<= 2 dims of 16 per head) + window
+
+
+def test_fasa_m_window_rows_equal_tier_rows():
+    from leanlm.fasa.offload import OffloadedLayer
+
+    gen = torch.Generator().manual_seed(0)
+    spec = LabelSpec.from_head_dims(torch.tensor([[0, 8], [1, 9], [2, 10], [3, 11]]), 2)
+    layer = OffloadedLayer(spec, capacity=16, window=5)
+    keys, values = torch.randn(1, 2, 40, 16, generator=gen), torch.randn(1, 2, 40, 16, generator=gen)
+    layer.update(keys[:, :, :30], values[:, :, :30])
+    for i in range(30, 40):  # decode-style appends, growing past the initial capacity
+        layer.update(keys[:, :, i : i + 1], values[:, :, i : i + 1])
+    idx = torch.tensor([[[0, 39, 35, 36], [38, 1, 2, 37]]])
+    layer._keys[:, :, 35:40] = 0.0  # the tier's copy of the window rows is not read: the resident ring is
+    got_k, got_v = layer.gather(idx, 1)
+    ref_k = torch.stack([keys[0, h, idx[0, h]] for h in range(2)])[None]
+    ref_v = torch.stack([values[0, h, idx[0, h]] for h in range(2)])[None]
+    assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
+    assert torch.equal(layer.label(), keys.gather(-1, spec.dims[None, :, None, :].expand(1, 2, 40, 4)))

@@ -5,20 +5,17 @@
   optimisation during prefill).
 - kvpress presses (SnapKV, StreamingLLM, Knorm) evict at prefill (their own protocol): the prompt is
   re-prefilled under each press with ``compression_ratio = 1 - budget / prompt_len``, then decoded densely.
-- :func:`attention_cost` times one decode step of attention (dense sdpa vs TIP + gather + FAC) on random
-  tensors of a given geometry, and reports Eq. 8's analytic fraction of bytes read.
+- :func:`analytic_fraction`: the GQA-aware byte fraction of a decode step (timings: :mod:`leanlm.fasa.perf`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from leanlm.fasa.attention import focused_attention
 from leanlm.fasa.integration import apply
 from leanlm.fasa.selectors import OracleSelector, TokenSelector, top_budget
 
@@ -94,65 +91,20 @@ class RecallProbe(TokenSelector):
         return self.hits / self.calls if self.calls else float("nan")
 
 
-def analytic_fraction(n_tip: int, head_dim: int, budget: int, context: int) -> float:
-    """Eq. 8: bytes read per decode step relative to dense, ``N_tip/d·2 ... = 2N_tip/d·½ + N_fac/t``.
+def analytic_fraction(n_tip: int, head_dim: int, budget: int, context: int, *, n_q: int = 1, n_kv: int = 1,
+                      label_width: float | None = None, pooled: bool = False) -> float:
+    """Bytes FASA reads per decode step relative to dense attention, GQA-aware (Eq. 8 generalised).
 
-    TIP reads ``2·N_tip`` of the ``d`` key dims for all ``t`` tokens; FAC reads full keys and values of
-    ``N_fac`` tokens; dense reads ``2·t·d`` elements: ``(2·N_tip·t + 2·N_fac·d) / (2·t·d)``.
+    Dense reads every KV head once for its whole group: ``2·H_kv·t·d`` elements. Per-query-head TIP over
+    the ``2·N_tip`` dominant dims reads ``H_q·t·2N_tip`` (the reference path; with ``label_width=U`` the
+    FASA-C label buffer, ``H_kv·t·U``), and FAC ``R·N_fac·2d`` (``R = H_q``, or ``H_kv`` when ``pooled``):
+
+        (H_q·2N_tip)/(2·H_kv·d) + H_q·N_fac/(H_kv·t)        (per head, reference path)
+
+    With ``n_q = n_kv = 1`` this is the paper's Eq. 8, ``N_tip/d·... = (2·N_tip·t + 2·N_fac·d)/(2·t·d)``.
+    The top-k's score traffic is left out here (:func:`leanlm.fasa.perf.step_bytes` counts it).
     """
-    return (2 * n_tip * context + 2 * min(budget, context) * head_dim) / (2 * context * head_dim)
-
-
-@dataclass
-class CostRow:
-    context: int
-    dense_ms: float
-    fasa_ms: float
-    tip_ms: float
-    analytic_fraction: float
-
-    @property
-    def speedup(self) -> float:
-        return self.dense_ms / self.fasa_ms
-
-
-def _time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000
-
-
-def attention_cost(contexts: list[int], n_q: int = 9, n_kv: int = 3, head_dim: int = 64, n_tip: int = 8,
-                   budget: int = 256, repeats: int = 5, seed: int = 0, device: str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> list[CostRow]:
-    """Time one layer's decode attention: dense sdpa vs FASA (TIP + top-k + gather + FAC), same tensors."""
-    from leanlm.fasa.selectors import FASASelector
-
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    fcs = torch.stack([torch.randperm(head_dim // 2, generator=gen)[:n_tip] for _ in range(n_q)])[None]
-    selector = FASASelector.from_fcs(fcs, head_dim, "half")
-    selector.dims = selector.dims.to(device)
-    for t in contexts:
-        q = torch.randn(1, n_q, 1, head_dim, generator=gen).to(device, dtype)
-        k = torch.randn(1, n_kv, t, head_dim, generator=gen).to(device, dtype)
-        v = torch.randn(1, n_kv, t, head_dim, generator=gen).to(device, dtype)
-        scale = head_dim**-0.5
-
-        def dense(q=q, k=k, v=v, scale=scale):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
-
-        def tip(q=q, k=k):
-            return top_budget(selector.scores(q, k, 0), budget)
-
-        def fasa(q=q, k=k, v=v, scale=scale):
-            return focused_attention(q, k, v, top_budget(selector.scores(q, k, 0), budget), scale)
-
-        with torch.inference_mode():
-            rows.append(CostRow(t, _time(dense, repeats), _time(fasa, repeats), _time(tip, repeats),
-                                analytic_fraction(n_tip, head_dim, budget, t)))
-    return rows
+    k = min(budget, context)
+    rows = n_kv if pooled else n_q
+    tip = n_kv * context * label_width if label_width is not None else n_q * context * 2 * n_tip
+    return (tip + rows * k * 2 * head_dim) / (2 * n_kv * context * head_dim)

@@ -121,12 +121,17 @@ class FasaLayer(CacheLayerMixin):
         self._keys[:, :, self.length : end] = key_states
         self._values[:, :, self.length : end] = value_states
         if self.spec is not None:
-            index = self.spec.dims[None, :, None, :].expand(b, n_kv, n, self.spec.width)
-            self._label[:, :, self.length : end] = key_states.gather(-1, index)
+            self._write_label(key_states, self.length, end)
         self.length = end
         self.keys = self._keys[:, :, :end]
         self.values = self._values[:, :, :end]
         return self.keys, self.values
+
+    def _write_label(self, key_states: torch.Tensor, start: int, end: int) -> None:
+        """Label columns of the new rows (filled once, at append time)."""
+        b, n_kv, n, _ = key_states.shape
+        index = self.spec.dims[None, :, None, :].expand(b, n_kv, n, self.spec.width)
+        self._label[:, :, start:end] = key_states.gather(-1, index)
 
     # -------------------------------------------------------------- what the decode path reads
     def label(self) -> torch.Tensor:
@@ -140,6 +145,20 @@ class FasaLayer(CacheLayerMixin):
     def flat_values(self) -> torch.Tensor:
         return self._values.view(-1, self._values.shape[-1])
 
+    def flat_index(self, indices: torch.Tensor, rows_per_kv: int) -> torch.Tensor:
+        """Rows of :meth:`flat_keys` for token ``indices (B, R, k)``; row ``r`` reads KV head ``r // rows_per_kv``."""
+        b, r, _ = indices.shape
+        n_kv = r // rows_per_kv
+        kv_head = torch.arange(r, device=indices.device) // rows_per_kv
+        base = (torch.arange(b, device=indices.device)[:, None] * n_kv + kv_head[None, :]) * self.capacity
+        return (indices + base[..., None]).reshape(-1)
+
+    def gather(self, indices: torch.Tensor, rows_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V rows of token ``indices (B, R, k)`` -> two ``(B, R, k, d)`` tensors (``index_select``)."""
+        flat = self.flat_index(indices, rows_per_kv)
+        shape = (*indices.shape, self._keys.shape[-1])
+        return self.flat_keys().index_select(0, flat).view(shape), self.flat_values().index_select(0, flat).view(shape)
+
     def owns(self, key: torch.Tensor) -> bool:
         """True when ``key`` is this layer's current key view (the attention function got our cache)."""
         return (self._keys is not None and key.shape[2] == self.length
@@ -148,6 +167,10 @@ class FasaLayer(CacheLayerMixin):
     def resident_bytes(self) -> int:
         """Bytes this layer holds in fast memory (whole buffers, including unused capacity)."""
         return sum(x.numel() * x.element_size() for x in (self._keys, self._values, self._label) if x is not None)
+
+    def tier_bytes(self) -> int:
+        """Bytes in a slower tier (none: FASA-C keeps everything resident; see :mod:`leanlm.fasa.offload`)."""
+        return 0
 
     # -------------------------------------------------------------- the Cache protocol
     def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
@@ -208,3 +231,6 @@ class FasaCache(Cache):
 
     def resident_bytes(self) -> int:
         return sum(layer.resident_bytes() for layer in self.layers)
+
+    def tier_bytes(self) -> int:
+        return 0

@@ -1,4 +1,4 @@
-"""``leanlm fasa``: calibrate dominant frequency chunks, generate with FASA, inspect a calibration."""
+"""``leanlm fasa``: calibrate dominant frequency chunks, generate with FASA, inspect a calibration, benchmark."""
 
 from __future__ import annotations
 
@@ -146,3 +146,41 @@ def inspect(
     figure = Figure.from_matplotlib(ca_heatmap(calib, kk), "CA heatmap")
     atomic_write_bytes(target, figure.png)
     typer.echo(f"wrote {target}")
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(..., "--out", help="Markdown file to write (JSON beside it, same name .json)"),
+    perf: bool = typer.Option(True, "--perf/--no-perf", help="the speed benchmark (the only benchmark for now)"),
+    quick: bool = typer.Option(False, "--quick", help="the reproduce quick config (~1-2 min idle) instead of full"),
+    threads: int = typer.Option(1, help="torch intra-op threads (1: small decode ops lose from threading)"),
+) -> None:
+    """Honest speed benchmark: FASA-C (per head, pooled) and FASA-M vs the strongest dense decode paths."""
+    import json
+    import os
+    import platform
+    import time
+
+    import torch
+
+    from leanlm.common.atomic import atomic_write_text
+    from leanlm.common.report import table_markdown
+    from leanlm.fasa.perf import FULL, QUICK, run_perf
+
+    if not perf:
+        raise typer.BadParameter("nothing to run without --perf", param_hint="--perf")
+    torch.set_num_threads(threads)
+    config = dict(QUICK if quick else FULL)
+    t0 = time.perf_counter()
+    result = run_perf(config, log=log.info)
+    seconds = time.perf_counter() - t0
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    head = (f"# FASA speed benchmark ({'quick' if quick else 'full'} config)\n\n"
+            f"Command: `leanlm fasa bench --perf{' --quick' if quick else ''} --threads {threads} --out {out}`; "
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+            f"torch {torch.__version__}, load average at the end {load}; {seconds:.0f} s.\n\n")
+    body = "\n\n".join(table_markdown(t) for t in result["tables"])
+    atomic_write_text(out, head + body + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({**result["raw"], "metrics": result["metrics"],
+                                                            "seconds": seconds, "threads": threads}, indent=1))
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')} ({seconds:.0f} s)")

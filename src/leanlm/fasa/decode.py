@@ -41,15 +41,7 @@ def tip_scores(query: torch.Tensor, layer: FasaLayer, pooled: bool = False) -> t
 
 def _gather_rows(layer: FasaLayer, indices: torch.Tensor, rows_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V rows at ``indices (B, R, k)`` (row ``r`` reads KV head ``r // rows_per_kv``) -> ``(B, R, k, d)``."""
-    b, r, k = indices.shape
-    n_kv = r // rows_per_kv
-    kv_head = torch.arange(r, device=indices.device) // rows_per_kv
-    base = (torch.arange(b, device=indices.device)[:, None] * n_kv + kv_head[None, :]) * layer.capacity
-    flat = (indices + base[..., None]).reshape(-1)
-    d = layer.flat_keys().shape[-1]
-    keys = layer.flat_keys().index_select(0, flat).view(b, r, k, d)
-    values = layer.flat_values().index_select(0, flat).view(b, r, k, d)
-    return keys, values
+    return layer.gather(indices, rows_per_kv)
 
 
 def fasa_c_attention(

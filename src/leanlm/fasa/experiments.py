@@ -1,11 +1,13 @@
-"""Headline experiment: FASA keeps full-KV answers at a small decode budget (paper Table 1-2, Eq. 8).
+"""FASA's experiments: full-KV answers at a small decode budget (Table 1-2), and decode speed (§4.3, Eq. 8).
 
 On the embedded SmolLM2-135M (30 layers, 9 q / 3 KV heads, d=64 -> 32 FCs, N_tip=8): calibrate once on
 real Wikipedia text, then on needle-in-a-haystack prompts built from other Wikipedia text (one fact stated
 once) decode greedily with full KV, FASA, the oracle top-k, Quest, sinks+recent (per-step selectors, dense
 prefill) and kvpress SnapKV / StreamingLLM / Knorm (prefill eviction to the same budget), side by side.
-Also: top-K recall of each selector against the oracle (Table 1's compound CA), and one layer's decode
-attention time dense vs FASA on this CPU with Eq. 8's analytic bytes fraction.
+Also: top-K recall of each selector against the oracle (Table 1's compound CA).
+
+``fasa-speed``: the honest speed benchmark of :mod:`leanlm.fasa.perf` (FASA-C per head and pooled, FASA-M,
+vs the strongest dense decode paths; GQA-aware analytic bytes), the same code as ``leanlm fasa bench --perf``.
 """
 
 from __future__ import annotations
@@ -39,17 +41,14 @@ def _presses(names: list[str], ratio: float) -> dict[str, Any]:
         Claim("Top-K recall of the oracle's tokens, K=256 (paper Table 1: compound CA of top-16/64 FCs)",
               paper="59.7%", metric="fasa_recall_256", rule=AtLeast("fasa_recall_256", 59.7, partly=50),
               setting="135M model; top-K recall, not CA"),
-        Claim("Decode attention speedup of one layer at the longest context (paper: 2.56x end-to-end at 64K, "
-              "Triton on GPU; ours: torch on CPU)", paper="2.56x", metric="attention_speedup_longest",
-              rule=AtLeast("attention_speedup_longest", 2.56, partly=1.1), setting="one layer, torch on CPU, ≤ 8K"),
     ],
     quick={"trials": 3, "context_tokens": 1500, "budgets": [64, 256], "new_tokens": 8, "calib_tokens": 1024,
            "calib_decode_steps": 16, "calib_stride": 64, "presses": ["snapkv", "streaming_llm", "knorm"],
-           "press_budgets": [256], "cost_contexts": [2048, 8192], "seed": 0},
+           "press_budgets": [256], "seed": 0},
     full={"trials": 20, "context_tokens": 2000, "budgets": [32, 64, 128, 256], "new_tokens": 10,
           "calib_tokens": 2048, "calib_decode_steps": 32, "calib_stride": 32,
           "presses": ["snapkv", "streaming_llm", "knorm"], "press_budgets": [64, 256],
-          "cost_contexts": [2048, 8192, 32768], "seed": 0, "ablate_adjacent": True, "ablate_pooled": True},
+          "seed": 0, "ablate_adjacent": True, "ablate_pooled": True},
 )
 def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     import matplotlib
@@ -63,7 +62,6 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     from leanlm.common.progress import get_logger, progress
     from leanlm.fasa.bench import (
         RecallProbe,
-        attention_cost,
         decode_with_press,
         decode_with_selector,
         prefill,
@@ -158,10 +156,6 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
                      f"{agree}/{len(sel)}", recall])
         by_key[(method, budget)] = (correct, agree, len(sel), recall)
 
-    cost = attention_cost(config["cost_contexts"], n_q=9, n_kv=3, head_dim=64, n_tip=calib.n_tip, budget=256)
-    cost_rows = [[c.context, round(c.dense_ms, 3), round(c.fasa_ms, 3), round(c.tip_ms, 3), round(c.speedup, 2),
-                  round(c.analytic_fraction, 3), round(1 / c.analytic_fraction, 2)] for c in cost]
-
     # ---- figures
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for method in ["FASA", "oracle top-k", "Quest (page 16)", "sinks+recent", "random FCs"]:
@@ -183,7 +177,6 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     metrics: dict[str, Any] = {
         "full_kv_correct": f"{n_full_correct}/{len(trials)}",
         "calibration_seconds": round(calib_seconds, 1),
-        "attention_speedup_longest": f"{cost[-1].speedup:.2f}x at {cost[-1].context} (CPU)",
     }
     if fasa256:
         correct, agree, n, recall = fasa256
@@ -197,10 +190,6 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
                 "method", "budget", "protocol", "correct", "identical to full KV", "top-K recall vs oracle (%)"],
                 rows, caption=f"{len(trials)} prompts of ~{config['context_tokens']} tokens of real Wikipedia text, "
                 f"one fact at depth 0.1-0.9; {steps} greedy tokens. Layer 0 dense for per-step selectors."),
-            Table("One layer's decode attention on this CPU (9 q / 3 KV heads, d=64, budget 256, fp32)", [
-                "context t", "dense sdpa ms", "FASA ms", "of which TIP+top-k ms", "speedup", "Eq. 8 bytes fraction",
-                "Eq. 8 ideal speedup"], cost_rows,
-                caption="torch on CPU, best of 5; not representative of the GPU kernels (FASA-C)."),
             Table("Calibration", ["texts", "prompt tokens", "decode steps", "queries averaged per K", "N_tip", "seconds"],
                   [[calib.source["texts"], calib.source["prompt_tokens"], calib.source["decode_steps"],
                     str(calib.counts), calib.n_tip, round(calib_seconds, 1)]]),
@@ -215,5 +204,53 @@ def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
             "A 135M model with Q4-dequantised weights: small-model retrieval is fragile, so 'identical to full "
             "KV' is the primary measure; 'correct' counts answers containing the stated number.",
             "Calibration and test texts are disjoint Wikipedia ranges.",
+        ],
+    )
+
+
+@register(
+    name="fasa-speed",
+    module="fasa",
+    title="FASA-C / FASA-M: sparse decoding faster and lighter than dense (SmolLM2 shapes, CPU)",
+    claims=[
+        Claim("End-to-end decode speedup of FASA-C vs the best dense cache at the longest context (paper: 2.56x at "
+              "64K, Triton on GPU)", paper="2.56x", metric="e2e_speedup_per_head_longest",
+              rule=AtLeast("e2e_speedup_per_head_longest", 2.56, partly=1.5),
+              setting="SmolLM2 shapes, random weights, 32K, torch on CPU, per-head selection"),
+        Claim("One layer's decode attention, FASA-C per head vs dense SDPA with GQA folded, longest context "
+              "(paper: d/N_tip = 8x ideal, no GQA)", paper="8x (ideal)", metric="attn_speedup_per_head_longest",
+              rule=AtLeast("attn_speedup_per_head_longest", 2.5, partly=1.5),
+              setting="32K, SmolLM2 heads (GQA 3:1, d=64); GQA-aware ideal is ~4x"),
+        Claim("FASA-M resident KV memory reduction vs dense (paper: ~8x at 25% dims, 10% budget)", paper="8x",
+              metric="fasa_m_reduction_longest", rule=AtLeast("fasa_m_reduction_longest", 8, partly=4),
+              setting="32K, budget 256 (0.8%), 3:1 GQA label union 24/64 dims, layer 0 dense"),
+    ],
+    quick={"perf": "quick"},
+    full={"perf": "full"},
+)
+def run_speed(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
+    import torch
+
+    from leanlm.common.atomic import atomic_write_json
+    from leanlm.common.progress import get_logger
+    from leanlm.fasa.perf import FULL, QUICK, run_perf
+
+    log = get_logger("leanlm.fasa.experiments")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_perf(dict(QUICK if config["perf"] == "quick" else FULL), log=log.info)
+    finally:
+        torch.set_num_threads(before)
+    atomic_write_json(ctx.out_dir / "perf.json", {**result["raw"], "metrics": result["metrics"]})
+    return ExperimentResult(
+        tables=result["tables"],
+        metrics=result["metrics"],
+        notes=[
+            "CPU timings with one torch thread; the machine may be shared (see the report's load). Ratios are "
+            "paired per interleaved repeat. GPU kernels (Triton) are not timed here: bench/gpu_fasa.sh.",
+            "End-to-end runs use random weights with SmolLM2-135M's shapes (30 layers, 9/3 heads, d=64) so that "
+            "contexts beyond the real model's 8K window can be timed; token agreement with the reference path is "
+            "tested separately (tests/fasa/test_fasa_fast.py, embedded model in a slow test).",
         ],
     )

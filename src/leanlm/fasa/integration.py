@@ -21,6 +21,7 @@ from leanlm.fasa.cache import FasaCache, LabelSpec, find_layer
 from leanlm.fasa.calibration import Calibration
 from leanlm.fasa.decode import fasa_c_attention
 from leanlm.fasa.hooks import FASA_IMPL, attention_handler, dense_attention_forward, register
+from leanlm.fasa.offload import FasaMCache
 from leanlm.fasa.selectors import FASASelector, TokenSelector, top_budget
 
 __all__ = ["FASA_IMPL", "DecodeStats", "FasaAttention", "apply", "attention_handler", "dense_attention_forward",
@@ -71,6 +72,8 @@ class FasaAttention:
     n_sink: int = 0
     n_recent: int = 0
     backend: str = "auto"
+    offload: bool = False
+    window: int = 64
     stats: DecodeStats = field(default_factory=DecodeStats)
 
     def __post_init__(self) -> None:
@@ -95,11 +98,17 @@ class FasaAttention:
         return [None if layer in self.dense_layers else LabelSpec.from_head_dims(self.selector.dims[layer], n_kv)
                 for layer in range(num_layers)]
 
-    def new_cache(self, config: Any, capacity: int | None = None) -> FasaCache:
-        """A :class:`FasaCache` laid out for this handler (pass it as ``past_key_values``)."""
+    def new_cache(self, config: Any, capacity: int | None = None) -> FasaCache | FasaMCache:
+        """A cache laid out for this handler (pass it as ``past_key_values``): :class:`FasaCache` (FASA-C), or
+        with ``offload`` a :class:`~leanlm.fasa.offload.FasaMCache` (FASA-M)."""
         text = config.get_text_config(decoder=True)
         n_kv = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
-        return FasaCache(specs=self.label_specs(int(text.num_hidden_layers), n_kv), capacity=capacity)
+        specs = self.label_specs(int(text.num_hidden_layers), n_kv)
+        if self.offload:
+            if all(spec is None for spec in specs):
+                raise ValueError("FASA-M (offload=True) needs a FASASelector and backend other than 'reference'")
+            return FasaMCache(specs, capacity=capacity, window=self.window)
+        return FasaCache(specs=specs, capacity=capacity)
 
     # ------------------------------------------------------------------ reference path
     def choose(self, query: torch.Tensor, key: torch.Tensor, layer: int, valid: torch.Tensor | None = None,
@@ -198,6 +207,8 @@ def apply(
     n_recent: int = 0,
     backend: str = "auto",
     cache: bool = True,
+    offload: bool = False,
+    window: int = 64,
     check: bool = True,
 ) -> Iterator[FasaAttention]:
     """Decode ``model`` with FASA inside the block: ``with apply(model, calib, budget=256): model.generate(...)``.
@@ -207,7 +218,9 @@ def apply(
     instead to run another selector (oracle, Quest, ...) through the same path. ``pooled``: one token set
     per KV group (faster, not the paper's per-head rule). ``cache``: ``generate()`` calls without their own
     ``past_key_values`` get a :class:`~leanlm.fasa.cache.FasaCache` (preallocated K/V plus label buffer), so
-    the FASA-C fast path runs with no other change. ``backend``: see :class:`FasaAttention`. ``check``
+    the FASA-C fast path runs with no other change; with ``offload=True`` it is a FASA-M cache
+    (:mod:`leanlm.fasa.offload`: label buffer and a ``window`` of recent rows resident, full K/V in pinned CPU
+    memory or a memory-mapped file, selected rows fetched per step). ``backend``: see :class:`FasaAttention`. ``check``
     verifies that the calibration was made on a model with the same attention geometry. Yields the handler,
     whose ``stats`` count sparse and dense attention calls and ``new_cache(config)`` builds a cache.
     """
@@ -220,6 +233,6 @@ def apply(
             calibration.check_model(model)
         selector = FASASelector.from_calibration(calibration, budget=budget, pooled=pooled)
     handler = FasaAttention(selector=selector, budget=int(budget), dense_layers=frozenset(dense_layers),
-                            n_sink=n_sink, n_recent=n_recent, backend=backend)
+                            n_sink=n_sink, n_recent=n_recent, backend=backend, offload=offload, window=window)
     with attention_handler(model, handler), (_default_cache(model, handler) if cache else contextlib.nullcontext()):
         yield handler
