@@ -148,12 +148,52 @@ def test_bare_pipe_table_fallback():
     approx(score_table(text, GOLD, SPEC), precision_by_item=1.0, recall_by_item=0.25, precision_by_row=1.0)
 
 
-def test_int_float_columns_compare_as_floats():
+def test_int_float_columns_compare_as_strings_by_default_as_numbers_when_lenient():
     gold = pd.read_csv(io.StringIO("k,v\na,1\nb,2\n"))
     spec = {"required": ["k", "v"], "unique_columns": ["k"],
             "eval_pipeline": {"k": {"metric": ["exact_match"]}, "v": {"metric": ["exact_match"]}}}
     text = "```markdown\n| k | v |\n|---|---|\n| a | 1.0 |\n| b | 2.5 |\n```"
-    approx(score_table(text, gold, spec), precision_by_item=3 / 4, precision_by_row=1 / 2)
+    # WideSearch's int/float branch tests ``dtype is int``, never true: "1.0" is compared with "1" as strings
+    approx(score_table(text, gold, spec), precision_by_item=2 / 4, precision_by_row=0.0)
+    approx(score_table(text, gold, spec, numbers="lenient"), precision_by_item=3 / 4, precision_by_row=1 / 2)
+    # the case: gold years with one blank cell (pandas reads a float column: "2001.0", "nan")
+    years = pd.read_csv(io.StringIO("k,year\na,2001\nb,2002\nc,2003\nd,\n"))
+    spec = {"required": ["k", "year"], "unique_columns": ["k"],
+            "eval_pipeline": {"k": {"metric": ["exact_match"]}, "year": {"metric": ["exact_match"]}}}
+    answer = "```markdown\n| k | year |\n|---|---|\n| a | 2001 |\n| b | 2002 |\n| c | 2003 |\n| d | 2004 |\n```"
+    approx(score_table(answer, years, spec), f1_by_item=0.5, f1_by_row=0.0)
+    approx(score_table(answer, years, spec, numbers="lenient"), f1_by_item=0.875, f1_by_row=0.75)
+    with pytest.raises(ValueError, match="numbers must be"):
+        score_table(answer, years, spec, numbers="loose")
+
+
+def test_metrics_stay_in_unit_interval_on_near_duplicate_rows():
+    # "France" and "**France**" survive de-duplication, then norm_str makes them one key: WideSearch's code
+    # matches the gold row twice (item recall above 1); the default drops the second row after preprocessing
+    gold = pd.read_csv(io.StringIO("Country,Capital\nFrance,Paris\n"))
+    spec = {"required": ["country", "capital"], "unique_columns": ["country"],
+            "eval_pipeline": {"country": {"preprocess": ["norm_str"], "metric": ["exact_match"]},
+                              "capital": {"preprocess": ["norm_str"], "metric": ["exact_match"]}}}
+    text = md([["France", "Paris"], ["**France**", "Paris"]], header="| Country | Capital |")
+    code = score_table(text, gold, spec, exact_code=True)
+    approx(code, recall_by_item=2.0, recall_by_row=2.0)
+    fixed = score_table(text, gold, spec)
+    approx(fixed, precision_by_item=1.0, recall_by_item=1.0, f1_by_row=1.0, score=1.0)
+    assert "keys collided" in fixed.msg
+
+
+@pytest.mark.slow  # dateparser's first parse loads its language data (seconds)
+def test_time_zone_suffix_on_a_date():
+    gold = pd.read_csv(io.StringIO("k,d\na,2020-01-01\nb,2021-05-05\n"))
+    spec = {"required": ["k", "d"], "unique_columns": ["k"],
+            "eval_pipeline": {"k": {"metric": ["exact_match"]}, "d": {"metric": ["date_near"]}}}
+    text = "```markdown\n| k | d |\n|---|---|\n| a | 2020-01-01 UTC |\n| b | 2021-05-05 |\n```"
+    official = score_table(text, gold, spec)  # WideSearch: aware - naive raises, the evaluation scores 0
+    assert official.msg.startswith("evaluator error: TypeError") and official.f1_by_item == 0.0
+    approx(score_table(text, gold, spec, numbers="lenient"), f1_by_item=1.0, score=1.0)
+    assert date_near("2020-01-01 UTC", "2020-01-15") == 1.0
+    with pytest.raises(TypeError):
+        date_near("2020-01-01 UTC", "2020-01-15", mixed_tz="error")
 
 
 def test_multiple_metrics_per_column_each_count_as_items():
@@ -161,9 +201,13 @@ def test_multiple_metrics_per_column_each_count_as_items():
     spec = {"required": ["k", "url"], "unique_columns": ["k"],
             "eval_pipeline": {"k": {"metric": ["exact_match"]}, "url": {"metric": ["url_match", "exact_match"]}}}
     text = "```markdown\n| k | url |\n|---|---|\n| a | https://x.org/b |\n```"
-    # key 1 + url_match 1 + exact_match 0 = 2 items over 1x2 -> precision 1.0 (WideSearch counts metric columns)
-    s = score_table(text, gold, spec)
-    approx(s, precision_by_item=1.0, precision_by_row=0.0)
+    # WideSearch's code: key 1 + url_match 1 + exact_match 0 = 2 items over 1x2 -> precision 1.0, and 1.5 when
+    # both metrics pass; the default scores a cell by the minimum of its metrics -> 1 of 2 items
+    approx(score_table(text, gold, spec, exact_code=True), precision_by_item=1.0, precision_by_row=0.0)
+    approx(score_table(text, gold, spec), precision_by_item=0.5, precision_by_row=0.0)
+    right = text.replace("/b |", "/a |")
+    approx(score_table(right, gold, spec, exact_code=True), precision_by_item=1.5)
+    approx(score_table(right, gold, spec), precision_by_item=1.0, score=1.0)
 
 
 def test_llm_judge_hook_and_fallback():

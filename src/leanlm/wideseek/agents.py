@@ -57,6 +57,7 @@ class AgentConfig:
     max_sub_turns: int = 20
     max_single_turns: int = 50
     max_subagents_per_call: int = 10
+    max_subagents_per_turn: int = 10
     max_items_per_call: int = 5
     search_count: int = 3
     max_search_count: int = 9
@@ -64,9 +65,13 @@ class AgentConfig:
     context_tokens: int = 32_000
     tool_timeout: float = 60.0
     answer_format: str = "table"
+    thinking: bool = False
+    few_shot: bool = True
+    subagent_failure_message: str = prompts.SUBAGENT_FAILED
 
     def __post_init__(self) -> None:
         for name in ("max_lead_turns", "max_sub_turns", "max_single_turns", "max_subagents_per_call",
+                     "max_subagents_per_turn",
                      "max_items_per_call", "search_count", "max_concurrency", "context_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -95,6 +100,12 @@ class RunResult:
     lead: AgentRun
     subagents: list[AgentRun] = field(default_factory=list)
     seconds: float = 0.0
+
+    def credit(self, outcome: float, format_ok: bool, config: Any = None) -> Any:
+        """Shaped reward and trainable turns (:func:`leanlm.wideseek.rewards.credit`)."""
+        from leanlm.wideseek.rewards import credit
+
+        return credit(self, outcome, format_ok, config)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -138,8 +149,9 @@ class WideSeek:
         state = _RunState(Trace(), asyncio.Semaphore(cfg.max_concurrency), self._executor())
         fmt = prompts.TABLE_FORMAT if (answer_format or cfg.answer_format) == "table" else prompts.QA_FORMAT
         messages = [
-            {"role": "system", "content": prompts.LEAD_SYSTEM.format(max_subagents=cfg.max_subagents_per_call,
-                                                                     answer_format=fmt)},
+            {"role": "system", "content": prompts.lead_system(min(cfg.max_subagents_per_call, cfg.max_subagents_per_turn),
+                                                              fmt, thinking=cfg.thinking,
+                                                              few_shot=cfg.few_shot and fmt == prompts.TABLE_FORMAT)},
             {"role": "user", "content": task + prompts.turn_hint(0, cfg.max_lead_turns)},
         ]
         start = time.perf_counter()
@@ -159,7 +171,8 @@ class WideSeek:
         state = _RunState(Trace(), asyncio.Semaphore(1), self._executor())
         fmt = prompts.TABLE_FORMAT if (answer_format or cfg.answer_format) == "table" else prompts.QA_FORMAT
         messages = [
-            {"role": "system", "content": prompts.SINGLE_SYSTEM.format(answer_format=fmt)},
+            {"role": "system", "content": prompts.SINGLE_SYSTEM.format(answer_format=fmt)
+             + (prompts.THINK_RULE if cfg.thinking else "")},
             {"role": "user", "content": task + prompts.turn_hint(0, cfg.max_single_turns)},
         ]
         start = time.perf_counter()
@@ -234,11 +247,15 @@ class WideSeek:
             for call in completion.tool_calls:
                 trace.add(agent, "tool_call", id=call.id, name=call.name, arguments=call.arguments, raw=call.raw,
                           turn=run.turns, malformed=call.error is not None)
-            results: list[str] = await execute(run.turns, completion.tool_calls)
-            for i, (call, text) in enumerate(zip(completion.tool_calls, results, strict=False)):
+            results: list[str | tuple[str, list[Any]]] = await execute(run.turns, completion.tool_calls)
+            for i, (call, out) in enumerate(zip(completion.tool_calls, results, strict=False)):
+                text, data = (out, None) if isinstance(out, str) else out
                 if i == len(results) - 1:
                     text += prompts.turn_hint(run.turns, max_turns)
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": text})
+                message: dict[str, Any] = {"role": "tool", "tool_call_id": call.id, "content": text}
+                if data is not None:
+                    message["data"] = data  # structured results for in-process policies; never sent to a server
+                messages.append(message)
                 trace.add(agent, "message", role="tool", tool_call_id=call.id, content=text)
         if run.status == "turn_limit":
             trace.add(agent, "error", kind="turn_limit", message=f"no final answer within {max_turns} turns")
@@ -249,39 +266,54 @@ class WideSeek:
 
     # ------------------------------------------------------------------------------------------ lead
     async def _lead_calls(self, state: _RunState, task: str, turn: int, calls: list[ToolCall]) -> list[str]:
-        return list(await asyncio.gather(*(self._lead_call(state, task, turn, c) for c in calls)))
+        """All ``create_sub_agents`` calls of one lead turn; together they start at most
+        ``max_subagents_per_turn`` subagents (RLinf parses one call per turn and keeps its first 10), the
+        earlier calls first, and each call at most ``max_subagents_per_call``."""
+        budget = self.config.max_subagents_per_turn
+        plans: list[tuple[ToolCall, str | None, list[Any], int]] = []
+        for call in calls:
+            problem = _check_call(call, "create_sub_agents", "sub_agents")
+            items: list[Any] = []
+            if problem is None:
+                items = call.arguments["sub_agents"]  # type: ignore[index]
+                bad = [i for i, s in enumerate(items) if not (isinstance(s, dict) and isinstance(s.get("prompt"), str)
+                                                              and s["prompt"].strip())]
+                if bad:
+                    problem = f"sub_agents[{bad[0]}] must be an object with a non-empty string 'prompt'"
+            allowed = 0 if problem else min(len(items), self.config.max_subagents_per_call, budget)
+            budget -= allowed
+            plans.append((call, problem, items, allowed))
+        return list(await asyncio.gather(*(self._lead_call(state, task, turn, *plan) for plan in plans)))
 
-    async def _lead_call(self, state: _RunState, task: str, turn: int, call: ToolCall) -> str:
+    async def _lead_call(self, state: _RunState, task: str, turn: int, call: ToolCall, problem: str | None,
+                         items: list[Any], allowed: int) -> str:
         trace, cfg = state.trace, self.config
         t0 = trace.now()
-        problem = _check_call(call, "create_sub_agents", "sub_agents")
-        if problem is None:
-            items = call.arguments["sub_agents"]  # type: ignore[index]
-            bad = [i for i, s in enumerate(items) if not (isinstance(s, dict) and isinstance(s.get("prompt"), str)
-                                                          and s["prompt"].strip())]
-            if bad:
-                problem = f"sub_agents[{bad[0]}] must be an object with a non-empty string 'prompt'"
         if problem is not None:
             return _tool_error(trace, "lead", call, problem, t0)
         note = ""
-        if len(items) > cfg.max_subagents_per_call:
-            note = (f"Note: only the first {cfg.max_subagents_per_call} of {len(items)} subagents were started "
-                    f"(at most {cfg.max_subagents_per_call} per call).\n\n")
+        if allowed < len(items):
+            note = (f"Note: only {allowed} of the {len(items)} subagents of this call were started (at most "
+                    f"{cfg.max_subagents_per_call} per call and {cfg.max_subagents_per_turn} per turn).\n\n")
             trace.add("lead", "error", kind="limit", message=note.strip(), id=call.id)
-            items = items[: cfg.max_subagents_per_call]
+            items = items[:allowed]
+        if not items:
+            text = note + "No subagent was started by this call."
+            trace.add("lead", "tool_result", id=call.id, name=call.name, content=text, seconds=trace.now() - t0,
+                      t_start=t0, error=True, subagents=[])
+            return text
         ids = [state.new_sub_id() for _ in items]
         runs = await asyncio.gather(*(self._sub(state, task, sid, item["prompt"], call.id, turn)
                                       for sid, item in zip(ids, items, strict=False)))
         parts = []
         for i, (item, run) in enumerate(zip(items, runs, strict=False), start=1):
             result = run.answer
-            if run.status == "context_overflow":
-                result = prompts.OVERFLOW_RESULT
+            if run.status in ("context_overflow", "turn_limit"):
+                result = cfg.subagent_failure_message  # RLinf: one failure/retry message for every limit
             elif run.status == "backend_error":
                 result = "This subagent failed because the model server returned an error. Please retry this subtask."
             elif not result.strip():
-                result = ("This subagent reached its turn limit without a final report." if run.status == "turn_limit"
-                          else "This subagent returned no report.")
+                result = "This subagent returned no report."
             parts.append(prompts.subtask_result(i, item["prompt"], result))
         text = note + "\n\n".join(parts)
         trace.add("lead", "tool_result", id=call.id, name=call.name, content=text, seconds=trace.now() - t0,
@@ -292,7 +324,8 @@ class WideSeek:
         cfg = self.config
         async with state.semaphore:
             messages = [
-                {"role": "system", "content": prompts.SUB_SYSTEM.format(max_items=cfg.max_items_per_call)},
+                {"role": "system", "content": prompts.SUB_SYSTEM.format(max_items=cfg.max_items_per_call)
+                 + (prompts.THINK_RULE if cfg.thinking else "")},
                 {"role": "user", "content": prompts.SUB_TASK.format(main_task=task, subtask=subtask)
                  + prompts.turn_hint(0, cfg.max_sub_turns)},
             ]
@@ -305,16 +338,16 @@ class WideSeek:
         return run
 
     # ------------------------------------------------------------------------------------------ tools
-    async def _sub_calls(self, state: _RunState, agent: str, calls: list[ToolCall]) -> list[str]:
+    async def _sub_calls(self, state: _RunState, agent: str, calls: list[ToolCall]) -> list[tuple[str, list[Any]]]:
         return list(await asyncio.gather(*(self._sub_call(state, agent, c) for c in calls)))
 
-    async def _sub_call(self, state: _RunState, agent: str, call: ToolCall) -> str:
+    async def _sub_call(self, state: _RunState, agent: str, call: ToolCall) -> tuple[str, list[Any]]:
         trace, cfg = state.trace, self.config
         t0 = trace.now()
         field_name = {"search": "queries", "access": "urls"}.get(call.name, "")
         problem = _check_call(call, ("search", "access"), field_name)
         if problem is not None:
-            return _tool_error(trace, agent, call, problem, t0)
+            return _tool_error(trace, agent, call, problem, t0), []
         items = call.arguments[field_name]  # type: ignore[index]
         note = ""
         if len(items) > cfg.max_items_per_call:
@@ -323,15 +356,17 @@ class WideSeek:
             trace.add(agent, "error", kind="limit", message=note.strip(), id=call.id)
             items = items[: cfg.max_items_per_call]
         outs = await asyncio.gather(*(self._one_item(state, call.name, item) for item in items))
-        errors = [o for ok, o in outs if not ok]
+        errors = [o for ok, o, _ in outs if not ok]
         for message in errors:
             trace.add(agent, "error", kind="tool_error", message=message, id=call.id)
-        text = note + "\n\n".join(o for _, o in outs)
+        text = note + "\n\n".join(o for _, o, _ in outs)
+        data = [d for _, _, d in outs]
         trace.add(agent, "tool_result", id=call.id, name=call.name, content=text, seconds=trace.now() - t0, t_start=t0,
-                  error=bool(errors), item_errors=len(errors), items=len(items))
-        return text
+                  error=bool(errors), item_errors=len(errors), items=len(items), data=data)
+        return text, data
 
-    async def _single_calls(self, state: _RunState, agent: str, calls: list[ToolCall]) -> list[str]:
+    async def _single_calls(self, state: _RunState, agent: str,
+                            calls: list[ToolCall]) -> list[str | tuple[str, list[Any]]]:
         out = []
         for call in calls:
             t0 = state.trace.now()
@@ -343,16 +378,24 @@ class WideSeek:
             if problem is not None:
                 out.append(_tool_error(state.trace, agent, call, problem, t0))
                 continue
-            ok, text = await self._one_item(state, call.name, call.arguments)  # type: ignore[arg-type]
+            ok, text, data = await self._one_item(state, call.name, call.arguments)  # type: ignore[arg-type]
             if not ok:
                 state.trace.add(agent, "error", kind="tool_error", message=text, id=call.id)
             state.trace.add(agent, "tool_result", id=call.id, name=call.name, content=text,
-                            seconds=state.trace.now() - t0, t_start=t0, error=not ok)
-            out.append(text)
+                            seconds=state.trace.now() - t0, t_start=t0, error=not ok, data=[data])
+            out.append((text, [data]))
         return out
 
-    async def _one_item(self, state: _RunState, name: str, item: Any) -> tuple[bool, str]:
-        """Run one search query or one page access; returns (ok, text). Never raises."""
+    async def _one_item(self, state: _RunState, name: str, item: Any) -> tuple[bool, str, Any]:
+        """Run one search query or one page access; returns (ok, text for the model, the result as data or
+        ``{"tool": name, "error": text}``). Never raises."""
+        ok, out = await self._run_item(state, name, item)
+        if not ok:
+            return False, out, {"tool": name, "error": out}
+        data = out.as_data() if hasattr(out, "as_data") else {"tool": name, "text": str(out)}
+        return True, str(out), data
+
+    async def _run_item(self, state: _RunState, name: str, item: Any) -> tuple[bool, Any]:
         cfg = self.config
         if not isinstance(item, dict):
             return False, f"Error: each {name} item must be an object, got {type(item).__name__}."
@@ -381,7 +424,7 @@ class WideSeek:
             return False, f"Error: {label} timed out after {cfg.tool_timeout:g} s."
         except Exception as exc:
             return False, f"Error: {label} failed: {type(exc).__name__}: {exc}"
-        return True, str(result)
+        return True, result
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -60,54 +59,69 @@ class LatencyModel:
         return cls(median=math.exp(statistics.mean(logs)), sigma=statistics.stdev(logs), source="measured", **kw)
 
 
-_FACT = {"capital": "Capital", "population": "Population", "currency": "Currency", "symbol": "Symbol",
-         "atomicnumber": "Atomic number", "atomicweight": "Atomic weight", "area": "Area (km2)"}
-_URL_IN_RESULT = re.compile(r"\[Doc \d+\]\((\S+?)\):")
-
-
-def _best_urls(tool_text: str) -> list[str]:
-    """Per query block of a search result, the first hit that is an entity page (else the first hit)."""
-    out = []
-    for block in re.split(r"(?=Results for )", tool_text):
-        urls = _URL_IN_RESULT.findall(block)
-        if urls:
-            out.append(next((u for u in urls if re.search(r"/(country|element|city)/", u)), urls[0]))
-    return out
-
-
 def entities(task: Task) -> list[str]:
     """The key values of a table task's gold table (what the lead must cover)."""
     gold = task.gold()
     return [str(v) for v in gold[task.evaluation["unique_columns"][0]]]  # type: ignore[index]
 
 
+_ENUMERATE = "Enumerate the list: "
+_FIND = "for: "
+_SEP = " ;; "
+
+
+def _data(messages: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
+    """Every structured result of ``tool`` in an agent's context (tool messages carry ``data``)."""
+    return [d for m in messages if m["role"] == "tool" for d in m.get("data") or [] if d.get("tool") == tool]
+
+
 @dataclass
 class OraclePolicy:
-    """A scripted policy that really uses the tools: the lead splits the entities over ``width`` subagents;
-    each subagent searches its entities, opens the top hit for each, copies the facts, and reports table
-    rows; the lead joins the rows into the final table. ``items_per_turn`` items go into each tool call
-    (1 is how small models behave; the paper allows up to 5)."""
+    """A scripted policy that really uses the tools and reads their results as data (``message["data"]``).
+
+    Lead: when the task has a listing, its first turn starts one subagent that enumerates the rows (search
+    the listing, read its first part, read the other parts it names); then it splits the rows over ``width``
+    subagents (at most ``max_per_turn`` per turn, more turns if needed) and joins their rows into the table.
+    Subagent: for each of its rows and each page holding some of that row's cells (``task.sources``), search
+    the page's query, take the hit with the page's URL (searching again with count 9 when it is missing, and
+    reading the page anyway when it is still missing: a *search miss*), read the pages, and write the cells
+    from the page facts (:func:`leanlm.wideseek.tasks.cell`). ``items_per_turn`` items go into each
+    search/access call (1 is how small models behave; the paper allows up to 5)."""
 
     task: Task
     width: int
     items_per_turn: int = 1
+    max_per_turn: int = 10
 
     def __post_init__(self) -> None:
         self.columns: list[str] = list(self.task.evaluation["required"])  # type: ignore[index]
-        self.names = entities(self.task)
+        if not self.task.sources:
+            raise ValueError(f"task {self.task.instance_id} has no sources: the oracle cannot know its pages")
+        self.names = list(self.task.sources)
 
     def __call__(self, agent: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Completion:
         if agent == "lead":
             return self._lead(messages)
         return self._worker(messages, scalar=agent == "single")
 
+    # ---------------------------------------------------------------------------------------------- lead
     def _lead(self, messages: list[dict[str, Any]]) -> Completion:
-        if not any(m["role"] == "tool" for m in messages):
-            groups = [self.names[i :: self.width] for i in range(min(self.width, len(self.names)))]
-            prompts = [{"prompt": f"Find {', '.join(self.columns[1:])} for: " + "; ".join(g)} for g in groups]
+        reports = [m["content"] for m in messages if m["role"] == "tool"]
+        listed = [n for r in reports for line in r.splitlines() if line.startswith("Members: ")
+                  for n in line[len("Members: "):].split(_SEP)]
+        if self.task.listing and not listed:
+            return Completion("", [ToolCall("create_sub_agents", {"sub_agents": [
+                {"prompt": f"{_ENUMERATE}{self.task.listing}"}]})])
+        names = listed or self.names
+        done = {line.split(" | ")[0].removeprefix("| ") for r in reports for line in r.splitlines()
+                if line.startswith("| ")}
+        todo = [n for n in names if n not in done]
+        if todo:
+            groups = [g for g in (todo[i :: self.width] for i in range(self.width)) if g]
+            turn_groups = groups[: self.max_per_turn]
+            prompts = [{"prompt": f"Find {', '.join(self.columns[1:])} {_FIND}" + _SEP.join(g)} for g in turn_groups]
             return Completion("", [ToolCall("create_sub_agents", {"sub_agents": prompts})])
-        rows = [line for m in messages if m["role"] == "tool" for line in m["content"].splitlines()
-                if line.startswith("| ") and not line.startswith("| ---")]
+        rows = [line for r in reports for line in r.splitlines() if line.startswith("| ")]
         return Completion(self._table(rows))
 
     def _table(self, rows: list[str]) -> str:
@@ -115,40 +129,87 @@ class OraclePolicy:
         sep = "| " + " | ".join("---" for _ in self.columns) + " |"
         return "```markdown\n" + "\n".join([header, sep, *rows]) + "\n```"
 
+    # ---------------------------------------------------------------------------------------------- worker
+    def _call(self, name: str, items: list[dict[str, Any]], scalar: bool) -> Completion:
+        if scalar:
+            return Completion("", [ToolCall(name, items[0])])
+        return Completion("", [ToolCall(name, {"queries" if name == "search" else "urls": items})])
+
     def _worker(self, messages: list[dict[str, Any]], scalar: bool) -> Completion:
-        subtask = messages[1]["content"].split("Your current subtask is:\n", 1)[-1]
-        mine = self.names if scalar else subtask.split("for: ", 1)[1].split("\n")[0].split("; ")
-        tool_msgs = [m["content"] for m in messages if m["role"] == "tool"]
-        searched = [u for t in tool_msgs if "Results for" in t and "Page: " not in t for u in _best_urls(t)]
-        pages = [t for t in tool_msgs if "Page: " in t]
         step = 1 if scalar else self.items_per_turn
-        done_search = sum(t.count("Results for") + t.count("No results for") for t in tool_msgs)
-        if done_search < len(mine):
-            batch = mine[done_search : done_search + step]
-            if scalar:
-                return Completion("", [ToolCall("search", {"query": f"{batch[0]} {self.columns[1]}"})])
-            return Completion("", [ToolCall("search", {"queries": [{"query": f"{n} {self.columns[1]}"} for n in batch]})])
-        n_pages = sum(t.count("Page: ") for t in pages)
-        if n_pages < len(searched):
-            batch = searched[n_pages : n_pages + step]
+        searches, pages = _data(messages, "search"), _data(messages, "access")
+        read = {p["url"]: p for p in pages}
+        subtask = messages[1]["content"].split("Your current subtask is:\n", 1)[-1].split("\n\n[Turn")[0]
+        if scalar:
+            listing = self.task.listing if self.task.listing else None
+            listed = [n for p in pages if p["kind"] == "list" for n in p["facts"]["members"]]
+            if listing and not (listing in read and all(u in read for u in read[listing]["facts"]["parts"])):
+                return self._enumerate(listing, searches, read, step, scalar)
+            mine = listed or self.names
+        elif subtask.startswith(_ENUMERATE):
+            listing = subtask[len(_ENUMERATE):].strip()
+            if not (listing in read and all(u in read for u in read[listing]["facts"]["parts"])):
+                return self._enumerate(listing, searches, read, step, scalar)
+            members = [n for u in read[listing]["facts"]["parts"] for n in read[u]["facts"]["members"]]
+            return Completion("Members: " + _SEP.join(members))
+        else:
+            mine = subtask.split(_FIND, 1)[1].split(_SEP)
+        needed = [src for name in mine for src in self.task.sources[name]]
+        searched: dict[str, list[dict[str, Any]]] = {}
+        for s in searches:
+            searched.setdefault(s["query"], []).append(s)
+        todo = [src for src in needed if src["query"] not in searched]
+        if todo:
+            return self._call("search", [{"query": src["query"]} for src in todo[:step]], scalar)
+
+        def found(src: dict[str, Any]) -> bool:
+            return any(h["url"] == src["url"] for s in searched[src["query"]] for h in s["hits"])
+
+        retry = [src for src in needed if not found(src) and len(searched[src["query"]]) < 2]
+        if retry:
+            return self._call("search", [{"query": src["query"], "count": 9} for src in retry[:step]], scalar)
+        unread = list(dict.fromkeys(src["url"] for src in needed if src["url"] not in read))
+        if unread:
             info = ", ".join(self.columns[1:])
-            if scalar:
-                return Completion("", [ToolCall("access", {"url": batch[0], "info_to_extract": info})])
-            return Completion("", [ToolCall("access", {"urls": [{"url": u, "info_to_extract": info} for u in batch]})])
-        rows = [self._row(p) for t in pages for p in t.split("Page: ")[1:]]
+            return self._call("access", [{"url": u, "info_to_extract": info} for u in unread[:step]], scalar)
+        rows = [self._row(name, read) for name in mine]
         return Completion(self._table(rows) if scalar else "\n".join(rows))
 
-    def _row(self, page: str) -> str:
-        title = page.split(" (https://", 1)[0]
-        key = title.split(" (")[0]
-        cells = [key]
-        for col in self.columns[1:]:
-            m = re.search(rf"^- {re.escape(_FACT.get(col, col))}: (.+)$", page, flags=re.M)
-            value = m.group(1).strip() if m else "unknown"
-            if col == "currency":
-                value = value.split(" ")[0].rstrip(",")
-            cells.append(value)
-        return "| " + " | ".join(cells) + " |"
+    def _enumerate(self, listing: str, searches: list[dict[str, Any]], read: dict[str, Any], step: int,
+                   scalar: bool) -> Completion:
+        """Search the listing's title, read its first part (found among the hits, else read anyway: a search
+        miss), then the other parts that the first one names."""
+        if listing not in read:
+            if not searches:
+                title = listing.rsplit("/", 1)[-1].rsplit("-", 1)[0].replace("-", " ")
+                return self._call("search", [{"query": f"list of {title}"}], scalar)
+            return self._call("access", [{"url": listing, "info_to_extract": "all members"}], scalar)
+        rest = [u for u in read[listing]["facts"]["parts"] if u not in read]
+        return self._call("access", [{"url": u, "info_to_extract": "all members"} for u in rest[:step]], scalar)
+
+    def _row(self, name: str, read: dict[str, Any]) -> str:
+        from leanlm.wideseek.tasks import UNKNOWN, cell
+
+        values: dict[str, Any] = {self.columns[0]: name}
+        for src in self.task.sources[name]:
+            for col, fmt in src["cells"].items():
+                values[col] = cell(read[src["url"]]["facts"], fmt)
+        return "| " + " | ".join(str(values.get(c, UNKNOWN)) for c in self.columns) + " |"
+
+
+def search_misses(result: RunResult) -> int:
+    """Pages an agent read although none of its earlier searches returned them (the oracle's fallback)."""
+    misses = 0
+    for agent in result.trace.agents():
+        seen: set[str] = set()
+        for event in result.trace.of(agent, "tool_result"):
+            for d in event.get("data") or []:
+                if d.get("tool") == "search":
+                    seen |= {h["url"] for h in d["hits"]}
+                elif d.get("tool") == "access" and "url" in d:
+                    misses += d["url"] not in seen
+                    seen |= set(d.get("facts", {}).get("parts") or []) if d.get("kind") == "list" else set()
+    return misses
 
 
 def critical_path(result: RunResult) -> float:

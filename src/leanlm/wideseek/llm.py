@@ -142,6 +142,9 @@ def tools_system_block(tools: Sequence[dict[str, Any]]) -> str:
     )
 
 
+_WIRE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
+
+
 def to_text_messages(messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rewrite a native tool-calling conversation into plain chat turns for ``text`` mode.
 
@@ -221,7 +224,7 @@ class OpenAIBackend:
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         if self.tool_mode == "native":
-            kwargs["messages"] = messages
+            kwargs["messages"] = [{k: v for k, v in m.items() if k in _WIRE_KEYS} for m in messages]
             if tools:
                 kwargs["tools"] = tools
                 kwargs["tool_choice"] = "auto"

@@ -16,7 +16,7 @@ your only tool is `create_sub_agents`, which starts subagents that work in paral
 search and page-access tools. Break the task into independent subtasks that can run at the same time \
 (for example one per entity or one per group of entities), give each subagent a self-contained prompt \
 that names exactly what to find, and call `create_sub_agents` with up to {max_subagents} subtasks per \
-call. After each round, reflect on the results: delegate again what is missing or doubtful.
+turn. After each round, reflect on the results: delegate again what is missing or doubtful.
 When you have everything, reply WITHOUT calling a tool, with the final answer only:
 {answer_format}"""
 
@@ -43,10 +43,36 @@ read them; call them as often as you need. When you have everything, reply WITHO
 the final answer only:
 {answer_format}"""
 
-OVERFLOW_RESULT = (
-    "This subagent exceeded its context window before it could report. Please retry this subtask, "
-    "split into smaller pieces if it is large."
+SUBAGENT_FAILED = (
+    "This subagent failed: it ran out of its context window or its turn limit before it could report on "
+    "this subtask. Please retry the subtask, split into smaller pieces if it is large."
 )
+"""What the lead sees for a subagent that hit a turn or context limit (RLinf sends one fixed failure-and-retry
+message for every such failure, ``prompt_utils.get_planner_subtask_failed_message``; our wording)."""
+
+OVERFLOW_RESULT = SUBAGENT_FAILED  # the name used before the turn-limit case shared the message
+
+THINK_RULE = """
+Reason step by step inside <think> and </think> every time you receive new information, before you answer or call a tool."""
+
+FEW_SHOT = """
+
+Two examples of how to work (our own, in the pattern of the paper's prompt):
+
+Example 1. Task: "List the ten richest people of 2025 from Japan and from Brazil with their rank, birth year and company." The two countries are independent, so the first turn is one call with two subagents:
+<tool_call>{"name": "create_sub_agents", "arguments": {"sub_agents": [{"prompt": "Find the ten richest people of 2025 from Japan with their rank."}, {"prompt": "Find the ten richest people of 2025 from Brazil with their rank."}]}}</tool_call>
+When both lists are back, the second turn starts one subagent per group of people to find birth years and companies, and the last turn writes the table.
+
+Example 2. Task: "Give every member of the Big Ten university conference with its city and founding year." The members are not known yet, so the first turn asks one subagent for the member list:
+<tool_call>{"name": "create_sub_agents", "arguments": {"sub_agents": [{"prompt": "Which universities are members of the Big Ten conference in 2025? Give the full list."}]}}</tool_call>
+With the list back, the second turn starts several subagents in parallel, each covering a few universities (city and founding year), then the lead checks for gaps, retries what is missing, and writes the table."""
+
+
+def lead_system(max_subagents: int, answer_format: str, *, thinking: bool = False, few_shot: bool = True) -> str:
+    """The lead's system prompt: role and tool, optional few-shot table examples (RLinf's lead prompt has two)
+    and the optional ``<think>`` rule (Qwen3's convention; off for models without a thinking mode)."""
+    text = LEAD_SYSTEM.format(max_subagents=max_subagents, answer_format=answer_format)
+    return text + (FEW_SHOT if few_shot else "") + (THINK_RULE if thinking else "")
 
 
 def turn_hint(turn: int, max_turns: int) -> str:

@@ -142,18 +142,24 @@ def norm_str(content: Any) -> str:
     return str(content).lower().strip().replace(" ", "").replace("*", "")
 
 
-def _parse_date(text: Any) -> Any:
+def _parse_date(text: Any, *, strict: bool = False) -> Any:
+    """``dateparser.parse`` with WideSearch's settings; ``strict`` lets its exceptions through (``norm_date``
+    in WideSearch does not catch them, so the whole evaluation fails), otherwise they mean "no date"."""
     import dateparser
 
+    if strict:
+        return dateparser.parse(str(text), settings={"PREFER_DAY_OF_MONTH": "first"})
     try:
         return dateparser.parse(str(text), settings={"PREFER_DAY_OF_MONTH": "first"})
     except Exception:
         return None
 
 
-def norm_date(content: Any) -> Any:
-    """``YYYY-MM-DD`` when dateparser understands the text (day defaults to the first), else unchanged."""
-    parsed = _parse_date(content)
+def norm_date(content: Any, *, strict: bool = False) -> Any:
+    """``YYYY-MM-DD`` when dateparser understands the text (day defaults to the first), else unchanged.
+
+    ``strict=True`` raises what dateparser raises, as WideSearch's ``norm_date`` does."""
+    parsed = _parse_date(content, strict=strict)
     return content if parsed is None else parsed.strftime("%Y-%m-%d")
 
 
@@ -187,11 +193,26 @@ def number_near(response: str, target: str, criterion: float) -> float:
     return 1.0 if abs(r - t) <= abs(t) * float(criterion) else 0.0
 
 
-def date_near(response: str, target: str) -> float:
-    """1 when both dates parse and are at most 31 days apart, or when neither parses."""
+def _naive_utc(moment: Any) -> Any:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment
+    return (moment - moment.utcoffset()).replace(tzinfo=None)
+
+
+def date_near(response: str, target: str, *, mixed_tz: str = "utc") -> float:
+    """1 when both dates parse and are at most 31 days apart, or when neither parses.
+
+    A date with a time-zone suffix ("2020-01-01 UTC") parses to an aware datetime. ``mixed_tz="utc"``
+    (default) compares aware and naive datetimes with both taken as UTC; ``mixed_tz="error"`` raises the
+    ``TypeError`` that Python raises for ``aware - naive``, which is what WideSearch's ``date_near`` does
+    (its evaluation then scores the whole table 0)."""
+    if mixed_tz not in ("utc", "error"):
+        raise ValueError(f"mixed_tz must be 'utc' or 'error', got {mixed_tz!r}")
     r, t = _parse_date(response), _parse_date(target)
     if r is None or t is None:
         return 1.0 if r is None and t is None else 0.0
+    if mixed_tz == "utc":
+        r, t = _naive_utc(r), _naive_utc(t)
     return 1.0 if abs((r - t).days) <= 31 else 0.0
 
 
@@ -336,93 +357,107 @@ def score_table(
     aligner: Aligner | None = None,
     judge: Judge | None = None,
     block: str = "first",
+    numbers: str = "official",
+    exact_code: bool = False,
 ) -> TableScore:
-    """Score one response (text or an already parsed table) against a gold table (module doc, steps 1-5)."""
+    """Score one response (text or an already parsed table) against a gold table (module doc, steps 1-5).
+
+    ``numbers="official"`` (default) compares cells as WideSearch's code does: every column is turned into
+    strings, so a column pandas reads as float (an integer column with a blank cell, or ``2001.0``) does not
+    equal an integer column under ``exact_match``. ``numbers="lenient"`` turns both sides into floats when
+    one is int and the other float (what WideSearch's never-taken branch means to do) and compares dates
+    with a time-zone suffix against plain ones in UTC.
+
+    The scorer never raises on a response: anything that fails while scoring gives all-zero metrics with
+    ``msg`` starting ``evaluator error:``, as WideSearch's ``evaluate_single_query`` does. Metrics stay in
+    [0, 1]: rows whose keys collide after key alignment and preprocessing are de-duplicated again (first kept),
+    a column with several metrics counts as one item whose score is the minimum of its metrics, and judge
+    scores are clipped to [0, 1]. ``exact_code=True`` drops these three guards and reproduces WideSearch's
+    code exactly, including item recall above 1 when a near-duplicate row is matched twice.
+    Invalid specs and gold tables raise :class:`EvalSpecError`.
+    """
+    if numbers not in ("official", "lenient"):
+        raise ValueError(f"numbers must be 'official' or 'lenient', got {numbers!r}")
     spec = spec if isinstance(spec, EvalSpec) else EvalSpec.from_dict(spec)
-    aligner = aligner or NormalizedAligner()
-    required, keys = spec.required, spec.unique_columns
     answer = gold.copy()
     answer.columns = [norm_column(c) for c in answer.columns]
-    missing = [c for c in required if c not in answer.columns]
+    missing = [c for c in spec.required if c not in answer.columns]
     if missing:
         raise EvalSpecError(f"gold table lacks required column(s) {missing}")
-    answer = answer[required]
-    pred = extract_table(response, block) if not isinstance(response, pd.DataFrame) else response.copy()
-    if pred is None:
-        return TableScore(msg="response_df is None")
+    try:
+        pred = extract_table(response, block) if not isinstance(response, pd.DataFrame) else response.copy()
+        if pred is None:
+            return TableScore(msg="response_df is None")
+        return _score(pred, answer[spec.required], spec, aligner or NormalizedAligner(), judge,
+                      lenient=numbers == "lenient", exact_code=exact_code)
+    except Exception as exc:  # WideSearch: any failure inside the evaluation scores the table 0
+        return TableScore(msg=f"evaluator error: {type(exc).__name__}: {exc}")
+
+
+def _score(pred: pd.DataFrame, answer: pd.DataFrame, spec: EvalSpec, aligner: Aligner, judge: Judge | None,
+           *, lenient: bool, exact_code: bool) -> TableScore:
+    required, keys = spec.required, spec.unique_columns
     pred.columns = [norm_column(c) for c in pred.columns]
     if set(pred.columns) != set(required):
-        mapping = aligner([str(c) for c in pred.columns], required)
-        pred = pred.rename(columns=mapping)
+        pred = pred.rename(columns=aligner([str(c) for c in pred.columns], required))
     if set(pred.columns) != set(required) or len(pred.columns) != len(required):
         return TableScore(msg=f"required_columns {required} != response columns {list(pred.columns)}")
     pred = pred[required].copy()
 
     for col in required:
-        a_kind, p_kind = _kind(answer[col]), _kind(pred[col])
-        if {a_kind, p_kind} == {"int", "float"}:
+        if lenient and {_kind(answer[col]), _kind(pred[col])} == {"int", "float"}:
             answer[col], pred[col] = answer[col].astype(float), pred[col].astype(float)
         answer[col] = answer[col].astype(str)
         pred[col] = pred[col].astype(str)
     pred = pred.drop_duplicates(subset=keys).reset_index(drop=True)
     answer = answer.drop_duplicates(subset=keys).reset_index(drop=True)
 
+    aligned_keys = False
     for col in keys:
         item = spec.eval_pipeline.get(col)
-        if item is None:
-            continue
-        if "llm_judge" in item.metric or "exact_match" in item.metric:
+        if item is not None and ("llm_judge" in item.metric or "exact_match" in item.metric):
             mapping = aligner(pred[col].tolist(), answer[col].tolist())
             pred[col] = pred[col].map(lambda x, m=mapping: m.get(x, x))
+            aligned_keys = True
 
     for col, item in spec.eval_pipeline.items():
         for name in item.preprocess:
-            fn = PREPROCESS_FUNCTIONS[name]
+            fn = (lambda x: norm_date(x, strict=True)) if name == "norm_date" else PREPROCESS_FUNCTIONS[name]
             pred[col] = pred[col].map(fn)
             answer[col] = answer[col].map(fn)
 
+    notes: list[str] = []
+    if not exact_code:
+        n_pred, n_gold = len(pred), len(answer)
+        pred = pred.drop_duplicates(subset=keys).reset_index(drop=True)
+        answer = answer.drop_duplicates(subset=keys).reset_index(drop=True)
+        if len(pred) < n_pred or len(answer) < n_gold:
+            notes.append(f"keys collided after alignment/preprocessing: dropped {n_pred - len(pred)} response and "
+                         f"{n_gold - len(answer)} gold rows (exact_code=True keeps them, as WideSearch does)")
+
     success = 0.0
-    if answer.shape == pred.shape:
+    # WideSearch adds a ``<key>_before_map`` column to the response when it aligns keys, so its shape test then
+    # always fails and success comes only from perfect P/R/F1 below.
+    if not aligned_keys and answer.shape == pred.shape:
         a_sorted = answer.sort_values(by=required).reset_index(drop=True)
         p_sorted = pred.sort_values(by=required).reset_index(drop=True)
         if a_sorted.equals(p_sorted):
             success = 1.0
 
     inner = pd.merge(answer, pred, on=keys, how="inner", suffixes=("_query", "_response"))
-    scores: dict[str, list[float]] = {}
-    notes: list[str] = []
-    for col in required:
-        if col in keys:
-            scores[f"{col}_exact_match"] = [1.0] * len(inner)
-            continue
-        item = spec.eval_pipeline[col]
-        responses = inner[f"{col}_response"].tolist()
-        targets = inner[f"{col}_query"].tolist()
-        for name in item.metric:
-            if name == "llm_judge":
-                if judge is None:
-                    notes.append(f"{col}: no llm_judge hook, exact_match on norm_str used")
-                    values = [exact_match(norm_str(r), norm_str(t)) for r, t in zip(responses, targets, strict=True)]
-                else:
-                    values = [float(v or 0.0) for v in judge(responses, targets, item.criterion)] if len(inner) else []
-                    if len(values) != len(responses):
-                        notes.append(f"{col}: judge returned {len(values)} scores for {len(responses)} rows; all 0")
-                        values = [0.0] * len(responses)
-            elif name == "number_near":
-                values = [number_near(r, t, item.criterion) for r, t in zip(responses, targets, strict=True)]
-            else:
-                fn = {"exact_match": exact_match, "in_match": in_match, "url_match": url_match, "date_near": date_near}[name]
-                values = [fn(r, t) for r, t in zip(responses, targets, strict=True)]
-            scores[f"{col}_{name}"] = values
+    if inner.empty:
+        # WideSearch's ``DataFrame.apply`` on an empty join raises, and it scores the table 0
+        only_keys = set(required) == set(keys)
+        return TableScore(score=success if only_keys else 0.0,
+                          msg="; ".join([f"matched 0 of {len(answer)} gold rows", *notes]))
+    cells = _cell_scores(inner, spec, judge, lenient=lenient, exact_code=exact_code, notes=notes)
 
     n_rows = len(inner)
-    tp_row = sum(min(v[i] for v in scores.values()) for i in range(n_rows)) if scores else 0.0
-    tp_item = sum(sum(v) for v in scores.values())
+    tp_row = sum(min(v[i] for v in cells.values()) for i in range(n_rows))
+    tp_item = sum(sum(v) for v in cells.values())
     n_pred, n_gold = len(pred), len(answer)
-    p_row = tp_row / n_pred if n_pred else 0.0
-    r_row = tp_row / n_gold if n_gold else 0.0
-    p_item = tp_item / (n_pred * len(required)) if n_pred else 0.0
-    r_item = tp_item / (n_gold * len(required)) if n_gold else 0.0
+    p_row, r_row = tp_row / n_pred, tp_row / n_gold
+    p_item, r_item = tp_item / (n_pred * len(required)), tp_item / (n_gold * len(required))
     result = TableScore(
         score=success, precision_by_row=p_row, recall_by_row=r_row, f1_by_row=_f1(p_row, r_row),
         precision_by_item=p_item, recall_by_item=r_item, f1_by_item=_f1(p_item, r_item),
@@ -431,6 +466,47 @@ def score_table(
     if p_item == r_item == result.f1_by_item == 1.0 and p_row == r_row == result.f1_by_row == 1.0:
         result.score = 1.0
     return result
+
+
+def _cell_scores(inner: pd.DataFrame, spec: EvalSpec, judge: Judge | None, *, lenient: bool, exact_code: bool,
+                 notes: list[str]) -> dict[str, list[float]]:
+    """Per scored cell column of the joined table, the 0/1 scores (keys score 1). With ``exact_code`` each
+    metric of a column is its own item, as in WideSearch; otherwise a cell scores the minimum of its metrics."""
+    out: dict[str, list[float]] = {}
+    for col in spec.required:
+        if col in spec.unique_columns:
+            out[f"{col}_exact_match"] = [1.0] * len(inner)
+            continue
+        item = spec.eval_pipeline[col]
+        responses = inner[f"{col}_response"].tolist()
+        targets = inner[f"{col}_query"].tolist()
+        per_metric: list[list[float]] = []
+        for name in item.metric:
+            if name == "llm_judge":
+                if judge is None:
+                    notes.append(f"{col}: no llm_judge hook, exact_match on norm_str used")
+                    values = [exact_match(norm_str(r), norm_str(t)) for r, t in zip(responses, targets, strict=True)]
+                else:
+                    values = [float(v or 0.0) for v in judge(responses, targets, item.criterion)]
+                    if len(values) != len(responses):
+                        notes.append(f"{col}: judge returned {len(values)} scores for {len(responses)} rows; all 0")
+                        values = [0.0] * len(responses)
+                    if not exact_code:
+                        values = [min(max(v, 0.0), 1.0) if v == v else 0.0 for v in values]
+            elif name == "number_near":
+                values = [number_near(r, t, item.criterion) for r, t in zip(responses, targets, strict=True)]
+            elif name == "date_near":
+                mixed = "utc" if lenient else "error"
+                values = [date_near(r, t, mixed_tz=mixed) for r, t in zip(responses, targets, strict=True)]
+            else:
+                fn = {"exact_match": exact_match, "in_match": in_match, "url_match": url_match}[name]
+                values = [fn(r, t) for r, t in zip(responses, targets, strict=True)]
+            per_metric.append(values)
+            if exact_code:
+                out[f"{col}_{name}"] = values
+        if not exact_code:
+            out[col] = [min(v) for v in zip(*per_metric, strict=True)]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- QA + aggregation

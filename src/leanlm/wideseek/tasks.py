@@ -16,6 +16,7 @@ Files (:func:`write_tasks` / :func:`load_tasks`): ``tasks.jsonl`` with one recor
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -54,6 +55,13 @@ class Task:
     answers: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
     language: str = "en"
+    family: str = ""
+    split: str = "train"
+    listing: str | None = None
+    sources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Ours, for the oracle policy and the no-entity-dropped checks: per gold row key, the pages that hold its
+    cells (``url``, ``query`` that finds it, ``cells``: column -> :data:`CELLS` format); ``listing``: the first
+    page of the listing that enumerates the rows (None: the rows are named by the query)."""
 
     def gold(self) -> pd.DataFrame:
         if self.gold_csv is None:
@@ -93,26 +101,139 @@ def _number(criterion: float) -> dict[str, Any]:
     return {"preprocess": ["extract_number"], "metric": ["number_near"], "criterion": criterion}
 
 
+UNKNOWN = "unknown"
+
+
+def _first(values: Any) -> Any:
+    return values[0] if values else UNKNOWN
+
+
+CELLS: dict[str, Any] = {
+    "name": lambda f: f["name"],
+    "capital": lambda f: f.get("capital") or UNKNOWN,
+    "population": lambda f: UNKNOWN if f.get("population") is None else int(f["population"]),
+    "area": lambda f: world.format_area(f.get("area")),
+    "currency": lambda f: _first(f.get("currencies")),
+    "currency_name": lambda f: f.get("name") or UNKNOWN,
+    "languages": lambda f: ", ".join(sorted(f.get("languages") or [])) or UNKNOWN,
+    "calling_code": lambda f: ("+" + f["calling_codes"][0]) if f.get("calling_codes") else UNKNOWN,
+    "symbol": lambda f: f["symbol"],
+    "atomic_number": lambda f: f["atomic_number"],
+    "atomic_weight": lambda f: f["atomic_weight"],
+    "density": lambda f: UNKNOWN if f.get("density") is None else f"{f['density']} g/cm³",
+    "discovery_year": lambda f: f.get("discovery_year") or UNKNOWN,
+    "block": lambda f: f["block"],
+    "latitude": lambda f: round(float(f["latitude"]), 4),
+    "longitude": lambda f: round(float(f["longitude"]), 4),
+    "timezone": lambda f: f.get("timezone") or UNKNOWN,
+    "country": lambda f: f["country"],
+}
+"""How a gold cell is written from the facts of the page that holds it (shared by gold tables and the oracle)."""
+
+
+def cell(facts: dict[str, Any], fmt: str) -> Any:
+    """The gold-table value of format ``fmt`` (:data:`CELLS`) read from a page's facts."""
+    return CELLS[fmt](facts)
+
+
+def _source(kind_url: str, query: str, cells: dict[str, str]) -> dict[str, Any]:
+    return {"url": kind_url, "query": query, "cells": cells}
+
+
+def _country_url(name: str) -> str:
+    return f"{world.BASE_URL}/country/{world.slug(name)}"
+
+
+def _city_url(c: dict[str, Any]) -> str:
+    return f"{world.BASE_URL}/city/{world.slug(c['name'])}-{c['iso2'].lower()}"
+
+
+def _rows(task_sources: dict[str, list[dict[str, Any]]], columns: Sequence[str],
+          facts_of: Any) -> list[list[Any]]:
+    """Gold rows: the key, then every column read by :func:`cell` from its source page (``unknown`` when no
+    page holds it)."""
+    out = []
+    for key, sources in task_sources.items():
+        values: dict[str, Any] = {columns[0]: key}
+        for src in sources:
+            for col, fmt in src["cells"].items():
+                values[col] = cell(facts_of(src["url"]), fmt)
+        out.append([values.get(col, UNKNOWN) for col in columns])
+    return out
+MULTI_VALUE_RULE = ("If a country has several currencies, give the first one listed on its page. Write unknown where "
+                    "the page gives no value.")
+
+
+def _or_unknown(value: Any) -> Any:
+    return UNKNOWN if value is None or value == "" or value == [] else value
+
+
+@functools.lru_cache(maxsize=1)
+def world_pages() -> dict[str, Any]:
+    """URLs and facts of the entity pages (no Wikipedia, no listings), for gold tables and sources."""
+    corpus = world.build_corpus(kinds=("country", "city", "element", "currency"))
+    out: dict[str, Any] = {"facts": {}, "country": {}, "city": {}, "element": {}, "currency": {}}
+    for page in corpus:
+        out["facts"][page.url] = page.facts
+        f = page.facts
+        if page.kind == "country":
+            out["country"][f["name"]] = page.url
+        elif page.kind == "city":
+            out["city"][(f["name"], f["iso2"], f["population"])] = page.url
+        elif page.kind == "element":
+            out["element"][f["name"]] = page.url
+        else:
+            out["currency"][f["code"]] = page.url
+    return out
+
+
+def _facts(url: str) -> dict[str, Any]:
+    return world_pages()["facts"][url]
+
+
+def _country_sources(c: dict[str, Any], cells: dict[str, str], capital: dict[str, str] | None = None,
+                     currency: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    pages = world_pages()
+    out = [_source(pages["country"][c["name"]], f"{c['name']} country capital population", cells)]
+    cap = world.capital_pages().get(c["name"])
+    if capital and cap is not None:
+        out.append(_source(pages["city"][(cap["name"], cap["iso2"], cap["population"])], f"{cap['name']} {c['name']}",
+                           capital))
+    if currency and c["currencies"] and c["currencies"][0] in pages["currency"]:
+        code = c["currencies"][0]
+        page = _facts(pages["currency"][code])
+        out.append(_source(pages["currency"][code], f"{page.get('name') or ''} {code} currency".strip(), currency))
+    return out
+
+
 def countries_task(subregion: str) -> Task:
-    rows = [c for c in world.country_records() if c["subregion"] == subregion and c["capital"]
-            and c["population"] and len(c["currencies"]) == 1]
+    """Every country of ``subregion`` (none dropped): capital, population and the *first listed* ISO 4217
+    currency code (the multi-valued-cell rule, stated in the query); ``unknown`` where the data has no value
+    (``number_near`` scores ``unknown`` against ``unknown`` as equal non-numbers)."""
+    rows = [c for c in world.country_records() if c["subregion"] == subregion]
     columns = ["country", "capital", "population", "currency"]
-    aliases = {a: c["name"] for c in rows for a in c["aliases"]}
+    sources = {c["name"]: _country_sources(c, {"capital": "capital", "population": "population",
+                                               "currency": "currency"}) for c in rows}
     return Task(
         instance_id=f"ls-countries-{world.slug(subregion)}",
         query=_query(f"List every country in the subregion {subregion} with its capital, its population and the "
-                     "ISO 4217 code of its currency.", columns, "Give populations as plain integers."),
+                     "ISO 4217 code of its currency.", columns, "Give populations as plain integers. " + MULTI_VALUE_RULE),
         evaluation={"required": columns, "unique_columns": ["country"],
                     "eval_pipeline": {"country": _EXACT, "capital": _EXACT, "population": _number(0.05),
                                       "currency": _EXACT}},
-        gold_csv=_csv(columns, ([c["name"], c["capital"], c["population"], c["currencies"][0]] for c in rows)),
-        aliases=aliases,
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)),
+        aliases={a: c["name"] for c in rows for a in c["aliases"]}, family="countries", sources=sources,
+        listing=world.list_page_url(f"countries-{world.slug(subregion)}"),
     )
 
 
 def elements_task(period: int) -> Task:
     rows = [e for e in world.element_records() if e["period"] == period]
     columns = ["element", "symbol", "atomicnumber", "atomicweight"]
+    pages = world_pages()
+    sources = {e["name"]: [_source(pages["element"][e["name"]], f"{e['name']} chemical element",
+                                   {"symbol": "symbol", "atomicnumber": "atomic_number",
+                                    "atomicweight": "atomic_weight"})] for e in rows}
     return Task(
         instance_id=f"ls-elements-period-{period}",
         query=_query(f"List every chemical element in period {period} of the periodic table with its symbol, "
@@ -120,21 +241,144 @@ def elements_task(period: int) -> Task:
         evaluation={"required": columns, "unique_columns": ["element"],
                     "eval_pipeline": {"element": _EXACT, "symbol": _EXACT, "atomicnumber": _number(0.0),
                                       "atomicweight": _number(0.01)}},
-        gold_csv=_csv(columns, ([e["name"], e["symbol"], e["atomic_number"], e["atomic_weight"]] for e in rows)),
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="elements", sources=sources,
+        listing=world.list_page_url(f"elements-period-{period}"),
     )
 
 
 def cities_task(country: str, min_population: int) -> Task:
     rows = [c for c in world.city_records(min_population) if c["country"] == country]
     columns = ["city", "population"]
+    pages = world_pages()
+    sources = {c["name"]: [_source(pages["city"][(c["name"], c["iso2"], c["population"])], f"{c['name']} {country}",
+                                   {"population": "population"})] for c in rows}
     return Task(
         instance_id=f"ls-cities-{world.slug(country)}-{min_population}",
         query=_query(f"List every city in {country} with at least {min_population:,} inhabitants and its population.",
                      columns, "Give populations as plain integers."),
         evaluation={"required": columns, "unique_columns": ["city"],
                     "eval_pipeline": {"city": _EXACT, "population": _number(0.05)}},
-        gold_csv=_csv(columns, ([c["name"], c["population"]] for c in rows)),
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="cities", sources=sources,
+        listing=world.list_page_url(f"cities-{world.slug(country)}-{min_population}"),
     )
+
+
+# --------------------------------------------------------------------------------------------- wide families
+_TEXT = {"preprocess": ["norm_str"], "metric": ["exact_match"]}
+WIDE_FAMILIES = {"countries-wide": "train", "elements-wide": "train", "cities-wide": "eval", "capitals-wide": "eval"}
+"""Task family -> split. Training never sees the ``eval`` families (held out for evaluation)."""
+
+
+def countries_wide_task(group: str) -> Task:
+    """Countries of a :data:`~leanlm.wideseek.corpus.REGION_GROUPS` entry (15-40 rows, 7 columns over three
+    pages per row: the country page, its capital's city page, its currency's page)."""
+    subs = world.REGION_GROUPS[group]
+    rows = [c for c in world.country_records() if c["subregion"] in subs]
+    columns = ["country", "capital", "capitalpopulation", "area", "currency", "currencyname", "languages"]
+    sources = {c["name"]: _country_sources(
+        c, {"capital": "capital", "area": "area", "currency": "currency", "languages": "languages"},
+        capital={"capitalpopulation": "population"}, currency={"currencyname": "currency_name"}) for c in rows}
+    return Task(
+        instance_id=f"wide-countries-{world.slug(group)}",
+        query=_query(f"List every country of {group} with its capital, the population of that capital city, the "
+                     "country's area in km², the ISO 4217 code and the name of its currency, and its official "
+                     "languages as ISO 639-1 codes.", columns,
+                     "Give the area with its unit (km²). If a country has several currencies, use the first one "
+                     "listed on its page. Write all language codes in alphabetical order separated by ', '. Write "
+                     "unknown where no page gives a value."),
+        evaluation={"required": columns, "unique_columns": ["country"],
+                    "eval_pipeline": {"country": _EXACT, "capital": _EXACT, "capitalpopulation": _number(0.05),
+                                      "area": _number(0.01), "currency": _EXACT, "currencyname": _TEXT,
+                                      "languages": _TEXT}},
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), aliases={a: c["name"] for c in rows for a in c["aliases"]},
+        family="countries-wide", split=WIDE_FAMILIES["countries-wide"], sources=sources,
+        listing=world.list_page_url(f"countries-group-{world.slug(group)}"),
+    )
+
+
+def elements_wide_task(period: int) -> Task:
+    rows = [e for e in world.element_records() if e["period"] == period]
+    columns = ["element", "symbol", "atomicnumber", "atomicweight", "density", "discoveryyear", "block"]
+    pages = world_pages()
+    sources = {e["name"]: [_source(pages["element"][e["name"]], f"{e['name']} chemical element", {
+        "symbol": "symbol", "atomicnumber": "atomic_number", "atomicweight": "atomic_weight", "density": "density",
+        "discoveryyear": "discovery_year", "block": "block"})] for e in rows}
+    return Task(
+        instance_id=f"wide-elements-period-{period}",
+        query=_query(f"List every chemical element of period {period} with its symbol, atomic number, standard "
+                     "atomic weight, density in g/cm³, year of discovery and block.", columns,
+                     "Give the density with its unit (g/cm³). Write unknown where no page gives a value (for "
+                     "example elements known since antiquity have no discovery year)."),
+        evaluation={"required": columns, "unique_columns": ["element"],
+                    "eval_pipeline": {"element": _EXACT, "symbol": _EXACT, "atomicnumber": _number(0.0),
+                                      "atomicweight": _number(0.01), "density": _number(0.01),
+                                      "discoveryyear": _number(0.0), "block": _TEXT}},
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="elements-wide",
+        split=WIDE_FAMILIES["elements-wide"], sources=sources, listing=world.list_page_url(f"elements-period-{period}"),
+    )
+
+
+def cities_wide_task(country: str, min_population: int = 500_000) -> Task:
+    rows = [c for c in world.city_records(min_population) if c["country"] == country]
+    columns = ["city", "population", "latitude", "longitude", "timezone"]
+    pages = world_pages()
+    sources = {c["name"]: [_source(pages["city"][(c["name"], c["iso2"], c["population"])], f"{c['name']} {country}", {
+        "population": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone"})]
+        for c in rows}
+    return Task(
+        instance_id=f"wide-cities-{world.slug(country)}-{min_population}",
+        query=_query(f"List every city of {country} with at least {min_population:,} inhabitants, with its "
+                     "population, latitude and longitude in decimal degrees, and its IANA time zone.", columns,
+                     "Give populations as plain integers."),
+        evaluation={"required": columns, "unique_columns": ["city"],
+                    "eval_pipeline": {"city": _EXACT, "population": _number(0.05), "latitude": _number(0.001),
+                                      "longitude": _number(0.001), "timezone": _TEXT}},
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="cities-wide",
+        split=WIDE_FAMILIES["cities-wide"], sources=sources,
+        listing=world.list_page_url(f"cities-{world.slug(country)}-{min_population}"),
+    )
+
+
+def capitals_wide_task(group: str) -> Task:
+    """Capitals of the countries of a region group: the capital's name is on the country page, the rest on
+    the capital's city page, whose name other cities share (near-duplicate distractors)."""
+    subs = world.REGION_GROUPS[group]
+    rows = [c for c in world.country_records() if c["subregion"] in subs]
+    columns = ["country", "capital", "capitalpopulation", "latitude", "longitude", "timezone"]
+    cap = {"capitalpopulation": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone"}
+    sources = {c["name"]: _country_sources(c, {"capital": "capital"}, capital=cap) for c in rows}
+    return Task(
+        instance_id=f"wide-capitals-{world.slug(group)}",
+        query=_query(f"For every country of {group}, give its capital city, the capital's population, its latitude "
+                     "and longitude in decimal degrees and its IANA time zone.", columns,
+                     "Give populations as plain integers. Several cities share some capitals' names: use the one in "
+                     "the right country. Write unknown where no page gives a value."),
+        evaluation={"required": columns, "unique_columns": ["country"],
+                    "eval_pipeline": {"country": _EXACT, "capital": _EXACT, "capitalpopulation": _number(0.05),
+                                      "latitude": _number(0.001), "longitude": _number(0.001), "timezone": _TEXT}},
+        gold_csv=_csv(columns, _rows(sources, columns, _facts)), aliases={a: c["name"] for c in rows for a in c["aliases"]},
+        family="capitals-wide", split=WIDE_FAMILIES["capitals-wide"], sources=sources,
+        listing=world.list_page_url(f"countries-group-{world.slug(group)}"),
+    )
+
+
+def generate_wide_tasks(split: str | None = None, min_rows: int = 15, max_rows: int = 40) -> list[Task]:
+    """Every wide task (15-40 rows) of the families of ``split`` ("train", "eval" or None for both)."""
+    if split not in (None, "train", "eval"):
+        raise ValueError(f"split must be 'train', 'eval' or None, got {split!r}")
+    tasks: list[Task] = []
+    for group in world.REGION_GROUPS:
+        tasks += [countries_wide_task(group), capitals_wide_task(group)]
+    tasks += [elements_wide_task(p) for p in sorted({e["period"] for e in world.element_records()})]
+    per_country: dict[str, int] = defaultdict(int)
+    for c in world.city_records(500_000):
+        per_country[c["country"]] += 1
+    for country, k in sorted(per_country.items()):
+        names = [c["name"] for c in world.city_records(500_000) if c["country"] == country]
+        if min_rows <= k <= max_rows and len(set(names)) == len(names):
+            tasks.append(cities_wide_task(country))
+    return [t for t in tasks if (split is None or t.split == split)
+            and min_rows <= len(t.sources) <= max_rows]
 
 
 def qa_tasks(rng: random.Random, n: int) -> list[Task]:
@@ -212,6 +456,8 @@ def write_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike[str]) -> Path:
                 record["evaluation"] = task.evaluation
                 if task.aliases:
                     record["aliases"] = task.aliases
+                record.update({k: v for k, v in (("family", task.family), ("split", task.split),
+                                                 ("listing", task.listing), ("sources", task.sources)) if v})
             else:
                 record["answer"] = task.answers
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -267,9 +513,13 @@ def load_tasks(path: str | os.PathLike[str], gold_dir: str | os.PathLike[str] | 
         except (EvalSpecError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise RecordError(gold_path, None, f"gold table unusable: {exc}") from exc
         aliases = record.get("aliases") or {}
+        sources = record.get("sources") or {}
+        if not isinstance(sources, dict):
+            raise RecordError(path, line, "field 'sources' must be an object (row key -> list of pages)")
         tasks.append(Task(iid, record["query"], "table", evaluation=evaluation, gold_csv=gold_text,
                           aliases=dict(aliases) if isinstance(aliases, dict) else {},
-                          language=record.get("language", "en")))
+                          language=record.get("language", "en"), family=str(record.get("family") or ""),
+                          split=str(record.get("split") or "train"), listing=record.get("listing"), sources=sources))
     if not tasks:
         raise RecordError(path, None, "no tasks in file")
     return tasks
