@@ -9,9 +9,10 @@ from leanlm.fasa import kernels
 from leanlm.fasa.attention import focused_attention
 from leanlm.fasa.selectors import FASASelector, top_budget
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs CUDA + triton (or TRITON_INTERPRET=1)")
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA + triton (or TRITON_INTERPRET=1)")
 
 
+@needs_kernels
 @pytest.mark.parametrize("t", [37, 300])
 def test_tip_and_fac_kernels_match_torch(t):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,6 +32,7 @@ def test_tip_and_fac_kernels_match_torch(t):
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
 
 
+@needs_kernels
 def test_model_decode_through_kernels_equals_dense():
     """``apply(..., backend="triton")``: TIP and FAC kernels inside generate(); budget >= context == dense."""
     from leanlm.common.models import tiny_llama
@@ -55,3 +57,18 @@ def test_model_decode_through_kernels_equals_dense():
         sparse = logits()
     assert fasa.stats.sparse_calls == 4
     assert torch.allclose(dense, sparse, atol=1e-5, rtol=1e-5)
+
+
+def test_gpu_script_cpu_part_runs_under_the_triton_interpreter():
+    """``bench/gpu_fasa.sh --cpu``: label-buffer TIP and gather-attend FAC kernels == torch FASA-C (interpreter)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_fasa.sh"), "--cpu"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(": ok") == 2, proc.stdout

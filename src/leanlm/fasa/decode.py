@@ -25,18 +25,30 @@ from leanlm.fasa.cache import FasaLayer
 from leanlm.fasa.topk import exact_topk
 
 
-def tip_scores(query: torch.Tensor, layer: FasaLayer, pooled: bool = False) -> torch.Tensor:
-    """Eq. 6 over the label buffer: ``(B, H_q, t)`` per-head scores (``(B, H_kv, t)`` when ``pooled``)."""
+def masked_queries(query: torch.Tensor, layer: FasaLayer, pooled: bool = False) -> torch.Tensor:
+    """``q̃ (B, H_kv, G, U)``: each head's query on the label columns, zero outside its own ``D_h``
+    (``(B, H_kv, 1, U)``, the group's sum, when ``pooled``)."""
     b, _, _, d = query.shape
     spec = layer.spec
     n_kv, group = spec.owned.shape[:2]
     q = query.view(b, n_kv, group, d)
     q_label = q.gather(-1, spec.dims[None, :, None, :].expand(b, n_kv, group, spec.width))
     q_label = q_label * spec.owned.to(q_label.dtype)  # q̃: each head keeps only its own D_h
-    if pooled:
-        q_label = q_label.sum(2, keepdim=True)
+    return q_label.sum(2, keepdim=True) if pooled else q_label
+
+
+def tip_scores(query: torch.Tensor, layer: FasaLayer, pooled: bool = False, kernel: bool = False) -> torch.Tensor:
+    """Eq. 6 over the label buffer: ``(B, H_q, t)`` per-head scores (``(B, H_kv, t)`` when ``pooled``).
+
+    ``kernel``: the Triton kernel (:mod:`leanlm.fasa.kernels.label_tip`) instead of one batched matmul.
+    """
+    q_label = masked_queries(query, layer, pooled)
+    if kernel:
+        from leanlm.fasa.kernels.label_tip import label_tip_scores
+
+        return label_tip_scores(q_label, layer._label, layer.length)
     scores = q_label @ layer.label().transpose(-1, -2)  # (B, H_kv, G or 1, t)
-    return scores.view(b, -1, scores.shape[-1])
+    return scores.view(query.shape[0], -1, scores.shape[-1])
 
 
 def _gather_rows(layer: FasaLayer, indices: torch.Tensor, rows_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,17 +68,20 @@ def fasa_c_attention(
     n_sink: int = 0,
     n_recent: int = 0,
     block: int | None = None,
+    kernels: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: returns ``(out (B, H_q, 1, d), indices (B, H_q or H_kv, k))``.
 
     ``valid (B, 1 or H_q, t)``: keys the query may see (left padding); invisible keys are never preferred
     and get zero weight. ``n_sink``/``n_recent`` force the first/last tokens into the selection.
+    ``kernels``: Triton TIP over the label buffer and Triton gather-attend FAC (GPU, or the interpreter);
+    FAC falls back to torch with a mask, a softcap or a non-power-of-two head_dim.
     """
     b, n_q, _, d = query.shape
     n_kv = layer.spec.owned.shape[0]
     group = n_q // n_kv
     t = layer.length
-    scores = tip_scores(query, layer, pooled)  # TIP, Eq. 6
+    scores = tip_scores(query, layer, pooled, kernels)  # TIP, Eq. 6
     if n_sink:
         scores[..., :n_sink] = float("inf")
     if n_recent:
@@ -76,6 +91,11 @@ def fasa_c_attention(
             valid = valid.view(b, n_kv, group, t).any(2)
         scores = scores.masked_fill(~valid, float("-inf"))
     indices = exact_topk(scores, budget, block)  # T_t = TopK-I(S_t, N_fac)
+    if kernels and valid is None and softcap is None and d & (d - 1) == 0 and layer.tier_bytes() == 0:
+        from leanlm.fasa.kernels.triton_fasa import focused_attention as fac_kernel
+
+        per_head = indices.repeat_interleave(group, 1) if pooled else indices
+        return fac_kernel(query, layer._keys, layer._values, per_head, scaling), indices  # FAC, in-kernel gather
     keys, values = _gather_rows(layer, indices, 1 if pooled else group)
     q = query.view(b, n_kv, group, d) if pooled else query  # pooled: the group folds into q_len
     mask = None

@@ -145,7 +145,8 @@ class FasaAttention:
         if fast is not None and fast.spec is not None:  # FASA-C: TIP over the label buffer, gather, SDPA
             pooled = bool(getattr(self.selector, "pooled", False))
             out, indices = fasa_c_attention(query, fast, self.budget, scaling, pooled=pooled, valid=valid,
-                                            softcap=softcap, n_sink=self.n_sink, n_recent=self.n_recent)
+                                            softcap=softcap, n_sink=self.n_sink, n_recent=self.n_recent,
+                                            kernels=triton)
             attended = indices.shape[-1]
         else:
             indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)

@@ -242,8 +242,8 @@ def _decode_methods(model: Any, t: int, steps: int, budget: int, dims: torch.Ten
 
     def run(cache: Any, context: Callable[[], Any] = contextlib.nullcontext) -> Callable[[], None]:
         def go() -> None:
-            if hasattr(cache, "crop"):  # FasaCache / FasaMCache: back to t tokens (StaticCache overwrites t..)
-                cache.crop(t)
+            if not isinstance(cache, StaticCache):  # FasaCache / FasaMCache: back to t tokens
+                cache.crop(t)  # (StaticCache: positions t.. are overwritten, and masked beyond the current one)
             with context():
                 for i in range(steps):
                     pos = torch.tensor([t + i])
