@@ -1,8 +1,9 @@
-"""Analysis helpers against brute force, and the A/B/C study end to end on a tiny configuration."""
+"""Analysis helpers against brute force, the study's plan and statistics, and the study end to end (tiny)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -10,7 +11,11 @@ import torch
 from leanlm.elastic.analysis import iou, routing_report, top_fraction
 from leanlm.elastic.balance import normalized_entropy
 from leanlm.elastic.data import GROUPED, TEXT
-from leanlm.elastic.study import StudyConfig, c_model_overrides, grid, plan_runs
+from leanlm.elastic.study import (
+    StudyConfig, axis_elastic, c_model_overrides, expected_flops, full_claim, grid, paired, plan_runs, sub_claim,
+    t_quantile_975,
+)
+from leanlm.elastic.train import TrainConfig
 
 
 def test_normalized_entropy_and_iou_brute_force():
@@ -34,39 +39,79 @@ def test_grid_and_from_scratch_shapes():
     assert c_model_overrides("depth_1/2", base) == {"num_hidden_layers": 2}
     assert c_model_overrides("experts_1/2", base) == {"num_experts": 8, "num_experts_per_tok": 4}
     assert c_model_overrides("topk_1", base) == {"num_experts_per_tok": 1}
-    runs = plan_runs(StudyConfig(base={"model": base, "steps": 5}, seeds=[0, 1], c_sizes=["topk_1"]))
-    assert sorted(runs) == ["A_seed0", "A_seed1", "B_seed0", "B_seed1", "C_topk_1_seed0", "C_topk_1_seed1"]
-    assert runs["A_seed0"]["elastic"]["enabled"] and not runs["B_seed0"]["elastic"]["enabled"]
-    assert runs["C_topk_1_seed1"]["model"]["num_experts_per_tok"] == 1 and runs["C_topk_1_seed1"]["steps"] == 5
+    assert c_model_overrides("combined", base) == {"num_hidden_layers": 3, "num_experts": 8, "num_experts_per_tok": 2}
+
+
+def test_per_axis_runs_only_sample_their_axis_and_keep_first_last():
+    from leanlm.elastic.elastic import ElasticConfig, ElasticSampler
+
+    for axis in ("depth", "width", "topk", "all"):
+        sampler = ElasticSampler(ElasticConfig(**axis_elastic(axis)), 6, 8, 4, list(range(6)), seed=0)
+        draws = [sampler.sample(s) for s in range(400)]
+        assert any(d.layers is not None for d in draws) == (axis in ("depth", "all"))
+        assert any(d.experts is not None for d in draws) == (axis in ("width", "all"))
+        assert any(d.top_k is not None for d in draws) == (axis in ("topk", "all"))
+        assert all(d.layers is None or (0 in d.layers and 5 in d.layers) for d in draws)
+    with pytest.raises(ValueError, match="axes"):
+        StudyConfig(axes=["height"])
+
+
+def test_plan_is_seed_major_and_equal_flops_runs_cost_what_the_elastic_run_costs():
+    model = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "num_experts": 8,
+             "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+    study = StudyConfig(base={"model": model, "steps": 200, "batch_size": 4, "seq_len": 16}, seeds=[0, 1], axes=["depth", "topk"])
+    runs = plan_runs(study)
+    assert list(runs)[:7] == ["B_seed0", "A_depth_seed0", "A_topk_seed0", "C_depth_1-2_seed0", "C_topk_1_seed0",
+                              "E_depth_1-2_seed0", "E_topk_1_seed0"]
+    assert len(runs) == 14 and runs["A_depth_seed1"]["elastic"]["keep_first_last"]
+    assert runs["C_topk_1_seed0"]["model"]["num_experts_per_tok"] == 1 and runs["C_depth_1-2_seed1"]["model"]["num_hidden_layers"] == 2
+    for axis, cut in (("depth", "depth_1-2"), ("topk", "topk_1")):
+        a = expected_flops(TrainConfig.from_dict(runs[f"A_{axis}_seed0"]))
+        b = expected_flops(TrainConfig.from_dict(runs["B_seed0"]))
+        e = expected_flops(TrainConfig.from_dict(runs[f"E_{cut}_seed0"]))
+        c = expected_flops(TrainConfig.from_dict(runs[f"C_{cut}_seed0"]))
+        assert b > a and c > e and runs[f"E_{cut}_seed0"]["steps"] < 200
+        # E trains on the token share T' at which the plain family (B and C, each on T' tokens) costs A's FLOPs
+        assert (b + c) * (e / c) == pytest.approx(a, rel=0.01)
+
+
+def test_paired_interval_and_claim_rules_brute_force():
+    assert t_quantile_975(4) == 2.776 and t_quantile_975(11) == 2.228 and t_quantile_975(100) == 1.96
+    diffs = [0.01, 0.03, -0.02, 0.02, 0.005]
+    d = paired(diffs)
+    half = 2.776 * statistics.stdev(diffs) / math.sqrt(5)
+    assert d["mean"] == pytest.approx(statistics.fmean(diffs)) and d["half"] == pytest.approx(half)
+    assert full_claim(d) == "holds"  # interval contains 0
+    assert full_claim(paired([0.002, 0.004, 0.003])) == "holds"  # above 0 but within 0.01
+    assert full_claim(paired([0.05, 0.06, 0.055])) == "fails"
+    assert full_claim(paired([0.05])) == "not enough seeds"
+    assert sub_claim(paired([-0.05, -0.06, -0.055])) == "holds"
+    assert sub_claim(paired([0.05, 0.06, 0.055])) == "fails"
+    assert sub_claim(paired([0.05, -0.06, 0.01])) == "undecided"
 
 
 @pytest.mark.slow
-def test_study_runs_end_to_end_and_renders(tmp_path):
+def test_study_runs_end_to_end_resumes_and_renders(tmp_path):
     from leanlm.elastic.experiments import render
-    from leanlm.elastic.study import run_study
+    from leanlm.elastic.study import run_study, summarize
 
     text = tmp_path / "text.txt"
     text.write_text("Routing analysis looks at which experts each modality uses. " * 120, encoding="utf-8")
     base = {"model": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "num_experts": 8,
-                      "num_experts_per_tok": 4, "moe_intermediate_size": 16},
-            "steps": 3, "batch_size": 4, "seq_len": 24, "codebook": 8, "eval_batches": 1, "eval_batch_size": 8,
+                      "num_experts_per_tok": 2, "moe_intermediate_size": 16, "num_mtp_modules": 0},
+            "steps": 4, "batch_size": 4, "seq_len": 24, "codebook": 8, "eval_batches": 1, "eval_batch_size": 8,
             "log_every": 1, "text_file": str(text)}
-    study = StudyConfig(base=base, seeds=[0, 1], c_sizes=["topk_1"], workers=1, latency_tokens=3, latency_repeats=1,
-                        finetune_steps=2, finetune_sizes=["topk_1"])
-    result = run_study(study, tmp_path / "study")
-    assert result["extraction_max_abs_diff"] <= 1e-5
-    assert set(result["grid"]["A"]) == set(grid(4, 8, 4))
-    assert len(result["grid"]["A"]["full"][2]) == 2 and len(result["c"]["topk_1"][2]) == 2
-    assert set(result["latency_s_per_token"]) == {1, 2, 3, 4}
-    assert set(result["latency_extracted_s_per_token"]) == {"extracted depth_1/2", "extracted combined"}
-    assert result["cost_flops"]["C"] < result["cost_flops"]["B"]  # top-1 from scratch is cheaper per token
-    ft = result["finetune"]["topk_1"]
-    assert len(ft["before"][2]) == 2 and ft["before"][0] == pytest.approx(result["grid"]["A"]["topk_1"][0], abs=1e-5)
-    assert (tmp_path / "study" / "runs" / "F_topk_1_seed1" / "model" / "config.json").exists()
-    res = render(result, tmp_path / "study")
-    assert any(t.title.startswith("Extract, then keep training") for t in res.tables)
-    assert (tmp_path / "study" / "results.md").exists() and len(res.figures) == 3
-    assert res.metrics["extraction_max_abs_diff"] <= 1e-5
-    # a second call resumes: every run is already finished and is not retrained
-    again = run_study(study, tmp_path / "study")
-    assert again["runs"]["A_seed0"]["seconds"] == result["runs"]["A_seed0"]["seconds"]
+    study = StudyConfig(base=base, seeds=[0, 1], axes=["topk"])
+    partial = run_study(study, tmp_path / "s", max_runs=3)  # seed 0: B, A_topk, C_topk_1
+    assert partial["runs_finished"] == 3 and partial["axes"]["topk"]["seeds"] == [0]
+    assert partial["axes"]["topk"]["claim_full"] == "not enough seeds"
+    result = run_study(study, tmp_path / "s")
+    assert result["runs_finished"] == result["runs_planned"] == 8 and not result["missing"]
+    t = result["axes"]["topk"]
+    assert t["seeds"] == [0, 1] and len(t["losses"]["e_cut"]) == 2
+    a_full, b_full = t["losses"]["a_full"], t["losses"]["b_full"]
+    assert t["a_full_minus_b_full"]["diffs"] == pytest.approx([x - y for x, y in zip(a_full, b_full, strict=True)])
+    res = render(result, tmp_path / "s")
+    assert (tmp_path / "s" / "results.md").exists() and res.metrics["runs_finished"] == "8/8"
+    again = summarize(study, tmp_path / "s")  # cached cut losses, nothing retrained
+    assert again["losses"] == result["losses"] and again["seconds"] == result["seconds"]

@@ -179,3 +179,141 @@ def test_sandwich_extra_also_trains_the_smallest_subnetwork(corpora):
     sandwich = train(cfg, corpora=corpora)
     assert sandwich.tokens == 2 * plain.tokens and sandwich.train_flops > plain.train_flops
     assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in sandwich.model.state_dict().items())
+
+
+def _param_names(model: ElasticMoeForCausalLM) -> list[str]:
+    """Parameter names in the optimizer's order (train(): decay group, then no-decay group)."""
+    decay = [n for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+    return decay + [n for n, p in model.named_parameters() if n not in decay]
+
+
+def _moments(state: dict, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    return {names[i]: {k: v for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")} for i, s in state["optimizer"]["state"].items()}
+
+
+def test_masked_experts_router_rows_and_skipped_layers_stay_bit_identical(corpora, tmp_path):
+    """A step's removed experts (weights, router rows, router bias) and skipped layers keep their weights and
+    AdamW moments bit-for-bit, including weight decay; everything the step ran does change."""
+    from leanlm.elastic.elastic import ElasticSampler
+    from leanlm.elastic.train import build_model
+
+    cfg = tiny_cfg(steps=3, checkpoint_every=1, weight_decay=0.1, elastic=ElasticConfig(p_full_depth=0.0, p_full_width=0.0))
+    init = build_model(cfg)
+    names = _param_names(init)
+    sampler = ElasticSampler(cfg.elastic, 3, 6, 2, [0, 1, 2], cfg.seed)
+    before = {"model": init.state_dict(), "optimizer": {"state": {}}}
+    checked_rows = 0
+    for step in range(3):
+        train(cfg, out_dir=tmp_path, corpora=corpora, stop_after=1)
+        after = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+        subnet = sampler.sample(step)
+        assert subnet.layers is not None and subnet.experts is not None
+        m0, m1 = before["model"], after["model"]
+        mom0, mom1 = _moments(before, names), _moments(after, names)
+        for i in range(3):
+            prefix = f"model.layers.{i}."
+            if i not in subnet.layers:  # skipped layer: every weight and moment unchanged
+                for n in (n for n in m1 if n.startswith(prefix)):
+                    assert torch.equal(m0[n], m1[n]), (step, n)
+                    for key, value in mom1.get(n, {}).items():
+                        assert torch.equal(mom0.get(n, {}).get(key, torch.zeros_like(value)), value), (step, n, key)
+                continue
+            kept = set(subnet.experts_for(i))
+            masked = torch.tensor([e for e in range(6) if e not in kept])
+            active = torch.tensor(sorted(kept))
+            for short in ("mlp.w_gate", "mlp.w_up", "mlp.w_down", "mlp.router.weight", "mlp.router_bias"):
+                n = prefix + short
+                assert torch.equal(m0[n][masked], m1[n][masked]), (step, n)
+                for key, value in mom1.get(n, {}).items():
+                    old = mom0.get(n, {}).get(key, torch.zeros_like(value))
+                    assert torch.equal(old[masked], value[masked]), (step, n, key)
+                checked_rows += len(masked)
+            assert not torch.equal(m0[prefix + "mlp.w_gate"][active], m1[prefix + "mlp.w_gate"][active])
+            assert not torch.equal(m0[prefix + "mlp.router.weight"][active], m1[prefix + "mlp.router.weight"][active])
+        before = after
+    assert checked_rows > 0
+
+
+def test_plain_adamw_would_move_masked_experts():
+    """The defect the masked step fixes: a zero-gradient slice of a stacked parameter still moves under AdamW."""
+    from leanlm.elastic.frozen import keep_frozen
+
+    w = torch.nn.Parameter(torch.ones(4, 3))
+    opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.1)
+    for masked_step in (False, True):
+        w.grad = torch.ones(4, 3)
+        if masked_step:
+            w.grad[2:] = 0
+            rows = torch.tensor([2, 3])
+            saved = w.detach()[2:].clone()
+            with keep_frozen(opt, [(w, rows)]):
+                opt.step()
+            assert torch.equal(w.detach()[2:], saved)
+            plain = torch.optim.AdamW([torch.nn.Parameter(torch.ones(4, 3))], lr=0.1, weight_decay=0.1)
+            p = plain.param_groups[0]["params"][0]
+            for _ in range(2):
+                p.grad = torch.ones(4, 3)
+                p.grad[2:] = 0
+                plain.step()
+            assert not torch.equal(p.detach()[2:], torch.ones(2, 3))  # moments and decay move it
+        else:
+            opt.step()
+
+
+def test_dispatch_backward_is_bit_deterministic_with_two_threads():
+    """The sorted dispatch's backward used to scatter-add (``index_put_(accumulate=True)``), whose result depends on
+    thread timing; now it only gathers. Repeated forward+backward must give identical gradients."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    cfg = ElasticMoeConfig(vocab_size=300, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_experts=8,
+                           num_experts_per_tok=4, moe_intermediate_size=32, moe_dispatch="sorted")
+    block = ElasticMoeForCausalLM(cfg).moe_blocks()[0]
+    x0 = torch.randn(768, 64)
+    grads = set()
+    for _ in range(8):
+        x = x0.clone().requires_grad_(True)
+        block.zero_grad(set_to_none=True)
+        (block(x) ** 2).sum().backward()
+        grads.add((x.grad.numpy().tobytes(), block.w_gate.grad.numpy().tobytes(), block.router.weight.grad.numpy().tobytes()))
+    assert len(grads) == 1
+
+
+def test_two_thread_runs_are_identical_and_resume_after_kill_matches(tmp_path):
+    """Two runs with 2 torch threads give identical losses; a run killed (SIGKILL) after a checkpoint and resumed
+    gives exactly the uninterrupted run's losses and weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = tmp_path / "text.txt"
+    text.write_text("Elastic training samples a sub-network at every step. The quick brown fox. " * 200, encoding="utf-8")
+    cfg = tiny_cfg(steps=10, batch_size=8, seq_len=48, threads=2, checkpoint_every=1, text_file=str(text),
+                   model={**TINY, "hidden_size": 48, "num_experts": 8})
+    a = train(cfg, out_dir=tmp_path / "a")
+    b = train(cfg, out_dir=tmp_path / "b")
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.final_eval == b.final_eval
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg.to_dict()))
+    code = ("import json, sys, time; from leanlm.elastic.train import TrainConfig, train, log; import leanlm.elastic.train as t; "
+            "orig = t.atomic_write\n"
+            "def slow(*a, **k):\n    time.sleep(0.3); return orig(*a, **k)\n"
+            "t.atomic_write = slow; train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), out_dir=sys.argv[2])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(cfg_path), str(tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 4 <= killed_at < cfg.steps
+    resumed = train(cfg, out_dir=tmp_path / "killed")
+    assert resumed.resumed_from == killed_at
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in a.history]
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

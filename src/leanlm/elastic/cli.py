@@ -120,23 +120,52 @@ def evaluate(
 
 @app.command()
 def study(
-    out: Path = typer.Option(Path("/tmp/elastic-study"), help="study directory (runs/, study.json, report)"),
-    config: Path = typer.Option(None, help="JSON with StudyConfig fields (base, seeds, c_sizes, workers)"),
+    out: Path = typer.Option(Path("/tmp/elastic-study"), help="study directory (runs/, study.json, results.md)"),
+    config: Path = typer.Option(None, help="JSON with StudyConfig fields (base, seeds, axes, equal_flops, threads)"),
     quick: bool = typer.Option(False, help="use the registered quick configuration"),
-    workers: int = typer.Option(None, help="training processes in parallel"),
+    max_runs: int = typer.Option(None, help="train at most this many missing runs, then summarise"),
+    summarize_only: bool = typer.Option(False, help="train nothing; summarise the runs that have finished"),
 ) -> None:
-    """Run (or resume) the A/B/C study and write study.json + results.md in OUT."""
+    """Run (or resume) the per-axis elastic study and write study.json + results.md in OUT (resumable)."""
     from leanlm.elastic.experiments import FULL, QUICK, render
-    from leanlm.elastic.study import StudyConfig, run_study
+    from leanlm.elastic.study import StudyConfig, run_study, summarize
 
     data = dict(QUICK if quick else FULL)
     data.update(_load_json_config(config))
-    if workers is not None:
-        data["workers"] = workers
-    cfg = StudyConfig(**data)
-    result = run_study(cfg, out)
+    try:
+        cfg = StudyConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{config}: {exc}") from exc
+    result = summarize(cfg, out) if summarize_only else run_study(cfg, out, max_runs=max_runs)
     render(result, out)
     typer.echo(str(out / "results.md"))
+
+
+@app.command("decode-bench")
+def decode_bench(
+    out: Path = typer.Option(..., help="Markdown output (a .json with the same stem is written beside it)"),
+    threads: int = typer.Option(1, help="torch threads"),
+    repeats: int = typer.Option(7, help="interleaved repeats per variant"),
+    new_tokens: int = typer.Option(32, help="tokens decoded per repeat"),
+    quick: bool = typer.Option(False, help="only the small (study) model, 3 repeats"),
+) -> None:
+    """ms per decoded token vs top-k and extracted depth/width, batch 1 and 8, against the ideal FLOP ratio."""
+    import platform
+
+    import torch
+
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+    from leanlm.elastic.decode_bench import CONFIGS, markdown, run_decode_benchmark
+
+    torch.set_num_threads(threads)
+    configs = dict(list(CONFIGS.items())[:1]) if quick else CONFIGS
+    rows = run_decode_benchmark(configs, repeats=3 if quick else repeats, new_tokens=new_tokens)
+    header = (f"Command: `leanlm elastic decode-bench --out {out} --threads {threads} --repeats {repeats}"
+              f"{' --quick' if quick else ''}`; torch {torch.__version__}, {threads} thread(s), {platform.processor() or platform.machine()}, "
+              f"random-init weights (speed does not depend on training).\n")
+    atomic_write_text(out, markdown(rows, header))
+    atomic_write_json(out.with_suffix(".json"), rows)
+    typer.echo(markdown(rows))
 
 
 @app.command()

@@ -1,35 +1,53 @@
-"""The elastic-training study (issue 5): (A) elastic run, (B) the same model without elasticity, (C) each
-sub-model size trained from scratch on the same token budget, over several seeds.
+"""The elastic-training study (issue 17): can one elastic run replace a family of separately trained models?
 
-Measured: held-out loss of the full model and of a grid of sub-models (depth 1/2 and 3/4, experts 1/2, top-k 1..k,
-and one combined cut) taken from A and from B; the training cost of A vs B + all C; decode latency vs k; routing
-NE / IoU per modality. Every run is written under ``out_dir/runs/<name>`` and skipped when already finished, so an
-interrupted study resumes.
+Design (ERNIE 5.0 §3.3 / §6.4.2, which ablates one axis at a time):
+
+- **Per-axis elastic runs** ``A_<axis>``: ``depth`` (only layers are dropped, 25% of steps, first and last layer
+  always kept), ``width`` (only experts removed, 20%), ``topk`` (only k cut, 20%), and ``all`` (the three axes
+  drawn independently at the report's rates, first/last layer kept).
+- **Plain baseline** ``B``: the same model, data and token budget, no elasticity.
+- **From-scratch sub-models** ``C_<cut>``: the shape of each axis's deployment cut (depth 1/2, experts 1/2,
+  top-1, the combined cut) trained on the same data and token budget; and ``E_<cut>`` ("equal total FLOPs"): the
+  same shape trained on the token budget T' at which the plain family -- a full model and the cut, each trained
+  on T' tokens -- costs exactly the training FLOPs of ``A_<axis>``, which yields both for that price.
+- **Seeds** (default 5); every comparison is a paired difference over seeds (same seed = same data order and
+  initialisation) with a t-based 95% interval.
+
+Claims tested (rules from the issue):
+1. elasticity does not hurt the full model: for an axis it holds when the interval of ``A_full - B_full``
+   contains 0 or lies below +0.01 nats;
+2. sub-models beat same-size from-scratch models at equal total FLOPs: holds when the interval of
+   ``A_cut - E_cut`` lies below 0, fails when it lies above 0, otherwise undecided.
+
+Every run lives in ``out_dir/runs/<name>`` with checkpoints; a finished run is never retrained, an unfinished one
+resumes from its checkpoint, so the study can span sessions. :func:`summarize` works on whatever has finished.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
-import multiprocessing
+import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from leanlm.common.atomic import atomic_write_json
-from leanlm.common.progress import get_logger, progress
-from leanlm.elastic.analysis import decode_latency_table, modality_loads, routing_report
-from leanlm.elastic.elastic import fraction_count
-from leanlm.elastic.extract import extract, plan_subnet
+from leanlm.common.progress import get_logger
+from leanlm.elastic.config import ElasticMoeConfig
+from leanlm.elastic.elastic import ElasticSampler, fraction_count
+from leanlm.elastic.extract import plan_subnet
 from leanlm.elastic.model import ElasticMoeForCausalLM
-from leanlm.elastic.subnet import SubNet
-from leanlm.elastic.train import TrainConfig, evaluate, make_corpora, train
+from leanlm.elastic.train import TrainConfig, active_params, evaluate, make_corpora, train
 
 log = get_logger("leanlm.elastic.study")
+
+AXES = ("depth", "width", "topk", "all")
+CUT_OF_AXIS = {"depth": "depth_1/2", "width": "experts_1/2", "topk": "topk_1", "all": "combined"}
+FULL_GAP_TOLERANCE = 0.01  # nats: "within 0.01" of the issue's rule 1
 
 
 @dataclass
@@ -37,14 +55,17 @@ class StudyConfig:
     """What to run. ``base`` is a :class:`TrainConfig` as a dict (its ``elastic`` field is set per arm)."""
 
     base: dict[str, Any] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    c_sizes: list[str] = field(default_factory=lambda: ["depth_1/2", "experts_1/2", "topk_1"])
-    workers: int = 1
-    latency_tokens: int = 32
-    latency_repeats: int = 3
-    finetune_steps: int = 0
-    finetune_sizes: list[str] = field(default_factory=lambda: ["depth_1/2"])
-    finetune_lr_ratio: float = 0.3
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    axes: list[str] = field(default_factory=lambda: list(AXES))
+    equal_flops: bool = True
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.axes if a not in AXES]
+        if bad:
+            raise ValueError(f"StudyConfig.axes: unknown {bad}; known {list(AXES)}")
+        if not self.seeds:
+            raise ValueError("StudyConfig.seeds is empty")
 
 
 def grid(num_layers: int, num_experts: int, top_k: int) -> dict[str, dict[str, int | None]]:
@@ -62,8 +83,6 @@ def grid(num_layers: int, num_experts: int, top_k: int) -> dict[str, dict[str, i
 
 def c_model_overrides(size: str, base: dict[str, Any]) -> dict[str, Any]:
     """Model-config overrides of the from-scratch model with the shape of sub-model ``size``."""
-    from leanlm.elastic.config import ElasticMoeConfig
-
     cfg = ElasticMoeConfig(**base)
     spec = grid(cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok).get(size)
     if spec is None:
@@ -79,169 +98,218 @@ def c_model_overrides(size: str, base: dict[str, Any]) -> dict[str, Any]:
     return over
 
 
-def _run_one(name: str, cfg_dict: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def axis_elastic(axis: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :class:`ElasticConfig` fields of the elastic run for ``axis`` (other axes held at full)."""
+    e = {**(base or {}), "enabled": True, "keep_first_last": True}
+    if axis == "depth":
+        e.update(p_full_width=1.0, p_default_k=1.0)
+    elif axis == "width":
+        e.update(p_full_depth=1.0, p_default_k=1.0)
+    elif axis == "topk":
+        e.update(p_full_depth=1.0, p_full_width=1.0)
+    elif axis != "all":
+        raise ValueError(f"unknown axis {axis!r}")
+    return e
+
+
+def expected_flops(cfg: TrainConfig) -> float:
+    """Training FLOPs (6 * active params * tokens, summed over the sampled sub-networks) of ``cfg`` -- exact,
+    because the sampler is a function of (seed, step)."""
+    mcfg = cfg.model_config()
+    sampler = ElasticSampler(cfg.elastic, mcfg.num_hidden_layers, mcfg.num_experts, mcfg.num_experts_per_tok,
+                             mcfg.moe_layers, cfg.seed)
+    tokens = cfg.batch_size * cfg.seq_len
+    return sum(6.0 * active_params(mcfg, sampler.sample(step)) * tokens for step in range(cfg.steps))
+
+
+def plan_runs(study: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Run name -> TrainConfig dict, seed-major (all arms of seed 0 first), so complete seeds finish first."""
+    base = dict(study.base)
+    elastic = base.pop("elastic", {})
+    model = base.get("model", {})
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in study.seeds:
+        runs[f"B_seed{seed}"] = {**base, "seed": seed, "elastic": {"enabled": False}}
+        for axis in study.axes:
+            runs[f"A_{axis}_seed{seed}"] = {**base, "seed": seed, "elastic": axis_elastic(axis, elastic)}
+        for axis in study.axes:
+            cut = CUT_OF_AXIS[axis]
+            c_model = {**model, **c_model_overrides(cut, model)}
+            runs[f"C_{_slug(cut)}_seed{seed}"] = {**base, "model": c_model, "seed": seed, "elastic": {"enabled": False}}
+        if study.equal_flops:
+            for axis in study.axes:
+                cut = CUT_OF_AXIS[axis]
+                a_cfg = TrainConfig.from_dict(runs[f"A_{axis}_seed{seed}"])
+                b_cfg = TrainConfig.from_dict(runs[f"B_seed{seed}"])
+                c_dict = runs[f"C_{_slug(cut)}_seed{seed}"]
+                c_cfg = TrainConfig.from_dict(c_dict)
+                share = expected_flops(a_cfg) / (expected_flops(b_cfg) + expected_flops(c_cfg))
+                runs[f"E_{_slug(cut)}_seed{seed}"] = {**c_dict, "steps": max(1, round(c_cfg.steps * share))}
+    return runs
+
+
+def _slug(cut: str) -> str:
+    return cut.replace("/", "-")
+
+
+def run_one(name: str, cfg_dict: dict[str, Any], run_dir: Path, threads: int = 1) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) one run; returns its ``final_eval.json`` summary."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(1)
-    run_dir = Path(out_dir)
+    torch.set_num_threads(threads)
     done = run_dir / "final_eval.json"
     if done.exists() and (run_dir / "model").exists():
         return {"name": name, **json.loads(done.read_text())}
-    cfg = TrainConfig.from_dict(cfg_dict)
+    cfg = TrainConfig.from_dict({**cfg_dict, "threads": threads})
     result = train(cfg, out_dir=run_dir, resume=True)
     return {"name": name, "seconds": result.seconds, "tokens": result.tokens, "flops": result.train_flops, **result.final_eval}
 
 
-def plan_runs(study: StudyConfig) -> dict[str, dict[str, Any]]:
-    """Run name -> TrainConfig dict for every arm and seed."""
-    runs: dict[str, dict[str, Any]] = {}
-    base = dict(study.base)
-    elastic = base.pop("elastic", {})
-    for seed in study.seeds:
-        runs[f"A_seed{seed}"] = {**base, "seed": seed, "elastic": {**elastic, "enabled": True}}
-        runs[f"B_seed{seed}"] = {**base, "seed": seed, "elastic": {**elastic, "enabled": False}}
-        for size in study.c_sizes:
-            model = {**base.get("model", {}), **c_model_overrides(size, base.get("model", {}))}
-            runs[f"C_{size.replace('/', '-')}_seed{seed}"] = {**base, "model": model, "seed": seed, "elastic": {"enabled": False}}
-    return runs
-
-
-def run_all(study: StudyConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Train every planned run (in ``workers`` processes); returns run name -> summary."""
-    runs = plan_runs(study)
-    summaries: dict[str, dict[str, Any]] = {}
-    if study.workers <= 1:
-        for name, cfg in progress(list(runs.items()), desc="study runs", unit="run"):
-            log.info("training %s", name)
-            summaries[name] = _run_one(name, cfg, str(out_dir / "runs" / name))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(study.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, name, cfg, str(out_dir / "runs" / name)): name for name, cfg in runs.items()}
-            for fut in progress(cf.as_completed(futures), desc="study runs", total=len(futures), unit="run"):
-                summaries[futures[fut]] = fut.result()
-                log.info("finished %s: %.4f", futures[fut], summaries[futures[fut]]["text_loss"])
-    return summaries
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def run_study(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run (or resume) the whole study and compute every measurement; writes ``study.json`` atomically."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+def run_study(study: StudyConfig, out_dir: str | Path, max_runs: int | None = None) -> dict[str, Any]:
+    """Train every missing run in order (at most ``max_runs`` of them), then :func:`summarize`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "study_config.json", asdict(study))
+    runs = plan_runs(study)
+    trained = 0
+    for name, cfg in runs.items():
+        run_dir = out / "runs" / name
+        if (run_dir / "final_eval.json").exists() and (run_dir / "model").exists():
+            continue
+        if max_runs is not None and trained >= max_runs:
+            break
+        log.info("training %s (%d/%d)", name, list(runs).index(name) + 1, len(runs))
+        run_one(name, cfg, run_dir, study.threads)
+        trained += 1
+    return summarize(study, out)
+
+
+def t_quantile_975(df: int) -> float:
+    """Two-sided 95% Student-t quantile ``t_{0.975, df}`` (table; between entries the smaller df, which is
+    conservative; the normal 1.96 beyond 30)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+             12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+    if df < 1:
+        return float("nan")
+    if df > 30:
+        return 1.96
+    return table[max(d for d in table if d <= df)]
+
+
+def paired(diffs: list[float]) -> dict[str, Any]:
+    """Mean of paired differences with its t-based 95% interval (``n`` seeds; n < 2 gives no interval)."""
+    n = len(diffs)
+    if n == 0:
+        return {"n": 0, "mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "half": float("nan"), "diffs": []}
+    mean = statistics.fmean(diffs)
+    half = t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "half": half, "diffs": diffs}
+
+
+def full_claim(d: dict[str, Any]) -> str:
+    """Rule 1: holds when the interval of (elastic full - plain full) contains 0 or lies below +0.01."""
+    if d["n"] < 2:
+        return "not enough seeds"
+    return "holds" if (d["lo"] <= 0 <= d["hi"]) or d["hi"] <= FULL_GAP_TOLERANCE else "fails"
+
+
+def sub_claim(d: dict[str, Any]) -> str:
+    """Rule 2: the elastic sub-model beats the same-size model: interval of (A_cut - other) below 0."""
+    if d["n"] < 2:
+        return "not enough seeds"
+    if d["hi"] < 0:
+        return "holds"
+    return "fails" if d["lo"] > 0 else "undecided"
+
+
+def _evaluate_run(run_dir: Path, specs: dict[str, dict[str, int | None]], eval_set: list) -> dict[str, float]:
+    """Held-out text loss of a finished run's full model and its cuts (cached in ``cuts.json``)."""
+    cache = run_dir / "cuts.json"
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if all(name in cached for name in specs):
+        return cached
+    model = ElasticMoeForCausalLM.from_pretrained(run_dir / "model").eval()
+    for name, spec in specs.items():
+        if name not in cached:
+            subnet = plan_subnet(model, **spec) if spec else None
+            cached[name] = evaluate(model, eval_set, subnet)["text_loss"]
+    atomic_write_json(cache, cached)
+    return cached
+
+
+def summarize(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Paired comparisons over the seeds whose runs have all finished; writes ``study.json`` atomically."""
     t0 = time.perf_counter()
-    summaries = run_all(study, out)
+    out = Path(out_dir)
+    runs = plan_runs(study)
+    finished = {name for name in runs if (out / "runs" / name / "final_eval.json").exists() and (out / "runs" / name / "model").exists()}
     base_cfg = TrainConfig.from_dict({**study.base, "elastic": {}})
     _, eval_corpus = make_corpora(base_cfg)
     eval_set = eval_corpus.eval_batches(base_cfg.eval_batches, base_cfg.eval_batch_size)
     mcfg = base_cfg.model_config()
-    sub_grid = grid(mcfg.num_hidden_layers, mcfg.num_experts, mcfg.num_experts_per_tok)
+    g = grid(mcfg.num_hidden_layers, mcfg.num_experts, mcfg.num_experts_per_tok)
+    cuts = {CUT_OF_AXIS[a]: g[CUT_OF_AXIS[a]] for a in study.axes}
+    losses: dict[str, dict[str, float]] = {}
+    for name in sorted(finished):
+        specs = {"full": {}, **cuts} if name.startswith(("A_", "B_")) else {"full": {}}
+        losses[name] = _evaluate_run(out / "runs" / name, specs, eval_set)
+    summaries = {name: json.loads((out / "runs" / name / "final_eval.json").read_text()) for name in finished}
 
-    grid_losses: dict[str, dict[str, list[float]]] = {arm: {name: [] for name in sub_grid} for arm in ("A", "B")}
-    grid_grouped: dict[str, dict[str, list[float]]] = {arm: {name: [] for name in sub_grid} for arm in ("A", "B")}
-    sub_params: dict[str, int] = {}
-    extraction_check = float("nan")
-    for seed in progress(study.seeds, desc="evaluate grid", unit="seed"):
-        for arm in ("A", "B"):
-            model = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"{arm}_seed{seed}" / "model").eval()
-            for name, spec in sub_grid.items():
-                subnet = plan_subnet(model, **spec) if spec else None
-                ev = evaluate(model, eval_set, subnet)
-                grid_losses[arm][name].append(ev["text_loss"])
-                grid_grouped[arm][name].append(ev["grouped_loss"])
-                if name not in sub_params:
-                    sub_params[name] = _subnet_params(model, subnet)
-            if arm == "A" and seed == study.seeds[0]:
-                subnet = plan_subnet(model, **sub_grid["combined"])
-                small = extract(model, subnet)
-                ids = eval_set[0][0][:2]
-                with torch.no_grad():
-                    extraction_check = float((small(ids).logits - model(ids, subnet=subnet).logits).abs().max())
-    c_losses = {size: [summaries[f"C_{size.replace('/', '-')}_seed{s}"]["text_loss"] for s in study.seeds] for size in study.c_sizes}
+    axes: dict[str, Any] = {}
+    for axis in study.axes:
+        cut = CUT_OF_AXIS[axis]
+        rows: dict[str, list[float]] = {k: [] for k in ("a_full", "b_full", "a_cut", "b_cut", "c_cut", "e_cut")}
+        d_full, d_c, d_e, d_b = [], [], [], []
+        seeds_used = []
+        for seed in study.seeds:
+            a, b = losses.get(f"A_{axis}_seed{seed}"), losses.get(f"B_seed{seed}")
+            if a is None or b is None:
+                continue
+            seeds_used.append(seed)
+            rows["a_full"].append(a["full"])
+            rows["b_full"].append(b["full"])
+            rows["a_cut"].append(a[cut])
+            rows["b_cut"].append(b[cut])
+            d_full.append(a["full"] - b["full"])
+            d_b.append(a[cut] - b[cut])
+            c = losses.get(f"C_{_slug(cut)}_seed{seed}")
+            if c is not None:
+                rows["c_cut"].append(c["full"])
+                d_c.append(a[cut] - c["full"])
+            e = losses.get(f"E_{_slug(cut)}_seed{seed}")
+            if e is not None:
+                rows["e_cut"].append(e["full"])
+                d_e.append(a[cut] - e["full"])
+        full_d, e_d = paired(d_full), paired(d_e)
+        axes[axis] = {
+            "cut": cut, "seeds": seeds_used, "losses": rows,
+            "a_full_minus_b_full": full_d, "a_cut_minus_c": paired(d_c), "a_cut_minus_e": e_d, "a_cut_minus_b_cut": paired(d_b),
+            "claim_full": full_claim(full_d), "claim_sub_equal_flops": sub_claim(e_d),
+            "claim_sub_equal_tokens": sub_claim(paired(d_c)),
+        }
 
-    cost = {"A": 0.0, "B": 0.0, "C": 0.0}
-    flops = {"A": 0.0, "B": 0.0, "C": 0.0}
-    for name, summary in summaries.items():
-        cost[name[0]] += summary["seconds"]
-        flops[name[0]] += summary["flops"]
-
-    # routing and latency on the first seed's A model (and B for routing)
-    seed0 = study.seeds[0]
-    routing = {}
-    for arm in ("A", "B"):
-        model = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"{arm}_seed{seed0}" / "model").eval()
-        routing[arm] = routing_report(modality_loads(model, eval_set))
-    model_a = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"A_seed{seed0}" / "model").eval()
-    prompt = eval_set[0][0][:1, :32]
-    candidates: dict[str, tuple[ElasticMoeForCausalLM, SubNet | None]] = {
-        f"k={k}": (model_a, SubNet(top_k=k)) for k in range(mcfg.num_experts_per_tok, 0, -1)
-    }
-    for name in ("depth_1/2", "combined"):
-        candidates[f"extracted {name}"] = (extract(model_a, plan_subnet(model_a, **sub_grid[name])), None)
-    timed = decode_latency_table(candidates, prompt, study.latency_tokens, study.latency_repeats)
-    latency = {int(name[2:]): v for name, v in timed.items() if name.startswith("k=")}
-    latency_extracted = {name: v for name, v in timed.items() if not name.startswith("k=")}
-    finetune = continue_extracted(study, out, sub_grid, eval_set) if study.finetune_steps else {}
-    histories = {
-        name: [json.loads(line) for line in (out / "runs" / name / "history.jsonl").read_text().splitlines() if line]
-        for name in summaries if name.endswith(f"seed{seed0}")
-    }
+    params = {"full": mcfg.parameter_counts()}
+    for axis in study.axes:
+        cut = CUT_OF_AXIS[axis]
+        model = study.base.get("model", {})
+        c_cfg = TrainConfig.from_dict({**study.base, "model": {**model, **c_model_overrides(cut, model)}, "elastic": {}})
+        params[cut] = c_cfg.model_config().parameter_counts()
+    tokens = base_cfg.steps * base_cfg.batch_size * base_cfg.seq_len
+    smallest = min(p["total"] for p in params.values())
+    flops = {name: s.get("flops") for name, s in summaries.items()}
     result = {
-        "config": {"base": study.base, "seeds": study.seeds, "c_sizes": study.c_sizes},
-        "params": {**mcfg.parameter_counts(), "subnets": sub_params},
-        "grid": {arm: {n: (*mean_std(v), v) for n, v in d.items()} for arm, d in grid_losses.items()},
-        "grid_grouped": {arm: {n: mean_std(v) for n, v in d.items()} for arm, d in grid_grouped.items()},
-        "c": {size: (*mean_std(v), v) for size, v in c_losses.items()},
-        "cost_seconds": cost, "cost_flops": flops, "runs": summaries,
-        "routing": routing, "latency_s_per_token": latency, "latency_extracted_s_per_token": latency_extracted, "extraction_max_abs_diff": extraction_check,
-        "histories_seed0": histories, "finetune": finetune, "wall_seconds": time.perf_counter() - t0,
+        "config": asdict(study), "params": params, "tokens_per_run": tokens,
+        "tokens_per_param_smallest": tokens / smallest, "runs_planned": len(runs), "runs_finished": len(finished),
+        "missing": [n for n in runs if n not in finished], "axes": axes, "losses": losses,
+        "flops": flops, "seconds": {n: s.get("seconds") for n, s in summaries.items()},
+        "summary_seconds": time.perf_counter() - t0,
     }
     atomic_write_json(out / "study.json", result)
     return result
 
 
-def continue_extracted(
-    study: StudyConfig, out: Path, sub_grid: dict[str, dict[str, int | None]], eval_set: list,
-) -> dict[str, dict[str, Any]]:
-    """The report's "extract, then keep training": extract each ``finetune_sizes`` sub-model from A and train it
-    for ``finetune_steps`` more steps (plain loss, fresh data seed, LR ``finetune_lr_ratio`` x the base LR)."""
-    out_rows: dict[str, dict[str, Any]] = {}
-    for size in study.finetune_sizes:
-        before, after, seconds = [], [], []
-        for seed in study.seeds:
-            run_dir = out / "runs" / f"F_{size.replace('/', '-')}_seed{seed}"
-            parent = ElasticMoeForCausalLM.from_pretrained(out / "runs" / f"A_seed{seed}" / "model").eval()
-            small = extract(parent, plan_subnet(parent, **sub_grid[size]))
-            before.append(evaluate(small, eval_set)["text_loss"])
-            done = run_dir / "final_eval.json"
-            if done.exists():
-                summary = json.loads(done.read_text())
-            else:
-                cfg = TrainConfig.from_dict({
-                    **study.base, "seed": seed + 1000, "steps": study.finetune_steps, "elastic": {"enabled": False},
-                    "lr": study.base.get("lr", TrainConfig.lr) * study.finetune_lr_ratio, "warmup_frac": 0.0,
-                })
-                result = train(cfg, out_dir=run_dir, init_model=small.train())
-                summary = {"seconds": result.seconds, **result.final_eval}
-            after.append(summary["text_loss"])
-            seconds.append(summary["seconds"])
-        out_rows[size] = {"before": (*mean_std(before), before), "after": (*mean_std(after), after),
-                          "steps": study.finetune_steps, "seconds": sum(seconds)}
-    return out_rows
-
-
-def _subnet_params(model: ElasticMoeForCausalLM, subnet: SubNet | None) -> int:
-    from leanlm.elastic.train import active_params
-
-    return active_params(model.config, subnet)
-
-
+__all__ = [
+    "AXES", "CUT_OF_AXIS", "StudyConfig", "axis_elastic", "c_model_overrides", "expected_flops", "full_claim", "grid",
+    "paired", "plan_runs", "run_one", "run_study", "sub_claim", "summarize", "t_quantile_975",
+]
