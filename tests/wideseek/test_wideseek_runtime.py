@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from leanlm.wideseek import prompts
 from leanlm.wideseek.agents import AgentConfig, WideSeek, extract_boxed
 from leanlm.wideseek.llm import BackendError, Completion, ScriptedBackend, ToolCall
 
@@ -100,7 +101,33 @@ def test_subagents_per_call_capped_at_ten():
     ws = WideSeek(ScriptedBackend(fanout_policy(13)), SleepyTools(delay=0), AgentConfig())
     result = ws.run("x")
     assert len(result.subagents) == 10
-    assert "only the first 10 of 13 subagents were started" in next(m for m in result.lead.messages if m["role"] == "tool")["content"]
+    assert "only 10 of the 13 subagents of this call were started" in next(
+        m for m in result.lead.messages if m["role"] == "tool")["content"]
+
+
+def test_at_most_ten_subagents_per_lead_turn_over_all_calls():
+    """Two create_sub_agents calls of 8 in one turn start 8 + 2 (RLinf parses one call per turn and keeps 10)."""
+    def policy(agent, messages, tools):
+        if agent == "lead":
+            if n_tool_msgs(messages) == 0:
+                return Completion("", [tc("create_sub_agents", sub_agents=[{"prompt": f"a{i}"} for i in range(8)]),
+                                       tc("create_sub_agents", sub_agents=[{"prompt": f"b{i}"} for i in range(8)]),
+                                       tc("create_sub_agents", sub_agents=[{"prompt": "c"}])])
+            if n_tool_msgs(messages) == 3:
+                return Completion("", [tc("create_sub_agents", sub_agents=[{"prompt": f"d{i}"} for i in range(12)])])
+            return Completion("done")
+        return Completion(f"report from {agent}")
+
+    result = WideSeek(ScriptedBackend(policy), SleepyTools(delay=0), AgentConfig()).run("x")
+    first = [e for e in result.trace.of(type="start") if e.get("lead_turn") == 1]
+    second = [e for e in result.trace.of(type="start") if e.get("lead_turn") == 2]
+    assert [e["subtask"] for e in first] == [f"a{i}" for i in range(8)] + ["b0", "b1"]
+    assert len(second) == 10  # a new turn has a new budget
+    tool_msgs = [m["content"] for m in result.lead.messages if m["role"] == "tool"]
+    assert "only 2 of the 8 subagents of this call were started" in tool_msgs[1]
+    assert tool_msgs[2].startswith("Note: only 0 of the 1 subagents") and "No subagent was started" in tool_msgs[2]
+    assert len([e for e in result.trace.of("lead", "error") if e["kind"] == "limit"]) == 3
+    assert result.trace.check_complete() == []
 
 
 def test_turn_limits_for_lead_and_subagents():
@@ -120,7 +147,8 @@ def test_turn_limits_for_lead_and_subagents():
     # turn hints name the turn budget
     lead_tool = [m["content"] for m in result.lead.messages if m["role"] == "tool"]
     assert lead_tool[1].endswith("[Turn 2 of 3 done. Your next reply is turn 3; give your final answer by turn 3.]")
-    assert "reached its turn limit without a final report" in lead_tool[0]
+    # RLinf's failure/retry message, not the subagent's last text
+    assert lead_tool[0].startswith("# Subtask 1:\nloop forever\n# Result:\n" + prompts.SUBAGENT_FAILED)
 
 
 def test_malformed_calls_and_failing_tools_are_recorded_and_survived():
@@ -177,7 +205,7 @@ def test_backend_errors_and_context_overflow_end_the_agent_not_the_run():
     status = {r.agent: r.status for r in result.subagents}
     assert status == {"sub-1": "backend_error", "sub-2": "context_overflow", "sub-3": "answered"}
     lead_view = next(m["content"] for m in result.lead.messages if m["role"] == "tool")
-    assert "exceeded its context window" in lead_view and "model server returned an error" in lead_view
+    assert prompts.SUBAGENT_FAILED in lead_view and "model server returned an error" in lead_view
     assert result.trace.check_complete() == []
 
 

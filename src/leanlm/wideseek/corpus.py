@@ -45,21 +45,27 @@ log = get_logger("leanlm.wideseek.corpus")
 
 BASE_URL = "https://leanlm.local"
 LIST_PAGE_SIZE = 8
-REGION_GROUPS: dict[str, tuple[str, ...]] = {
-    "Northern and Western Europe": ("Northern Europe", "Western Europe"),
-    "Southern and Eastern Europe": ("Southern Europe", "Eastern Europe"),
-    "Eastern Africa": ("Eastern Africa",),
-    "Western Africa": ("Western Africa",),
-    "Middle and Southern Africa": ("Middle Africa", "Southern Africa"),
-    "the Caribbean": ("Caribbean",),
-    "Central and South America": ("Central America", "South America"),
-    "Western and Central Asia": ("Western Asia", "Central Asia"),
-    "Southern and Eastern Asia": ("Southern Asia", "Eastern Asia"),
-    "South-Eastern Asia and Oceania": ("South-Eastern Asia", "Australia and New Zealand", "Melanesia", "Micronesia",
-                                       "Polynesia"),
-    "Northern Africa and Northern America": ("Northern Africa", "Northern America"),
+REGION_GROUPS: dict[str, tuple[tuple[str, ...], str]] = {
+    "Northern and Western Europe": (("Northern Europe", "Western Europe"), "AZ"),
+    "Southern and Eastern Europe": (("Southern Europe", "Eastern Europe"), "AZ"),
+    "Western and Central Asia": (("Western Asia", "Central Asia"), "AZ"),
+    "Southern and Eastern Asia": (("Southern Asia", "Eastern Asia"), "AZ"),
+    "South-eastern Asia and Oceania": (("South-eastern Asia", "Australia and New Zealand", "Melanesia", "Micronesia",
+                                        "Polynesia"), "AZ"),
+    "Sub-Saharan Africa, names A to K": (("Sub-Saharan Africa",), "AK"),
+    "Sub-Saharan Africa, names L to Z": (("Sub-Saharan Africa",), "LZ"),
+    "Latin America and the Caribbean, names A to G": (("Latin America and the Caribbean",), "AG"),
+    "Latin America and the Caribbean, names H to Z": (("Latin America and the Caribbean",), "HZ"),
 }
-"""Country groups of 15-40 countries for the wide task families (names of ``countryinfo`` subregions)."""
+"""Country groups of 15-40 countries for the wide task families: ``countryinfo`` subregions and the range of
+first letters of the country names (large subregions are split alphabetically)."""
+
+
+def group_countries(group: str) -> list[dict[str, Any]]:
+    """The country records of a :data:`REGION_GROUPS` entry, sorted by name."""
+    subs, letters = REGION_GROUPS[group]
+    return [c for c in country_records() if c["subregion"] in subs
+            and letters[0] <= unicodedata.normalize("NFKD", c["name"])[0].upper() <= letters[1]]
 
 
 @dataclass(frozen=True)
@@ -218,9 +224,8 @@ def listings() -> list[tuple[str, str, list[str]]]:
     subregions = sorted({c["subregion"] for c in countries if c["subregion"]})
     for sub in subregions:
         out.append((f"countries-{slug(sub)}", f"Countries of {sub}", [c["name"] for c in countries if c["subregion"] == sub]))
-    for group, subs in REGION_GROUPS.items():
-        out.append((f"countries-group-{slug(group)}", f"Countries of {group}",
-                    [c["name"] for c in countries if c["subregion"] in subs]))
+    for group in REGION_GROUPS:
+        out.append((f"countries-group-{slug(group)}", f"Countries of {group}", [c["name"] for c in group_countries(group)]))
     elements = element_records()
     for period in sorted({e["period"] for e in elements}):
         out.append((f"elements-period-{period}", f"Chemical elements of period {period}",

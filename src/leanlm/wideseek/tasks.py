@@ -272,8 +272,7 @@ WIDE_FAMILIES = {"countries-wide": "train", "elements-wide": "train", "cities-wi
 def countries_wide_task(group: str) -> Task:
     """Countries of a :data:`~leanlm.wideseek.corpus.REGION_GROUPS` entry (15-40 rows, 7 columns over three
     pages per row: the country page, its capital's city page, its currency's page)."""
-    subs = world.REGION_GROUPS[group]
-    rows = [c for c in world.country_records() if c["subregion"] in subs]
+    rows = world.group_countries(group)
     columns = ["country", "capital", "capitalpopulation", "area", "currency", "currencyname", "languages"]
     sources = {c["name"]: _country_sources(
         c, {"capital": "capital", "area": "area", "currency": "currency", "languages": "languages"},
@@ -342,8 +341,7 @@ def cities_wide_task(country: str, min_population: int = 500_000) -> Task:
 def capitals_wide_task(group: str) -> Task:
     """Capitals of the countries of a region group: the capital's name is on the country page, the rest on
     the capital's city page, whose name other cities share (near-duplicate distractors)."""
-    subs = world.REGION_GROUPS[group]
-    rows = [c for c in world.country_records() if c["subregion"] in subs]
+    rows = world.group_countries(group)
     columns = ["country", "capital", "capitalpopulation", "latitude", "longitude", "timezone"]
     cap = {"capitalpopulation": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone"}
     sources = {c["name"]: _country_sources(c, {"capital": "capital"}, capital=cap) for c in rows}
@@ -415,10 +413,9 @@ def qa_tasks(rng: random.Random, n: int) -> list[Task]:
     return out
 
 
-def generate_tasks(n_table: int = 6, n_qa: int = 3, seed: int = 0, min_rows: int = 3, max_rows: int = 12) -> list[Task]:
-    """A deterministic mix of table tasks (countries by subregion, elements by period, cities by country)
-    with between ``min_rows`` and ``max_rows`` gold rows, and ``n_qa`` two-hop QA tasks."""
-    rng = random.Random(seed)
+def candidate_tasks(min_city_rows: int = 3) -> list[Task]:
+    """Every small table task :func:`generate_tasks` draws from: countries of each subregion, elements of each
+    period, cities above 1,000,000 inhabitants of each country that has ``min_city_rows`` of them."""
     candidates: list[Task] = []
     subregions = sorted({c["subregion"] for c in world.country_records() if c["subregion"]})
     candidates += [countries_task(s) for s in subregions]
@@ -426,7 +423,15 @@ def generate_tasks(n_table: int = 6, n_qa: int = 3, seed: int = 0, min_rows: int
     per_country: dict[str, int] = defaultdict(int)
     for c in world.city_records(1_000_000):
         per_country[c["country"]] += 1
-    candidates += [cities_task(name, 1_000_000) for name, k in sorted(per_country.items()) if k >= min_rows]
+    candidates += [cities_task(name, 1_000_000) for name, k in sorted(per_country.items()) if k >= min_city_rows]
+    return candidates
+
+
+def generate_tasks(n_table: int = 6, n_qa: int = 3, seed: int = 0, min_rows: int = 3, max_rows: int = 12) -> list[Task]:
+    """A deterministic mix of table tasks (countries by subregion, elements by period, cities by country)
+    with between ``min_rows`` and ``max_rows`` gold rows, and ``n_qa`` two-hop QA tasks."""
+    rng = random.Random(seed)
+    candidates = candidate_tasks(min_rows)
     groups: dict[str, list[Task]] = defaultdict(list)
     for t in candidates:
         if min_rows <= t.gold_csv.count("\n") - 1 <= max_rows:  # type: ignore[union-attr]
