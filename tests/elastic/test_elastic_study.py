@@ -12,7 +12,15 @@ from leanlm.elastic.analysis import iou, routing_report, top_fraction
 from leanlm.elastic.balance import normalized_entropy
 from leanlm.elastic.data import GROUPED, TEXT
 from leanlm.elastic.study import (
-    StudyConfig, axis_elastic, c_model_overrides, expected_flops, full_claim, grid, paired, plan_runs, sub_claim,
+    StudyConfig,
+    axis_elastic,
+    c_model_overrides,
+    expected_flops,
+    full_claim,
+    grid,
+    paired,
+    plan_runs,
+    sub_claim,
     t_quantile_975,
 )
 from leanlm.elastic.train import TrainConfig
