@@ -120,10 +120,9 @@ def scripted(sub_status="ok", lead_status="ok", access=True, long_turn=0, answer
         if agent == "sub-2" and sub_status == "loop":
             return Completion("", [ToolCall("search", {"queries": [{"query": "again"}]})], completion_tokens=20)
         if k == 0:
-            name = "access" if access else "search"
-            arg = {"urls": [{"url": "u", "info_to_extract": "i"}]} if access else {"queries": [{"query": "q"}]}
-            return Completion("", [ToolCall(name, {"urls" if access else "queries": list(arg.values())[0]})],
-                              completion_tokens=30)
+            call = (ToolCall("access", {"urls": [{"url": "u", "info_to_extract": "i"}]}) if access
+                    else ToolCall("search", {"queries": [{"query": "q"}]}))
+            return Completion("", [call], completion_tokens=30)
         return Completion("report", completion_tokens=40)
     return policy
 
@@ -157,7 +156,8 @@ def test_trainable_turns_follow_rlinf_rules():
     c = credit(failed_sub, 1.0, True)
     assert c.case == "ok" and ("sub-2", 1) not in c.trainable and ("sub-1", 1) in c.trainable
     assert all(t.max_turn_limit_failed for t in c.turns if t.agent == "sub-2")
-    assert {t.agent for t in c.turns} == {"lead", "sub-1", "sub-2"} and [t.sub_traj for t in c.turns][0] == 0
+    assert {t.agent for t in c.turns} == {"lead", "sub-1", "sub-2"} and c.turns[0].sub_traj == 0
+    assert {t.sub_traj for t in c.turns if t.agent == "sub-2"} == {2}
     # the lead hitting its turn limit with a parseable last text: reward 0, only the lead's failed turns
     looping = run(scripted(lead_status="loop"))
     c = credit(looping, 1.0, True)

@@ -257,13 +257,14 @@ class WidthPoint:
 
 
 def run_point(task: Task, tools: Toolbox, latency: LatencyModel, width: int, slots: int | None, mode: str = "multi",
-              items_per_turn: int = 1) -> WidthPoint:
-    """One benchmark point: a full run of ``task`` with ``width`` subagents (or SingleSeek)."""
+              items_per_turn: int = 1, turn_limit: int = 1000) -> WidthPoint:
+    """One benchmark point: a full run of ``task`` with ``width`` subagents (or SingleSeek). Subagent and
+    single-agent turn limits are ``turn_limit`` (generous by default, so every width does the same work)."""
     policy = OraclePolicy(task, width, items_per_turn)
     latency.samples.clear()
     backend = ScriptedBackend(policy, latency=latency, slots=slots)
-    cfg = AgentConfig(max_subagents_per_call=max(width, 1), max_concurrency=max(width, 1), max_sub_turns=60,
-                      max_single_turns=200)
+    cfg = AgentConfig(max_subagents_per_call=max(width, 1), max_subagents_per_turn=max(width, 1),
+                      max_concurrency=max(width, 1), max_sub_turns=turn_limit, max_single_turns=turn_limit)
     agent = WideSeek(backend, tools, cfg)
     t0 = time.perf_counter()
     result = asyncio.run(agent.arun(task.query) if mode == "multi" else agent.arun_single(task.query))

@@ -48,7 +48,8 @@ def _config(subagents: int, lead_turns: int, sub_turns: int, single_turns: int, 
     from leanlm.wideseek.agents import AgentConfig
 
     return AgentConfig(max_lead_turns=lead_turns, max_sub_turns=sub_turns, max_single_turns=single_turns,
-                       max_subagents_per_call=subagents, max_concurrency=subagents, context_tokens=context,
+                       max_subagents_per_call=subagents, max_subagents_per_turn=subagents, max_concurrency=subagents,
+                       context_tokens=context,
                        answer_format=fmt)
 
 
@@ -125,11 +126,18 @@ def tasks(
     n_qa: int = typer.Option(3, help="two-hop QA tasks"),
     seed: int = typer.Option(0),
     max_rows: int = typer.Option(12, help="largest gold table"),
+    wide: Optional[str] = typer.Option(None, help="instead: the wide task families of split 'train' or 'eval' "
+                                                  "(15-40 rows, 5-7 columns over several pages), or 'all'"),
 ) -> None:
     """Generate a task set with exact gold tables from the offline world, in WideSearch's file layout."""
-    from leanlm.wideseek.tasks import generate_tasks, write_tasks
+    from leanlm.wideseek.tasks import generate_tasks, generate_wide_tasks, write_tasks
 
-    items = generate_tasks(n_table=n_table, n_qa=n_qa, seed=seed, max_rows=max_rows)
+    if wide is not None:
+        if wide not in ("train", "eval", "all"):
+            raise typer.BadParameter("--wide must be train, eval or all")
+        items = generate_wide_tasks(None if wide == "all" else wide)
+    else:
+        items = generate_tasks(n_table=n_table, n_qa=n_qa, seed=seed, max_rows=max_rows)
     path = write_tasks(items, out)
     _print_table(f"{len(items)} tasks written to {path}", ["instance_id", "kind", "gold"],
                  [[t.instance_id, t.kind, f"{t.gold_csv.count(chr(10)) - 1} rows" if t.gold_csv else t.answers[0]]
@@ -142,7 +150,7 @@ def run(
     task: Optional[str] = typer.Option(None, help="task id from --tasks (or from the generated set)"),
     tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="tasks.jsonl"),
     mode: str = typer.Option("multi", help="multi (lead + subagents) or single (SingleSeek)"),
-    subagents: int = typer.Option(10, help="max subagents per create_sub_agents call (and concurrency)"),
+    subagents: int = typer.Option(10, help="max subagents per lead turn (and per call, and concurrency)"),
     base_url: Optional[str] = BASE_URL, model: str = MODEL, tool_mode: str = TOOL_MODE,
     max_tokens: int = typer.Option(512), temperature: float = typer.Option(0.7),
     lead_turns: int = typer.Option(10), sub_turns: int = typer.Option(20), single_turns: int = typer.Option(50),
@@ -262,9 +270,11 @@ def difftest(
     cases: int = typer.Option(2000, help="random tables to score both ways"),
     seed: int = typer.Option(0, help="first seed; the cases are a deterministic function of it"),
     out: Optional[Path] = typer.Option(None, help="write the result as Markdown (and JSON beside it, .json)"),
+    also_default: bool = typer.Option(False, help="also compare the default scorer (differs by design where the "
+                                                  "official code leaves [0, 1])"),
 ) -> None:
-    """Score random tables with WideSearch's own evaluation code and ours (exact_code=True and the default);
-    report every difference (see leanlm.wideseek.difftest)."""
+    """Score random tables with WideSearch's own evaluation code and ours (exact_code=True, and the default with
+    --also-default); report every difference (see leanlm.wideseek.difftest)."""
     import os
     import platform
     import time
@@ -282,9 +292,15 @@ def difftest(
         raise typer.BadParameter(str(exc)) from exc
     results = {}
     t0 = time.perf_counter()
-    for name, exact in (("exact_code=True", True), ("default", False)):
+    modes = (("exact_code=True", True), ("default", False)) if also_default else (("exact_code=True", True),)
+    for name, exact in modes:
+        def tick(i: int, bar: object, label: str = name) -> None:
+            bar.update(1)  # type: ignore[attr-defined]
+            if (i + 1) % 250 == 0:
+                typer.echo(f"{label}: {i + 1} of {cases} cases done ({time.perf_counter() - t0:.0f} s)", err=True)
+
         with progress_bar(desc=f"difftest {name}", total=cases, unit="case") as bar:
-            diffs, counts = compare(ref, cases, seed, exact_code=exact, progress=lambda _i: bar.update(1))
+            diffs, counts = compare(ref, cases, seed, exact_code=exact, progress=lambda i, b=bar: tick(i, b))
         results[name] = {"counts": counts, "differing_cases": len({d.index for d in diffs}),
                          "differences": [{"case": d.index, "metric": d.metric, "ours": d.ours, "official": d.official,
                                           "mutations": d.case.mutations, "msg": d.msg} for d in diffs[:50]]}
@@ -303,3 +319,67 @@ def difftest(
         atomic_write_text(out, text)
         atomic_write_json(out.with_suffix(".json"), {"commit": ref.commit, "cases": cases, "seed": seed,
                                                      "seconds": seconds, **results})
+
+
+def _write_report(out: Optional[Path], text: str, data: dict) -> None:
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+
+    typer.echo(text)
+    if out:
+        atomic_write_text(out, text)
+        atomic_write_json(out.with_suffix(".json"), data)
+        typer.echo(f"-> {out} (+ {out.with_suffix('.json').name})")
+
+
+@app.command()
+def families(
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+    items_per_call: int = typer.Option(5, help="items per search/access call"),
+    wiki_limit: Optional[int] = typer.Option(None, help="cap the Wikipedia pages"),
+) -> None:
+    """Oracle success and tool calls per wide task family at widths 1, 2, 4, 8 (paper limits)."""
+    from leanlm.wideseek.measure import families_report
+
+    _write_report(out, *families_report(items_per_turn=items_per_call, wiki_limit=wiki_limit))
+
+
+@app.command("width-model")
+def width_model(
+    task: str = typer.Option("wide-countries-northern-and-western-europe", help="task id (generated set or wide)"),
+    seeds: int = typer.Option(10, help="latency seeds"),
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+) -> None:
+    """The SIMULATED width speed-up (latency model), with its spread over seeds."""
+    from leanlm.wideseek.measure import width_model_report
+    from leanlm.wideseek.runner import default_world
+
+    _write_report(out, *width_model_report(_find_task(task), default_world(), seeds=range(seeds)))
+
+
+@app.command("width-real")
+def width_real(
+    task: str = typer.Option("wide-countries-northern-and-western-europe", help="task id (generated set or wide)"),
+    slots: int = typer.Option(8, help="llama.cpp server processes (parallel slots)"),
+    threads: int = typer.Option(1, help="CPU threads per slot"),
+    max_tokens: int = typer.Option(64, help="tokens per subagent report"),
+    repeats: int = typer.Option(3, help="interleaved repeats per width"),
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+) -> None:
+    """MEASURED wall time and tokens vs width: oracle decisions, real embedded-model subagent reports."""
+    from leanlm.wideseek.measure import real_width_report
+    from leanlm.wideseek.runner import default_world
+    from leanlm.wideseek.server import SERVER_HINT, server_available
+
+    if not server_available():
+        raise typer.BadParameter(SERVER_HINT)
+    _write_report(out, *real_width_report(_find_task(task), default_world(), slots=slots, threads_per_slot=threads,
+                                          max_tokens=max_tokens, repeats=repeats))
+
+
+def _find_task(task_id: str):
+    from leanlm.wideseek.tasks import candidate_tasks, generate_wide_tasks
+
+    for task in [*generate_wide_tasks(), *candidate_tasks()]:
+        if task.instance_id == task_id:
+            return task
+    raise typer.BadParameter(f"no generated task {task_id!r}")

@@ -44,7 +44,8 @@ def _e2e(ctx: RunContext, config: dict[str, Any]) -> dict[str, Any]:
     module="wideseek",
     title="WideSeek-R1: wall time vs number of parallel subagents, orchestration overhead, real llama.cpp run",
     claims=[
-        Claim("Wall-time speed-up of 8 parallel subagents over 1 (batching server, llama.cpp-like latency model)",
+        Claim("MODEL, not a measurement: wall-time speed-up of 8 parallel subagents over 1 (batching server, "
+              "sampled latencies, one seed; spread over 10 seeds: `leanlm wideseek width-model`)",
               paper="not reported (Fig. 4 reports item F1 vs width)", metric="speedup_8",
               setting="scripted agents, simulated latency"),
         Claim("Same, on a one-slot server (llama-cpp-python serves one request at a time)", paper="n/a",

@@ -69,14 +69,15 @@ class Task:
         spec = EvalSpec.from_dict(self.evaluation or {}, where=f"{self.instance_id}.evaluation")
         return read_gold_csv(self.gold_csv, spec.required)
 
-    def score(self, response: str | None, *, aligner: Any = None, judge: Any = None, block: str = "first") -> TableScore:
+    def score(self, response: str | None, *, aligner: Any = None, judge: Any = None, block: str = "first",
+              numbers: str = "official") -> TableScore:
         """WideSearch metrics for table tasks; for QA, exact match of the boxed answer in every field."""
         if self.kind == "qa":
             em = score_qa(extract_boxed(response or "") or (response or "").strip() or None, self.answers)
             return TableScore(em, em, em, em, em, em, em, msg="exact match of the boxed answer")
         aligner = aligner or NormalizedAligner(aliases=self.aliases)
         return score_table(response, self.gold(), EvalSpec.from_dict(self.evaluation or {}), aligner=aligner,
-                           judge=judge, block=block)
+                           judge=judge, block=block, numbers=numbers)
 
 
 # --------------------------------------------------------------------------------------------- generators
