@@ -168,3 +168,38 @@ def test_cli_eval_against_a_loopback_openai_server(tmp_path):
     assert "QA exact match over 1 tasks: Avg@2 100.0%, Pass@2 100.0%" in result.output
     rows = [json.loads(x) for x in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["stat_subagents"] == 1 and r["stat_llm_calls"] == 4 for r in rows)
+
+
+def test_real_width_pieces_pool_and_report_writer(world):
+    """The width-real driver without a server: a pool of two slow fake model slots serves the subagents' report
+    calls at most two at a time; reports keep the oracle's rows, so the answer stays exact."""
+    import asyncio
+    import time
+
+    from leanlm.wideseek.llm import Completion
+    from leanlm.wideseek.measure import PooledBackend, ReportWriter
+
+    class Slot:
+        def __init__(self):
+            self.active = 0
+
+        async def complete(self, messages, tools, *, agent):
+            self.active += 1
+            pool_active.append(sum(s.active for s in slots))
+            await asyncio.sleep(0.05)
+            self.active -= 1
+            return Completion("I found the values.", prompt_tokens=100, completion_tokens=5)
+
+    pool_active: list[int] = []
+    slots = [Slot(), Slot()]
+    task = countries_task("Northern America")
+    writer = ReportWriter(OraclePolicy(task, 4, items_per_turn=5), PooledBackend(slots))
+    cfg = AgentConfig(max_subagents_per_call=4, max_subagents_per_turn=4, max_concurrency=4)
+    t0 = time.perf_counter()
+    result = asyncio.run(WideSeek(ScriptedBackend(writer), world, cfg).arun(task.query))
+    assert task.score(result.answer).score == 1.0
+    assert len(writer.calls) == 5 and all(c["completion_tokens"] == 5 for c in writer.calls)  # enumerator + 4
+    assert max(pool_active) == 2 and time.perf_counter() - t0 >= 0.15  # 4 reports over 2 slots: 2 waves + 1
+    assert all(m.startswith("I found the values.") for m in
+               [e["content"] for e in result.trace.of(type="message") if e["role"] == "assistant"
+                and e["agent"].startswith("sub-") and not e.get("tool_calls")])

@@ -294,13 +294,15 @@ def difftest(
     t0 = time.perf_counter()
     modes = (("exact_code=True", True), ("default", False)) if also_default else (("exact_code=True", True),)
     for name, exact in modes:
-        def tick(i: int, bar: object, label: str = name) -> None:
+        def tick(i: int, differing: int, bar: object, label: str = name) -> None:
             bar.update(1)  # type: ignore[attr-defined]
-            if (i + 1) % 250 == 0:
-                typer.echo(f"{label}: {i + 1} of {cases} cases done ({time.perf_counter() - t0:.0f} s)", err=True)
+            if (i + 1) % 100 == 0:
+                typer.echo(f"{label}: {i + 1} of {cases} cases, {differing} differing "
+                           f"({time.perf_counter() - t0:.0f} s)", err=True)
 
         with progress_bar(desc=f"difftest {name}", total=cases, unit="case") as bar:
-            diffs, counts = compare(ref, cases, seed, exact_code=exact, progress=lambda i, b=bar: tick(i, b))
+            diffs, counts = compare(ref, cases, seed, exact_code=exact,
+                                    progress=lambda i, k, b=bar: tick(i, k, b))
         results[name] = {"counts": counts, "differing_cases": len({d.index for d in diffs}),
                          "differences": [{"case": d.index, "metric": d.metric, "ours": d.ours, "official": d.official,
                                           "mutations": d.case.mutations, "msg": d.msg} for d in diffs[:50]]}

@@ -267,7 +267,7 @@ def differences(ours: TableScore, theirs: TableScore, tol: float = 1e-9) -> list
 
 
 def compare(official: Official, n: int, seed: int = 0, *, exact_code: bool = True,
-            progress: Callable[[int], None] | None = None) -> tuple[list[Difference], dict[str, int]]:
+            progress: Callable[[int, int], None] | None = None) -> tuple[list[Difference], dict[str, int]]:
     """Score ``n`` random cases (seeds ``seed..``) with ours and WideSearch's; returns differences and counts.
 
     ``exact_code=True`` compares WideSearch's code with ``score_table(..., exact_code=True)``; with False, the
@@ -290,5 +290,5 @@ def compare(official: Official, n: int, seed: int = 0, *, exact_code: bool = Tru
         for metric, a, b in differences(ours, theirs):
             diffs.append(Difference(i, metric, a, b, case, f"ours: {ours.msg[:120]} | official: {theirs.msg[:120]}"))
         if progress is not None:
-            progress(i)
+            progress(i, len({d.index for d in diffs}))
     return diffs, counts
