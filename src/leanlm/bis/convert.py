@@ -113,3 +113,67 @@ def to_mmprm(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionC
 def encode_mmprm(rec: dict[str, Any]) -> str:
     """Serialise like the official script: ``json.dumps(prm, ensure_ascii=False) + "\\n"``."""
     return _ENCODE(rec) + "\n"
+
+
+#: ``json.dumps(..., ensure_ascii=False)``'s own string encoder (C): the fast path below emits its bytes.
+_ESC = json.encoder.encode_basestring
+
+
+def mmprm_line(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionCounts) -> str | None:
+    """``encode_mmprm(to_mmprm(rec, ...))`` in one step, without building the intermediate dicts.
+
+    The output record has a fixed shape, so it is assembled from its strings (encoded by the same C function
+    ``json.dumps`` uses) and its labels (``1.0``/``0.0``): byte-identical to the general path, which it falls
+    back to for anything unusual (a non-string image or step text, per-step MC counts).
+    """
+    image = rec.get(fields.image, "")
+    if fields.counts_mode or (image and type(image) is not str):
+        return _general(rec, fields, mode, counts)
+    steps = rec.get(fields.steps) or []
+    official = mode == "official"
+    if official and not image:
+        counts.no_image += 1
+        counts.dropped_no_image += 1
+        return None
+    if official and not steps:
+        counts.dropped_no_steps += 1
+        return None
+    text_key, score_key = fields.step_text, fields.score
+    pieces: list[str] = []
+    labels: list[str] = []
+    empty = unscored = False
+    for step in steps:
+        text = step.get(text_key)
+        if type(text) is not str:
+            if text:  # a truthy non-string (the general path's str())
+                return _general(rec, fields, mode, counts)
+            text = ""
+        text = text.strip()
+        s = step.get(score_key)
+        if not text:
+            empty = True
+        if s is None:
+            unscored = True
+        if official and (not text or s is None):
+            counts.empty_step += int(not text)
+            counts.unscored_step += int(s is None)
+            counts.dropped_bad_step += 1
+            return None
+        if s is None:
+            pieces.append(text)
+        else:
+            pieces.append(text + "<prm>")
+            labels.append("1.0" if float(s) > 0.0 else "0.0")
+    counts.no_image += int(not image)
+    counts.empty_step += int(empty)
+    counts.unscored_step += int(unscored)
+    counts.converted += 1
+    human = f"Question: {_question(rec, fields)}\nProcess: " + "\n\n".join(pieces)
+    head = '{"image": ' + _ESC(image) + ", " if image else "{"
+    return (head + '"conversations": [{"from": "human", "value": ' + _ESC(human)
+            + '}, {"from": "gpt", "value": [' + ", ".join(labels) + "]}]}\n")
+
+
+def _general(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionCounts) -> str | None:
+    prm = to_mmprm(rec, fields, mode, counts)
+    return None if prm is None else encode_mmprm(prm)

@@ -18,6 +18,8 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +103,29 @@ class FileCounts:
     sha256: str = ""
 
 
+_STEPS, _S, _C, _T = attrgetter("steps"), attrgetter("s"), attrgetter("c"), attrgetter("t")
+
+
 def _stats_from_rows(rows: list, counts_mode: bool, row0: int, file_index: int
                      ) -> tuple[RolloutStats, list[int]]:
     """Compute (n, n_pos, sum_pos) per decoded row; returns stats and the rows with a non-finite/invalid score."""
     nrows = len(rows)
-    steps_of = [r.steps or () for r in rows]
+    # C-level iteration (map/attrgetter/chain): a Python comprehension over ~6M steps costs seconds.
+    steps_of = list(map(_STEPS, rows))
+    if steps_of.count(None):
+        steps_of = [st or () for st in steps_of]
     lens = np.fromiter(map(len, steps_of), dtype=np.int64, count=nrows)
     total = int(lens.sum())
     if counts_mode:
-        corr = np.array([s.c for st in steps_of for s in st], dtype=np.float64) if total else np.zeros(0)
-        tot = np.array([s.t for st in steps_of for s in st], dtype=np.float64) if total else np.zeros(0)
+        # None (a missing count) becomes NaN in a float64 array
+        corr = np.array(list(map(_C, chain.from_iterable(steps_of))), dtype=np.float64) if total else np.zeros(0)
+        tot = np.array(list(map(_T, chain.from_iterable(steps_of))), dtype=np.float64) if total else np.zeros(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             flat = corr / tot
         flat[~np.isfinite(flat)] = np.nan  # a count pair without a usable total counts as "no score"
     else:
-        flat = np.array([s.s for st in steps_of for s in st], dtype=np.float64) if total else np.zeros(0)
+        flat = (np.array(list(map(_S, chain.from_iterable(steps_of))), dtype=np.float64) if total
+                else np.zeros(0))
     bad: list[int] = []
     if total and np.isinf(flat).any():  # pragma: no cover - msgspec rejects out-of-range numbers
         bad = sorted(set(np.repeat(np.arange(nrows), lens)[np.isinf(flat)].tolist()))

@@ -16,7 +16,7 @@ from typing import IO, Any
 import msgspec
 import numpy as np
 
-from leanlm.bis.convert import ConversionCounts, encode_mmprm, to_mmprm
+from leanlm.bis.convert import ConversionCounts, mmprm_line
 from leanlm.bis.schema import Fields
 
 #: Lines written per batch (bounds the memory of the joined output bytes).
@@ -90,8 +90,7 @@ class MmprmWriter(Writer):
                 if (value := getattr(obj, slot)) is not msgspec.UNSET}
 
     def _convert(self, rec: dict[str, Any]) -> str | None:
-        prm = to_mmprm(rec, self.fields, self.compat, self.conversion)
-        return None if prm is None else encode_mmprm(prm)
+        return mmprm_line(rec, self.fields, self.compat, self.conversion)
 
     def write_spans(self, buf: Any, start: np.ndarray, stop: np.ndarray) -> int:
         view = memoryview(buf)
