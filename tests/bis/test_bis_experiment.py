@@ -62,3 +62,23 @@ def test_bench_checks_outputs_and_pairs_rounds(tmp_path: Path) -> None:
     assert q["paired_min"] <= q["paired_median"] <= q["paired_max"]
     md = to_markdown(data, "leanlm bis bench")
     assert "### Raw output" in md and "### MM-PRM output" in md and "**DIFFERENT**" in md and "abc123" in md
+
+
+def test_bench_cli_writes_markdown_and_json(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from leanlm.bis.cli import app
+    from leanlm.bis.synth import SynthConfig, write_corpus
+
+    corpus = tmp_path / "c"
+    write_corpus(corpus, SynthConfig(rollouts=200, sources=2, seed=3))
+    out = tmp_path / "r" / "bench.md"
+    r = CliRunner().invoke(app, ["bench", "--out", str(out), "--corpus", str(corpus), "--repeats", "1",
+                                 "--contender", "reference-raw", "--contender", "ours:stream"])
+    assert r.exit_code == 0, r.output
+    assert "| ours:stream |" in out.read_text() and "identical" in out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["results"]) == {"reference-raw", "ours:stream"}
+    assert data["results"]["ours:stream"]["identical"] is True
