@@ -31,7 +31,7 @@ def modality_loads(
             sel = ids[kinds == kind]
             if not len(sel):
                 continue
-            counts = model(sel, subnet=subnet).expert_counts
+            counts = model(sel, subnet=subnet, return_expert_counts=True).expert_counts
             for layer, c in counts.items():
                 loads[kind][layer] = loads[kind].get(layer, 0) + c.to(torch.float64)
     return loads

@@ -187,7 +187,15 @@ class ElasticMoe(nn.Module):
         self.register_buffer("router_bias", torch.zeros(e, dtype=torch.float32))
         self.register_buffer("expert_usage", torch.zeros(e, dtype=torch.float64))
         self.shared = SwiGLU(d, f * config.num_shared_experts) if config.num_shared_experts else None
-        self.last_counts: torch.Tensor | None = None  # tokens per expert in the last forward (for balancing)
+        self._last_indices: torch.Tensor | None = None
+        self._last_counts: torch.Tensor | None = None
+
+    @property
+    def last_counts(self) -> torch.Tensor | None:
+        """Tokens routed to each expert in the last forward (for balancing); computed on first access."""
+        if self._last_counts is None and self._last_indices is not None:
+            self._last_counts = self._counts(self._last_indices)
+        return self._last_counts
 
     def route(self, x: torch.Tensor, expert_mask: torch.Tensor | None, top_k: int) -> RouterChoice:
         """FP32 softmax router; top-k on probs + bias (selection only); renormalised unbiased weights."""
@@ -229,7 +237,7 @@ class ElasticMoe(nn.Module):
         token actually uses, so it scales with k (and with N; use ``"sorted"`` for large batches)."""
         idx = choice.indices
         n, k = idx.shape
-        self.last_counts = self._counts(idx).detach()
+        self._last_indices, self._last_counts = idx.detach(), None  # counted only if read (not per decoded token)
         flat_idx = idx.reshape(-1)
 
         def take(w: torch.Tensor) -> torch.Tensor:  # index_select: its backward is index_add_, deterministic on CPU
@@ -255,7 +263,7 @@ class ElasticMoe(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         counts = self._counts(flat_experts)
-        self.last_counts = counts.detach()
+        self._last_indices, self._last_counts = None, counts.detach()
         pairs = flat[:, None, :].expand(n, k, flat.shape[-1]).reshape(n * k, -1)
         xs = permute_rows(pairs, order, inverse)
         if self.dispatch == "bmm":
@@ -408,8 +416,10 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
         cache: Cache | None = None,
         subnet: SubNet | None = None,
         length: int | None = None,
+        want_counts: bool = True,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """``length``: an upper bound of ``positions`` known on the host (no device read for the RoPE table)."""
+        """``length``: an upper bound of ``positions`` known on the host (no device read for the RoPE table);
+        ``want_counts``: also return the tokens routed to each expert per MoE layer."""
         x = self.embed_tokens(input_ids)
         masks = self._prepare(subnet, x.device) if subnet is not None else {}
         top_k = subnet.top_k if subnet is not None else None
@@ -419,7 +429,7 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
         for slot, i in enumerate(run):
             layer = self.layers[i]
             x = layer(x, rope, cache, slot, masks.get(i), top_k)
-            if layer.is_moe:
+            if layer.is_moe and want_counts:
                 counts[i] = layer.mlp.last_counts
         return self.norm(x), counts
 
@@ -462,9 +472,14 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         subnet: SubNet | None = None,
         logits_to_keep: int = 0,
+        return_expert_counts: bool | None = None,
         **kwargs: object,
     ) -> ElasticMoeOutput:
+        """``return_expert_counts`` (default: when training or given ``labels``) fills ``expert_counts`` with the
+        tokens routed to each expert per MoE layer; decoding leaves it off (no counting per token)."""
         subnet = subnet if subnet is not None else self.active_subnet
+        if return_expert_counts is None:
+            return_expert_counts = self.training or labels is not None
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -476,7 +491,7 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
             length = past + t
-        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length)
+        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length, return_expert_counts)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(kept)
         loss = lm_loss = mtp_loss = None
