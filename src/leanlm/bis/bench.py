@@ -28,7 +28,6 @@ seconds; the median of the per-round paired ratios; the peak RSS of the largest 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import statistics
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leanlm.bis.scan import sha256_file
 from leanlm.common.progress import get_logger
 
 log = get_logger("leanlm.bis.bench")
@@ -166,14 +166,6 @@ def run_once(cmd: list[str], work: Path, timeout: float = 3600) -> Run:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')[-3000:]}")
     rss = float(rss_file.read_text().split()[-1]) / 1024 if rss_file.exists() else float("nan")
     return Run(seconds=seconds, peak_rss_mb=rss)
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 @dataclass

@@ -8,7 +8,6 @@ which names the bad line or skips it under ``skip_invalid``; the manifest says w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from leanlm.bis.config import SelectConfig, initial_group_names
 from leanlm.bis.engine_stream import StreamEngine
-from leanlm.bis.scan import FileCounts, is_parquet
+from leanlm.bis.scan import FileCounts, is_parquet, sha256_file
 from leanlm.bis.score import RolloutStats
 from leanlm.bis.spill import FileScores, SpillWriter, spill_path
 from leanlm.common.progress import get_logger
@@ -74,14 +73,6 @@ def _duckdb_sql(path: Path, config: SelectConfig) -> str:
     """
 
 
-def file_sha256(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 @dataclass(frozen=True)
 class DuckDBEngine:
     name: str = "duckdb"
@@ -125,5 +116,5 @@ class DuckDBEngine:
             writer.close()
             con.close()
         if config.hash_input:
-            counts.sha256 = file_sha256(path)
+            counts.sha256 = sha256_file(path)
         return writer.result(str(path), counts, None, self.name)
