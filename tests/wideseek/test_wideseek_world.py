@@ -162,3 +162,13 @@ def test_task_files_roundtrip_and_errors(tmp_path):
         bad.write_text(content)
         with pytest.raises(RecordError, match=message):
             load_tasks(bad, gold_dir=tmp_path / "gold")
+
+
+def test_access_summary_covers_every_requested_item(small_world):
+    _, tools = small_world
+    for name in ("afghanistan", "germany", "brazil", "japan"):
+        page = tools.access(f"https://leanlm.local/country/{name}", "capital, population, currency")
+        facts = page.facts
+        assert f"Capital: {facts['capital']}" in page.summary, page.summary
+        assert f"Population: {facts['population']:,}" in page.summary and facts["currencies"][0] in page.summary
+        assert page.text is None and len(page.summary) < 400

@@ -80,8 +80,9 @@ def _is_ip(host: str) -> bool:
 
 
 def extractive_summary(text: str, info: str, sentences: int = 3) -> str:
-    """The ``sentences`` sentences of ``text`` most relevant to ``info`` by BM25 (``bm25s``, English stop
-    words removed), in their original order; the first sentences when nothing matches."""
+    """Sentences of ``text`` relevant to ``info`` by BM25 (``bm25s``, English stop words removed), in their
+    original order: for every query term its best sentence, then the best remaining ones up to ``sentences``;
+    the first sentences when nothing matches."""
     import bm25s
 
     parts = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
@@ -96,8 +97,18 @@ def extractive_summary(text: str, info: str, sentences: int = 3) -> str:
     retriever = bm25s.BM25()
     retriever.index(docs, show_progress=False)
     scores = retriever.get_scores(query)
-    best = sorted(range(len(parts)), key=lambda i: (scores[i], -i), reverse=True)[:sentences]
-    return " ".join(parts[i] for i in sorted(best) if scores[i] > 0) or " ".join(parts[:sentences])
+    chosen: list[int] = []
+    for term in dict.fromkeys(query):  # coverage first: the best sentence for each requested term
+        per_term = retriever.get_scores([term])
+        best_i = max(range(len(parts)), key=lambda i: (per_term[i], scores[i], -i))
+        if per_term[best_i] > 0 and best_i not in chosen:
+            chosen.append(best_i)
+    for i in sorted(range(len(parts)), key=lambda i: (scores[i], -i), reverse=True):
+        if len(chosen) >= sentences or scores[i] <= 0:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return " ".join(parts[i] for i in sorted(chosen)) or " ".join(parts[:sentences])
 
 
 class _TextExtractor(html.parser.HTMLParser):
@@ -234,8 +245,10 @@ class WorldTools:
         text = text[: self.page_chars]
         summary = None
         if self.access_mode != "page":
+            # at least one sentence per requested item (plus one), so "capital, population, currency" gets 4
+            wanted = len([p for p in re.split(r",|;|\band\b", info_to_extract) if p.strip()]) + 1
             summary = (self.summarizer(text, info_to_extract) if self.summarizer
-                       else extractive_summary(text, info_to_extract, self.summary_sentences))
+                       else extractive_summary(text, info_to_extract, max(self.summary_sentences, wanted)))
         return PageResult(url, title, kind, info_to_extract, summary, text if self.access_mode != "summary" else None,
                           facts)
 
