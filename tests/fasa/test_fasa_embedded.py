@@ -120,3 +120,31 @@ def test_cli_calibrate_generate_inspect(embedded, smol_calibration, tmp_path):
     bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n', encoding="utf-8")
     result = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "x.json"), "--text-file", str(bad)])
     assert result.exit_code != 0 and "bad.jsonl:2" in str(result.exception)
+
+
+def test_fast_paths_give_the_reference_tokens_on_the_embedded_model(embedded, record_property):
+    """FASA-C (per head and pooled) and FASA-M inside an unchanged ``generate()`` == the reference path."""
+    from leanlm.fasa import Calibration, apply
+    from leanlm.fasa.tasks import needle_trial
+
+    model, tok = embedded
+    calib = Calibration.load("embedded")
+    trial = needle_trial(tok, context_tokens=2000, depth=0.5, seed=0)
+    ids = tok(trial.prompt, return_tensors="pt").input_ids
+
+    def generate(**kwargs):
+        with torch.inference_mode(), apply(model, calib, budget=256, **kwargs) as fasa:
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)
+        return out[0, ids.shape[1]:].tolist(), fasa.stats
+
+    answers = {}
+    for name, kwargs in {"reference": {"backend": "reference"}, "FASA-C": {}, "FASA-M": {"offload": True},
+                         "reference pooled": {"backend": "reference", "pooled": True},
+                         "FASA-C pooled": {"pooled": True}}.items():
+        tokens, stats = generate(**kwargs)
+        assert stats.sparse_calls > 0 and (stats.fast_calls == 0) == name.startswith("reference"), (name, stats)
+        answers[name] = tokens
+    record_property("fast_paths", {k: tok.decode(v) for k, v in answers.items()})
+    assert answers["FASA-C"] == answers["reference"] == answers["FASA-M"]
+    assert answers["FASA-C pooled"] == answers["reference pooled"]
