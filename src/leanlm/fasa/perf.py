@@ -336,7 +336,7 @@ def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -
     attn, meta = attention_bench(config["attention_contexts"], budget, config["attention_repeats"])
     say("attention bench done")
     decode = decode_bench(config["decode_contexts"], config["decode_steps"], config["decode_repeats"], budget,
-                          offload=config["offload"], progress=say)
+                          layers=config.get("decode_layers"), offload=config["offload"], progress=say)
     memory = memory_bench(config["memory_contexts"], budget)
     say("memory bench done")
     width = meta["label_width"]
