@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leanlm.common.progress import get_logger
+from leanlm.wideseek import prompts
 from leanlm.wideseek.agents import AgentConfig, RunResult, Toolbox, WideSeek
 from leanlm.wideseek.llm import Completion, ScriptedBackend, ToolCall
 from leanlm.wideseek.tasks import Task
@@ -81,7 +82,8 @@ class OraclePolicy:
 
     Lead: when the task has a listing, its first turn starts one subagent that enumerates the rows (search
     the listing, read its first part, read the other parts it names); then it splits the rows over ``width``
-    subagents (at most ``max_per_turn`` per turn, more turns if needed) and joins their rows into the table.
+    subagents (at most ``max_per_turn`` per turn, more turns if needed) and joins their rows into the table;
+    rows of subagents that failed are retried in pieces half as large per failed round.
     Subagent: for each of its rows and each page holding some of that row's cells (``task.sources``), search
     the page's query, take the hit with the page's URL (searching again with count 9 when it is missing, and
     reading the page anyway when it is still missing: a *search miss*), read the pages, and write the cells
@@ -117,10 +119,17 @@ class OraclePolicy:
                 if line.startswith("| ")}
         todo = [n for n in names if n not in done]
         if todo:
-            groups = [g for g in (todo[i :: self.width] for i in range(self.width)) if g]
+            # after a round in which subagents failed (turn or context limit), retry the missing rows in smaller
+            # pieces, halving the piece size per failed round, as the failure message asks
+            failed_rounds = sum(prompts.SUBAGENT_FAILED in r for r in reports)
+            if failed_rounds == 0:
+                groups = [g for g in (todo[i :: self.width] for i in range(self.width)) if g]
+            else:
+                chunk = max(1, math.ceil(len(names) / self.width) >> failed_rounds)
+                groups = [todo[i : i + chunk] for i in range(0, len(todo), chunk)][: self.width]
             turn_groups = groups[: self.max_per_turn]
-            prompts = [{"prompt": f"Find {', '.join(self.columns[1:])} {_FIND}" + _SEP.join(g)} for g in turn_groups]
-            return Completion("", [ToolCall("create_sub_agents", {"sub_agents": prompts})])
+            subtasks = [{"prompt": f"Find {', '.join(self.columns[1:])} {_FIND}" + _SEP.join(g)} for g in turn_groups]
+            return Completion("", [ToolCall("create_sub_agents", {"sub_agents": subtasks})])
         rows = [line for r in reports for line in r.splitlines() if line.startswith("| ")]
         return Completion(self._table(rows))
 
@@ -212,16 +221,18 @@ def search_misses(result: RunResult) -> int:
     return misses
 
 
-def critical_path(result: RunResult) -> float:
+def critical_path(result: RunResult, latency_scale: float = 1.0) -> float:
     """Ideal wall time with unlimited servers: lead model time plus, per lead turn, the slowest subagent chain.
 
     Model time is the simulated latency of each call when the backend sleeps for one (else measured seconds);
-    tool time is measured.
+    tool time is measured. ``latency_scale``: the factor the sleeps were multiplied by; simulated latencies are
+    divided by it, so a fast run (small sleeps) yields the critical path at full latency.
     """
     trace = result.trace
 
     def model_s(agent: str) -> float:
-        return sum(e.get("simulated_s", e["seconds"]) for e in trace.of(agent, "llm_call"))
+        return sum(e["simulated_s"] / latency_scale if "simulated_s" in e else e["seconds"]
+                   for e in trace.of(agent, "llm_call"))
 
     if result.lead.agent == "single":
         return model_s("single") + sum(e["seconds"] for e in trace.of("single", "tool_result"))
@@ -257,9 +268,10 @@ class WidthPoint:
 
 
 def run_point(task: Task, tools: Toolbox, latency: LatencyModel, width: int, slots: int | None, mode: str = "multi",
-              items_per_turn: int = 1, turn_limit: int = 1000) -> WidthPoint:
+              items_per_turn: int = 1, turn_limit: int = 1000, unscale: bool = False) -> WidthPoint:
     """One benchmark point: a full run of ``task`` with ``width`` subagents (or SingleSeek). Subagent and
-    single-agent turn limits are ``turn_limit`` (generous by default, so every width does the same work)."""
+    single-agent turn limits are ``turn_limit`` (generous by default, so every width does the same work).
+    ``unscale``: report ``ideal_s`` at full latency (sampled latencies divided by ``latency.scale``)."""
     policy = OraclePolicy(task, width, items_per_turn)
     latency.samples.clear()
     backend = ScriptedBackend(policy, latency=latency, slots=slots)
@@ -273,7 +285,8 @@ def run_point(task: Task, tools: Toolbox, latency: LatencyModel, width: int, slo
     if problems:
         raise RuntimeError(f"incomplete trace in the benchmark: {problems[:3]}")
     score = task.score(result.answer)
-    return WidthPoint(mode, width, "unlimited" if slots is None else str(slots), wall, critical_path(result),
+    return WidthPoint(mode, width, "unlimited" if slots is None else str(slots), wall,
+                      critical_path(result, latency.scale if unscale and latency.scale > 0 else 1.0),
                       sum(latency.samples), result.stats["llm_calls"], score.f1_by_item, score.score)
 
 
