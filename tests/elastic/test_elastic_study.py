@@ -113,6 +113,9 @@ def test_study_runs_end_to_end_resumes_and_renders(tmp_path):
     partial = run_study(study, tmp_path / "s", max_runs=3)  # seed 0: B, A_topk, C_topk_1
     assert partial["runs_finished"] == 3 and partial["axes"]["topk"]["seeds"] == [0]
     assert partial["axes"]["topk"]["claim_full"] == "not enough seeds"
+    # a worker of a 2-way split trains only its share (odd plan positions: E_topk_1_seed0 is next) and does not summarise
+    assert run_study(study, tmp_path / "s", max_runs=1, shard=(1, 2)) is None
+    assert sorted(p.name for p in (tmp_path / "s" / "runs").iterdir()) == ["A_topk_seed0", "B_seed0", "C_topk_1_seed0", "E_topk_1_seed0"]
     result = run_study(study, tmp_path / "s")
     assert result["runs_finished"] == result["runs_planned"] == 8 and not result["missing"]
     t = result["axes"]["topk"]

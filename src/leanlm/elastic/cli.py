@@ -125,6 +125,7 @@ def study(
     quick: bool = typer.Option(False, help="use the registered quick configuration"),
     max_runs: int = typer.Option(None, help="train at most this many missing runs, then summarise"),
     summarize_only: bool = typer.Option(False, help="train nothing; summarise the runs that have finished"),
+    shard: str = typer.Option(None, help="i/n: train only every n-th planned run from the i-th (parallel workers); no summary"),
 ) -> None:
     """Run (or resume) the per-axis elastic study and write study.json + results.md in OUT (resumable)."""
     from leanlm.elastic.experiments import FULL, QUICK, render
@@ -136,7 +137,17 @@ def study(
         cfg = StudyConfig(**data)
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(f"{config}: {exc}") from exc
-    result = summarize(cfg, out) if summarize_only else run_study(cfg, out, max_runs=max_runs)
+    part = None
+    if shard is not None:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError as exc:
+            raise typer.BadParameter(f"--shard must look like 0/4, got {shard!r}") from exc
+        part = (i, n)
+    result = summarize(cfg, out) if summarize_only else run_study(cfg, out, max_runs=max_runs, shard=part)
+    if result is None:
+        typer.echo(f"shard {shard} done; summarise with --summarize-only")
+        return
     render(result, out)
     typer.echo(str(out / "results.md"))
 

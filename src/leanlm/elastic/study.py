@@ -166,14 +166,23 @@ def run_one(name: str, cfg_dict: dict[str, Any], run_dir: Path, threads: int = 1
     return {"name": name, "seconds": result.seconds, "tokens": result.tokens, "flops": result.train_flops, **result.final_eval}
 
 
-def run_study(study: StudyConfig, out_dir: str | Path, max_runs: int | None = None) -> dict[str, Any]:
-    """Train every missing run in order (at most ``max_runs`` of them), then :func:`summarize`."""
+def run_study(
+    study: StudyConfig, out_dir: str | Path, max_runs: int | None = None, shard: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
+    """Train every missing run in order (at most ``max_runs`` of them), then :func:`summarize`.
+
+    ``shard=(i, n)`` trains only the runs whose position in the plan is ``i`` mod ``n`` and does not summarise,
+    so ``n`` processes (e.g. on one GPU) can share a study; summarise afterwards."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "study_config.json", asdict(study))
     runs = plan_runs(study)
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard[0]}/{shard[1]}")
     trained = 0
-    for name, cfg in runs.items():
+    for position, (name, cfg) in enumerate(runs.items()):
+        if shard is not None and position % shard[1] != shard[0]:
+            continue
         run_dir = out / "runs" / name
         if (run_dir / "final_eval.json").exists() and (run_dir / "model").exists():
             continue
@@ -182,7 +191,7 @@ def run_study(study: StudyConfig, out_dir: str | Path, max_runs: int | None = No
         log.info("training %s (%d/%d)", name, list(runs).index(name) + 1, len(runs))
         run_one(name, cfg, run_dir, study.threads)
         trained += 1
-    return summarize(study, out)
+    return summarize(study, out) if shard is None else None
 
 
 def t_quantile_975(df: int) -> float:
