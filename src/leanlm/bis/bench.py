@@ -22,7 +22,8 @@ count for everyone):
 Protocol: one untimed run of every contender first, whose output must equal its kind's reference bytes
 (``reference-raw`` for raw; the official script's, else ``reference``'s, for mmprm), then ``repeats`` timed
 rounds, the contenders interleaved and their order rotated each round. Reported: median, min and max wall
-seconds; the median of the per-round paired ratios; the peak RSS of the largest process of each contender
+seconds; the median CPU seconds (user + system, workers included: the load-independent view on a shared
+machine); the median of the per-round paired ratios; the peak RSS of the largest process of each contender
 (``ru_maxrss`` as reported by ``/usr/bin/time``, which includes waited-for worker processes).
 """
 
@@ -150,6 +151,7 @@ def command(name: str, corpus: Path, out: Path, alpha: float, ratio: float, offi
 class Run:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = float("nan")  # user + system, the process and its waited-for workers
 
 
 def run_once(cmd: list[str], work: Path, timeout: float = 3600) -> Run:
@@ -157,15 +159,17 @@ def run_once(cmd: list[str], work: Path, timeout: float = 3600) -> Run:
     rss_file = work / "rss.txt"
     env = {**os.environ, "LEANLM_NO_PROGRESS": "1", "LEANLM_LOG_LEVEL": "WARNING"}
     timer = shutil.which("time") or "/usr/bin/time"
-    full = [timer, "-f", "%M", "-o", str(rss_file), *cmd] if Path(timer).exists() else cmd
+    full = [timer, "-f", "%M %U %S", "-o", str(rss_file), *cmd] if Path(timer).exists() else cmd
     t0 = time.perf_counter()
     proc = subprocess.run(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
                           check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')[-3000:]}")
-    rss = float(rss_file.read_text().split()[-1]) / 1024 if rss_file.exists() else float("nan")
-    return Run(seconds=seconds, peak_rss_mb=rss)
+    if not rss_file.exists():
+        return Run(seconds=seconds, peak_rss_mb=float("nan"))
+    rss, user, system = (float(x) for x in rss_file.read_text().split()[-3:])
+    return Run(seconds=seconds, peak_rss_mb=rss / 1024, cpu_seconds=user + system)
 
 
 @dataclass
@@ -180,6 +184,10 @@ class Result:
     @property
     def median(self) -> float:
         return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(r.cpu_seconds for r in self.runs)
 
     @property
     def peak_rss_mb(self) -> float:
@@ -278,13 +286,15 @@ def to_markdown(data: dict[str, Any], command_line: str) -> str:
              if data["official_script"] else "Official script: not given (contender left out).", ""]
     for kind, title in (("raw", "Raw output (the kept original lines)"),
                         ("mmprm", "MM-PRM output (the official training format)")):
-        lines += [f"### {title}", "", "| contender | median s | min–max s | peak RSS MB | rows out | output |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"### {title}", "",
+                  "| contender | median s | min–max s | median CPU s | peak RSS MB | rows out | output |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res.values():
             if r.kind != kind:
                 continue
             lines.append(f"| {r.name} | {r.median:.2f} | {min(x.seconds for x in r.runs):.2f}–"
-                         f"{max(x.seconds for x in r.runs):.2f} | {r.peak_rss_mb:.0f} | {r.rows_out:,} | "
+                         f"{max(x.seconds for x in r.runs):.2f} | {r.cpu_median:.2f} | {r.peak_rss_mb:.0f} | "
+                         f"{r.rows_out:,} | "
                          f"{'identical' if r.identical else '**DIFFERENT**'} (`{r.sha256[:12]}`) |")
         lines.append("")
     lines += ["### Ratios (like for like)", "",
@@ -310,7 +320,7 @@ def to_markdown(data: dict[str, Any], command_line: str) -> str:
 
 def to_json(data: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k != "results"}
-    out["results"] = {n: {**asdict(r), "median": r.median, "peak_rss_mb": r.peak_rss_mb}
+    out["results"] = {n: {**asdict(r), "median": r.median, "cpu_median": r.cpu_median, "peak_rss_mb": r.peak_rss_mb}
                       for n, r in data["results"].items()}
     out["ratios"] = {label: ratios(data, slow, fast) for label, slow, fast, _ in GOALS}
     return out
