@@ -56,7 +56,7 @@ def test_topk_equal_to_E_is_the_dense_mixture():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
-@pytest.mark.parametrize("dispatch", ["sorted", "bmm", "gather"])
+@pytest.mark.parametrize("dispatch", ["sorted", "bmm", "gather", "grouped"])
 def test_sorted_dispatch_equals_brute_force(k, dispatch):
     block = moe_block(k=k, dispatch=dispatch)
     x = torch.randn(4, 9, 32)
@@ -241,7 +241,7 @@ def test_gather_decode_dispatch_gives_the_sorted_dispatch_logits(batch):
     prompt = ids(batch, 6)
     for subnet in (None, SubNet(top_k=1), SubNet.make(layers=[0, 2, 3], experts={2: [0, 1, 3, 4, 6], 3: [1, 2, 5, 6, 7]}, top_k=2)):
         runs = {}
-        for dispatch in ("sorted", "gather"):
+        for dispatch in ("sorted", "gather", "grouped"):
             for block in model.moe_blocks().values():
                 block.dispatch = dispatch
             cache, tokens, logits = DynamicCache(), prompt, []
@@ -253,13 +253,19 @@ def test_gather_decode_dispatch_gives_the_sorted_dispatch_logits(batch):
                     out = model(tokens, past_key_values=cache, use_cache=True, subnet=subnet)
             runs[dispatch] = torch.stack(logits)
         torch.testing.assert_close(runs["gather"], runs["sorted"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(runs["grouped"], runs["sorted"], rtol=0, atol=1e-5)
     block = next(iter(model.moe_blocks().values()))
     block.dispatch = "auto"
-    x = torch.randn(1, 32)
-    block(x)
-    assert block._last_indices is not None  # auto picked the gather path for one token
+    calls = []
+    for name in ("grouped_experts", "gather_experts", "dispatch_experts"):
+        original = getattr(block, name)
+        setattr(block, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a))
+    with torch.no_grad():
+        block(torch.randn(1, 32))
+        block(torch.randn(64, 32))
+    block(torch.randn(1, 32))  # gradients needed: no grouped GEMM (forward only)
     block(torch.randn(64, 32))
-    assert block._last_indices is None  # and the sorted path for a batch
+    assert calls == ["grouped_experts", "grouped_experts", "gather_experts", "dispatch_experts"]
 
 
 def test_rope_cache_equals_direct_computation():

@@ -29,8 +29,9 @@ class ElasticMoeConfig(PretrainedConfig):
         moe_norm_min: clamp of the renormalisation denominator (``Ernie4_5_Moe.moe_norm_min``).
         num_mtp_modules: 0 or 1 multi-token-prediction module (predicts token t+2; next-group prediction).
         mtp_loss_weight: weight of the MTP loss (the report gives none; our choice).
-        moe_dispatch: ``"auto"`` (``"gather"`` for calls with few (token, expert) pairs, i.e. decoding, else
-            ``"sorted"``), ``"sorted"`` (sort tokens by expert, one matmul per non-empty expert), ``"bmm"``
+        moe_dispatch: ``"auto"`` (inference: ``"grouped"`` where ``torch._grouped_mm`` exists; training or
+            no grouped GEMM: ``"gather"`` for calls with few (token, expert) pairs, else ``"sorted"``),
+            ``"grouped"`` (pairs sorted on the device + one grouped GEMM per projection, forward only), ``"sorted"`` (sort tokens by expert, one matmul per non-empty expert), ``"bmm"``
             (padded groups, one batched matmul) or ``"gather"`` (gather each token's k experts' weights, one
             batched matmul, no host sync); all give the same result up to float rounding.
         source_layers / source_experts: provenance of an extracted sub-model (which layers / experts of the
@@ -82,8 +83,8 @@ class ElasticMoeConfig(PretrainedConfig):
             raise ValueError(f"first_k_dense_layers must be in [0, {num_hidden_layers}], got {first_k_dense_layers}")
         if num_mtp_modules not in (0, 1):
             raise ValueError(f"num_mtp_modules must be 0 or 1, got {num_mtp_modules}")
-        if moe_dispatch not in ("auto", "sorted", "bmm", "gather"):
-            raise ValueError(f"moe_dispatch must be 'auto', 'sorted', 'bmm' or 'gather', got {moe_dispatch!r}")
+        if moe_dispatch not in ("auto", "sorted", "bmm", "gather", "grouped"):
+            raise ValueError(f"moe_dispatch must be 'auto', 'sorted', 'bmm', 'gather' or 'grouped', got {moe_dispatch!r}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

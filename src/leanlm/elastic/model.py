@@ -167,8 +167,9 @@ class ElasticMoe(nn.Module):
     weights, and is updated outside the optimizer by :func:`leanlm.elastic.balance.update_router_biases`.
     ``expert_usage`` accumulates the tokens routed to each expert while training (used by extraction).
 
-    Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"gather"`` when a call has at most
-    ``GATHER_MAX_PAIRS`` (token, expert) pairs -- decoding -- and ``"sorted"`` otherwise.
+    Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"grouped"`` (``torch._grouped_mm``) for
+    inference where torch has it, else ``"gather"`` when a call has at most ``GATHER_MAX_PAIRS`` (token, expert)
+    pairs -- decoding -- and ``"sorted"`` otherwise (always ``"sorted"`` when gradients are needed).
     """
 
     GATHER_MAX_PAIRS = 64
@@ -220,8 +221,16 @@ class ElasticMoe(nn.Module):
         choice = self.route(flat, expert_mask, k)
         mode = self.dispatch
         if mode == "auto":
-            mode = "gather" if flat.shape[0] * k <= self.GATHER_MAX_PAIRS else "sorted"
-        out = self.gather_experts(flat, choice) if mode == "gather" else self.dispatch_experts(flat, choice)
+            if not (torch.is_grad_enabled() and self.w_gate.requires_grad) and self._grouped_ok(flat):
+                mode = "grouped"
+            else:
+                mode = "gather" if flat.shape[0] * k <= self.GATHER_MAX_PAIRS else "sorted"
+        if mode == "grouped":
+            out = self.grouped_experts(flat, choice)
+        elif mode == "gather":
+            out = self.gather_experts(flat, choice)
+        else:
+            out = self.dispatch_experts(flat, choice)
         if self.shared is not None:
             out = out + self.shared(flat)
         return out.reshape(shape)
@@ -230,6 +239,30 @@ class ElasticMoe(nn.Module):
         """Tokens per expert, as an exact integer scatter (no host sync, deterministic)."""
         flat = indices.reshape(-1)
         return torch.zeros(self.num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+    def _grouped_ok(self, flat: torch.Tensor) -> bool:
+        """``torch._grouped_mm`` exists and the row strides are multiples of 16 bytes (its requirement)."""
+        size = flat.element_size()
+        return (hasattr(torch, "_grouped_mm") and flat.dtype == self.w_gate.dtype
+                and (self.w_gate.shape[1] * size) % 16 == 0 and (self.w_gate.shape[2] * size) % 16 == 0)
+
+    def grouped_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
+        """Inference dispatch: (token, expert) pairs sorted by expert on the device, then one grouped GEMM per
+        projection (``torch._grouped_mm`` with device-side group offsets). No host sync, no Python loop over
+        experts, each used expert's weights read once: the cost follows the pairs (k per token) actually routed.
+        Forward only (its CPU backward is not usable in torch 2.13); training uses ``"sorted"``."""
+        n, k = choice.indices.shape
+        flat_experts = choice.indices.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)
+        self._last_indices, self._last_counts = choice.indices.detach(), None
+        counts = torch.zeros(self.num_experts, dtype=torch.long, device=flat.device).scatter_add_(
+            0, flat_experts, torch.ones_like(flat_experts))
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        xs = flat.index_select(0, order // k)
+        h = F.silu(torch._grouped_mm(xs, self.w_gate, offs=offs)) * torch._grouped_mm(xs, self.w_up, offs=offs)
+        ys = torch._grouped_mm(h, self.w_down, offs=offs)
+        y = torch.empty_like(ys).index_copy_(0, order, ys).view(n, k, -1)
+        return (y * choice.weights.to(flat.dtype)[..., None]).sum(1)
 
     def gather_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
         """Decode-time dispatch: gather the chosen experts' weights (``[N, k, d, f]``) and run one batched matmul
