@@ -34,3 +34,28 @@ def test_unicode_and_control_characters() -> None:
     c = ConversionCounts()
     assert mmprm_line(rec, Fields(), "official", c) == encode_mmprm(to_mmprm(rec, Fields(), "official",
                                                                             ConversionCounts()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(recs=st.lists(_rec, min_size=1, max_size=4), mode=st.sampled_from(["official", "default"]),
+       extra=st.booleans())
+def test_struct_writer_equals_general_path(recs: list, mode: str, extra: bool) -> None:
+    """The writer's struct decoder, from the JSON lines, gives the general path's bytes and counts."""
+    import io
+    import json
+
+    import numpy as np
+
+    from leanlm.bis.writers import MmprmWriter
+
+    lines = [json.dumps({**r, "response": "x" * 5} if extra else r, ensure_ascii=False).encode() + b"\n"
+             for r in recs]
+    data = b"".join(lines)
+    ends = np.cumsum([len(x) for x in lines])
+    out = io.BytesIO()
+    w = MmprmWriter(out, Fields(), mode)
+    w.write_spans(data, np.concatenate(([0], ends[:-1])), ends)
+    c = ConversionCounts()
+    want = [encode_mmprm(p) for r in recs if (p := to_mmprm(json.loads(json.dumps(r)), Fields(), mode, c))]
+    assert out.getvalue().decode() == "".join(want)
+    assert w.conversion == c and w.written == len(want)

@@ -177,3 +177,92 @@ def mmprm_line(rec: dict[str, Any], fields: Fields, mode: str, counts: Conversio
 def _general(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionCounts) -> str | None:
     prm = to_mmprm(rec, fields, mode, counts)
     return None if prm is None else encode_mmprm(prm)
+
+
+class StructConverter:
+    """The MM-PRM conversion straight from a msgspec-decoded line (typed structs, only the fields it reads).
+
+    Decoding into structs is about twice as fast as into dicts, and the common case (string texts, every step
+    scored) is built with a few joins. Anything else (a non-string image or text, NaN scores that msgspec
+    refuses) goes through :func:`mmprm_line` on a dict, so the bytes are always the general path's.
+    """
+
+    def __init__(self, fields: Fields, mode: str):
+        import msgspec
+
+        if fields.counts_mode:
+            raise ValueError("per-step MC counts take the general path")
+        self.fields, self.mode = fields, mode
+        self.questions = [q for q in dict.fromkeys(fields.question) if q not in (fields.image, fields.steps)]
+        if len(self.questions) != len(fields.question) or fields.step_text == fields.score:
+            raise ValueError("overlapping field names take the general path")
+        step = msgspec.defstruct("MMPRMStep", [("t", object, None), ("s", object, None)],
+                                 rename={"t": fields.step_text, "s": fields.score}, gc=False)
+        spec: list[Any] = [("img", object, ""), ("steps", list[step] | None, None)]
+        spec += [(f"q{i}", object, None) for i in range(len(self.questions))]
+        rename = {"img": fields.image, "steps": fields.steps, **{f"q{i}": q for i, q in enumerate(self.questions)}}
+        self.decoder = msgspec.json.Decoder(msgspec.defstruct("MMPRMRollout", spec, rename=rename, gc=False))
+        self.qslots = [f"q{i}" for i in range(len(self.questions))]
+        self.errors = (msgspec.DecodeError,)
+
+    def _as_dict(self, obj: Any) -> dict[str, Any]:
+        f = self.fields
+        steps = None if obj.steps is None else [{f.step_text: st.t, f.score: st.s} for st in obj.steps]
+        return {f.image: obj.img, f.steps: steps,
+                **{q: getattr(obj, slot) for q, slot in zip(self.questions, self.qslots, strict=True)}}
+
+    def line(self, raw: Any, counts: ConversionCounts) -> str | None:
+        try:
+            obj = self.decoder.decode(raw)
+        except self.errors:
+            return mmprm_line(json.loads(bytes(raw)), self.fields, self.mode, counts)
+        image = obj.img
+        if image and type(image) is not str:
+            return mmprm_line(self._as_dict(obj), self.fields, self.mode, counts)
+        steps = obj.steps or []
+        official = self.mode == "official"
+        if official and not image:
+            counts.no_image += 1
+            counts.dropped_no_image += 1
+            return None
+        if official and not steps:
+            counts.dropped_no_steps += 1
+            return None
+        stripped = []
+        for st in steps:
+            t = st.t
+            if type(t) is str:
+                stripped.append(t.strip())
+            elif t:  # a truthy non-string: the general path's str()
+                return mmprm_line(self._as_dict(obj), self.fields, self.mode, counts)
+            else:
+                stripped.append("")
+        scores = [st.s for st in steps]
+        unscored = None in scores
+        empty = "" in stripped
+        if official and (empty or unscored):
+            for t, s in zip(stripped, scores, strict=True):
+                if not t or s is None:
+                    counts.empty_step += int(not t)
+                    counts.unscored_step += int(s is None)
+                    counts.dropped_bad_step += 1
+                    return None
+        if not unscored:
+            body = "<prm>\n\n".join(stripped) + "<prm>" if stripped else ""
+            labels = ", ".join(["1.0" if s > 0.0 else "0.0" for s in scores])
+        else:
+            body = "\n\n".join([t if s is None else t + "<prm>" for t, s in zip(stripped, scores, strict=True)])
+            labels = ", ".join(["1.0" if s > 0.0 else "0.0" for s in scores if s is not None])
+        counts.no_image += int(not image)
+        counts.empty_step += int(empty)
+        counts.unscored_step += int(unscored)
+        counts.converted += 1
+        q: Any = ""
+        for slot in self.qslots:
+            q = getattr(obj, slot)
+            if q:
+                break
+        human = f"Question: {str(q or '').strip()}\nProcess: " + body
+        head = '{"image": ' + _ESC(image) + ", " if image else "{"
+        return (head + '"conversations": [{"from": "human", "value": ' + _ESC(human)
+                + '}, {"from": "gpt", "value": [' + labels + "]}]}\n")

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-import msgspec
 import numpy as np
 
-from leanlm.bis.convert import ConversionCounts, mmprm_line
+from leanlm.bis.convert import ConversionCounts, StructConverter, mmprm_line
 from leanlm.bis.schema import Fields
 
 #: Lines written per batch (bounds the memory of the joined output bytes).
@@ -64,33 +63,22 @@ class JsonlWriter(Writer):
         return len(rows)
 
 
-def _mmprm_decoder(names: list[str]) -> msgspec.json.Decoder:
-    """Decodes only the named fields (those the conversion reads), as plain Python values."""
-    spec = [(f"f{i}", Any, msgspec.UNSET) for i in range(len(names))]
-    struct = msgspec.defstruct("MMPRMSource", spec, rename=dict(zip([s[0] for s in spec], names, strict=True)))
-    return msgspec.json.Decoder(struct)
-
-
 class MmprmWriter(Writer):
     def __init__(self, out: Any, fields: Fields, compat: str):
         super().__init__(out)
         self.fields, self.compat = fields, compat
-        self._names = list(dict.fromkeys([fields.image, fields.steps, *fields.question]))
-        self._decoder = _mmprm_decoder(self._names)
-        self._slots = [f"f{i}" for i in range(len(self._names))]
-
-    def _record(self, line: Any) -> dict[str, Any]:
-        """The fields the conversion needs (msgspec skips the rest: responses are most of each line); lines
-        msgspec refuses (NaN scores under --compat official) are read by ``json``, as the official script."""
         try:
-            obj = self._decoder.decode(line)
-        except msgspec.DecodeError:
-            return json.loads(bytes(line))
-        return {name: value for name, slot in zip(self._names, self._slots, strict=True)
-                if (value := getattr(obj, slot)) is not msgspec.UNSET}
+            self._struct: StructConverter | None = StructConverter(fields, compat)
+        except ValueError:  # per-step MC counts or overlapping field names: the general path
+            self._struct = None
 
     def _convert(self, rec: dict[str, Any]) -> str | None:
         return mmprm_line(rec, self.fields, self.compat, self.conversion)
+
+    def _convert_line(self, line: Any) -> str | None:
+        if self._struct is not None:
+            return self._struct.line(line, self.conversion)
+        return self._convert(json.loads(bytes(line)))
 
     def write_spans(self, buf: Any, start: np.ndarray, stop: np.ndarray) -> int:
         view = memoryview(buf)
@@ -101,7 +89,7 @@ class MmprmWriter(Writer):
                 for a, b in zip(start[b0 : b0 + WRITE_BATCH].tolist(), stop[b0 : b0 + WRITE_BATCH].tolist(),
                                 strict=True):
                     line = view[a:b]
-                    text = self._convert(self._record(line))
+                    text = self._convert_line(line)
                     line.release()
                     if text is not None:
                         parts.append(text)
