@@ -330,14 +330,44 @@ def render_list(title: str, names: list[str], part: int, parts: int, urls: list[
     return "\n".join(lines + [f"- {n}" for n in names])
 
 
+DST_YEAR = 2025
+
+
+@functools.cache
+def dst_start(timezone: str | None, year: int = DST_YEAR) -> str | None:
+    """The date (``YYYY-MM-DD``) in ``year`` on which clocks in the IANA zone go forward (the first day whose
+    noon UTC offset exceeds the previous day's), from the tz database (``zoneinfo``); None without DST."""
+    import datetime
+    import zoneinfo
+
+    try:
+        zone = zoneinfo.ZoneInfo(timezone or "")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+    previous = None
+    day = datetime.datetime(year, 1, 1, 12)
+    while day.year == year:
+        offset = day.replace(tzinfo=zone).utcoffset()
+        if previous is not None and offset is not None and offset > previous:
+            return day.date().isoformat()
+        previous = offset
+        day += datetime.timedelta(days=1)
+    return None
+
+
 def render_city(c: dict[str, Any]) -> str:
     capital = f" It is the capital of {c['capital_of']}." if c.get("capital_of") else ""
+    dst = c.get("dst_start")
+    dst_text = (f" In {DST_YEAR}, daylight saving time starts there on {dst}." if dst
+                else f" It has no daylight saving time in {DST_YEAR}.")
     return "\n".join([
         f"{c['name']} ({c['country']})", "",
         f"{c['name']} is a city in {c['country']} with a population of {_fmt_int(c['population'])}.{capital} "
-        f"It lies at latitude {c['latitude']:.4f} and longitude {c['longitude']:.4f}, in the time zone {c['timezone']}.",
+        f"It lies at latitude {c['latitude']:.4f} and longitude {c['longitude']:.4f}, in the time zone {c['timezone']}."
+        + dst_text,
         "", "Facts", f"- Country: {c['country']}", f"- Population: {_fmt_int(c['population'])}",
         f"- Coordinates: {c['latitude']:.4f}, {c['longitude']:.4f}", f"- Time zone: {c['timezone']}",
+        f"- Daylight saving time starts ({DST_YEAR}): {dst or 'none'}",
     ])
 
 
@@ -421,10 +451,11 @@ def build_corpus(
     if "city" in kinds:
         capitals = {(r["name"], r["iso2"], r["population"]): r for r in capital_city_records()}
         for c in city_records(city_min_population):
-            c = capitals.pop((c["name"], c["iso2"], c["population"]), c)
+            c = {**capitals.pop((c["name"], c["iso2"], c["population"]), c), "dst_start": dst_start(c["timezone"])}
             url = _unique(f"{BASE_URL}/city/{slug(c['name'])}-{c['iso2'].lower()}", taken)
             pages.append(Page(url, f"{c['name']} ({c['country']})", "city", render_city(c), c))
         for c in sorted(capitals.values(), key=lambda r: -r["population"]):
+            c = {**c, "dst_start": dst_start(c["timezone"])}
             url = _unique(f"{BASE_URL}/city/{slug(c['name'])}-{c['iso2'].lower()}", taken)
             pages.append(Page(url, f"{c['name']} ({c['country']})", "city", render_city(c), c))
     if "currency" in kinds:

@@ -127,6 +127,7 @@ CELLS: dict[str, Any] = {
     "latitude": lambda f: round(float(f["latitude"]), 4),
     "longitude": lambda f: round(float(f["longitude"]), 4),
     "timezone": lambda f: f.get("timezone") or UNKNOWN,
+    "dst_start": lambda f: f.get("dst_start") or "none",
     "country": lambda f: f["country"],
 }
 """How a gold cell is written from the facts of the page that holds it (shared by gold tables and the oracle)."""
@@ -266,6 +267,9 @@ def cities_task(country: str, min_population: int) -> Task:
 
 # --------------------------------------------------------------------------------------------- wide families
 _TEXT = {"preprocess": ["norm_str"], "metric": ["exact_match"]}
+_DATE = {"preprocess": ["norm_date"], "metric": ["exact_match"]}
+_DST_RULE = (f"Give the date on which daylight saving time starts in {world.DST_YEAR} as YYYY-MM-DD, or none if there "
+             "is none.")
 WIDE_FAMILIES = {"countries-wide": "train", "elements-wide": "train", "cities-wide": "eval", "capitals-wide": "eval"}
 """Task family -> split. Training never sees the ``eval`` families (held out for evaluation)."""
 
@@ -320,19 +324,20 @@ def elements_wide_task(period: int) -> Task:
 
 def cities_wide_task(country: str, min_population: int = 500_000) -> Task:
     rows = [c for c in world.city_records(min_population) if c["country"] == country]
-    columns = ["city", "population", "latitude", "longitude", "timezone"]
+    columns = ["city", "population", "latitude", "longitude", "timezone", "dststart"]
     pages = world_pages()
     sources = {c["name"]: [_source(pages["city"][(c["name"], c["iso2"], c["population"])], f"{c['name']} {country}", {
-        "population": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone"})]
-        for c in rows}
+        "population": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone",
+        "dststart": "dst_start"})] for c in rows}
     return Task(
         instance_id=f"wide-cities-{world.slug(country)}-{min_population}",
         query=_query(f"List every city of {country} with at least {min_population:,} inhabitants, with its "
-                     "population, latitude and longitude in decimal degrees, and its IANA time zone.", columns,
-                     "Give populations as plain integers."),
+                     "population, latitude and longitude in decimal degrees, its IANA time zone and the date daylight "
+                     f"saving time starts there in {world.DST_YEAR}.", columns,
+                     "Give populations as plain integers. " + _DST_RULE),
         evaluation={"required": columns, "unique_columns": ["city"],
                     "eval_pipeline": {"city": _EXACT, "population": _number(0.05), "latitude": _number(0.001),
-                                      "longitude": _number(0.001), "timezone": _TEXT}},
+                                      "longitude": _number(0.001), "timezone": _TEXT, "dststart": _DATE}},
         gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="cities-wide",
         split=WIDE_FAMILIES["cities-wide"], sources=sources,
         listing=world.list_page_url(f"cities-{world.slug(country)}-{min_population}"),
@@ -343,18 +348,21 @@ def capitals_wide_task(group: str) -> Task:
     """Capitals of the countries of a region group: the capital's name is on the country page, the rest on
     the capital's city page, whose name other cities share (near-duplicate distractors)."""
     rows = world.group_countries(group)
-    columns = ["country", "capital", "capitalpopulation", "latitude", "longitude", "timezone"]
-    cap = {"capitalpopulation": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone"}
+    columns = ["country", "capital", "capitalpopulation", "latitude", "longitude", "timezone", "dststart"]
+    cap = {"capitalpopulation": "population", "latitude": "latitude", "longitude": "longitude", "timezone": "timezone",
+           "dststart": "dst_start"}
     sources = {c["name"]: _country_sources(c, {"capital": "capital"}, capital=cap) for c in rows}
     return Task(
         instance_id=f"wide-capitals-{world.slug(group)}",
         query=_query(f"For every country of {group}, give its capital city, the capital's population, its latitude "
-                     "and longitude in decimal degrees and its IANA time zone.", columns,
+                     "and longitude in decimal degrees, its IANA time zone and the date daylight saving time starts "
+                     f"there in {world.DST_YEAR}.", columns,
                      "Give populations as plain integers. Several cities share some capitals' names: use the one in "
-                     "the right country. Write unknown where no page gives a value."),
+                     "the right country. " + _DST_RULE + " Write unknown where no page gives a value."),
         evaluation={"required": columns, "unique_columns": ["country"],
                     "eval_pipeline": {"country": _EXACT, "capital": _EXACT, "capitalpopulation": _number(0.05),
-                                      "latitude": _number(0.001), "longitude": _number(0.001), "timezone": _TEXT}},
+                                      "latitude": _number(0.001), "longitude": _number(0.001), "timezone": _TEXT,
+                                      "dststart": _DATE}},
         gold_csv=_csv(columns, _rows(sources, columns, _facts)), aliases={a: c["name"] for c in rows for a in c["aliases"]},
         family="capitals-wide", split=WIDE_FAMILIES["capitals-wide"], sources=sources,
         listing=world.list_page_url(f"countries-group-{world.slug(group)}"),
