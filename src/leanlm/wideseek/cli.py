@@ -365,6 +365,7 @@ def width_real(
     threads: int = typer.Option(1, help="CPU threads per slot"),
     max_tokens: int = typer.Option(64, help="tokens per subagent report"),
     repeats: int = typer.Option(3, help="interleaved repeats per width"),
+    widths: list[int] = typer.Option([1, 2, 4, 8], "--width", help="widths to run (repeatable)"),
     out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
 ) -> None:
     """MEASURED wall time and tokens vs width: oracle decisions, real embedded-model subagent reports."""
@@ -374,8 +375,8 @@ def width_real(
 
     if not server_available():
         raise typer.BadParameter(SERVER_HINT)
-    _write_report(out, *real_width_report(_find_task(task), default_world(), slots=slots, threads_per_slot=threads,
-                                          max_tokens=max_tokens, repeats=repeats))
+    _write_report(out, *real_width_report(_find_task(task), default_world(), widths=widths, slots=slots,
+                                          threads_per_slot=threads, max_tokens=max_tokens, repeats=repeats))
 
 
 def _find_task(task_id: str):

@@ -163,8 +163,9 @@ class PooledBackend:
 
 @dataclass
 class ReportWriter:
-    """The oracle decides every call; the real model writes each subagent's final report (its text comes
-    first, the oracle's rows after it so the lead can still build the table). Records each model call."""
+    """The oracle decides every call; the real model writes each subagent's final report from the subagent's
+    instructions, its subtask and the values it found (the oracle's rows, at most 6,000 characters); the model's
+    text comes first, the oracle's rows after it so the lead can still build the table. Records each model call."""
 
     policy: OraclePolicy
     model: Backend
@@ -174,7 +175,11 @@ class ReportWriter:
         out = self.policy(agent, messages, tools)
         if agent == "lead" or out.tool_calls:
             return out
-        ask = [*messages, {"role": "user", "content": "Write your short structured report of what you found."}]
+        # a bounded prompt: the subagent's instructions and task, then what it found (the oracle's rows), so the
+        # report call does not carry every tool result of a long chain (the 4,096-token server context)
+        found = out.content if len(out.content) <= 6000 else out.content[:6000] + "\n..."
+        ask = [*messages[:2], {"role": "user", "content": "You found these values:\n" + found
+                               + "\nWrite your short structured report of what you found."}]
         t0 = time.perf_counter()
         written = await self.model.complete(ask, [], agent=agent)
         self.calls.append({"agent": agent, "seconds": time.perf_counter() - t0,
