@@ -23,6 +23,7 @@ from leanlm.wideseek.llm import (
     ToolCall,
     parse_tool_calls,
 )
+from leanlm.wideseek.rewards import Credit, RewardConfig, credit
 from leanlm.wideseek.scorer import (
     EvalSpec,
     NormalizedAligner,
@@ -32,14 +33,48 @@ from leanlm.wideseek.scorer import (
     score_table,
     summarize,
 )
-from leanlm.wideseek.tasks import Task, generate_tasks, load_tasks, write_tasks
+from leanlm.wideseek.tasks import Task, generate_tasks, generate_wide_tasks, load_tasks, write_tasks
 from leanlm.wideseek.tools import WorldTools
 from leanlm.wideseek.trace import Trace
 
 __all__ = [
-    "AgentConfig", "AgentRun", "BM25sIndex", "Backend", "BackendError", "Completion", "ContextOverflow", "Corpus",
-    "EvalSpec", "FTS5Index", "LLMAligner", "LLMJudge", "NormalizedAligner", "OpenAIBackend", "Page", "RunResult", "ScriptedBackend", "TableScore",
-    "TantivyIndex", "Task", "ToolCall", "Trace", "WideSeek", "WorldTools", "build_corpus", "build_index", "extract_boxed",
-    "extract_table", "generate_tasks", "load_tasks", "parse_tool_calls", "score_qa", "score_table", "summarize",
+    "AgentConfig",
+    "AgentRun",
+    "BM25sIndex",
+    "Backend",
+    "BackendError",
+    "Completion",
+    "ContextOverflow",
+    "Corpus",
+    "Credit",
+    "EvalSpec",
+    "FTS5Index",
+    "LLMAligner",
+    "LLMJudge",
+    "NormalizedAligner",
+    "OpenAIBackend",
+    "Page",
+    "RewardConfig",
+    "RunResult",
+    "ScriptedBackend",
+    "TableScore",
+    "TantivyIndex",
+    "Task",
+    "ToolCall",
+    "Trace",
+    "WideSeek",
+    "WorldTools",
+    "build_corpus",
+    "build_index",
+    "credit",
+    "extract_boxed",
+    "extract_table",
+    "generate_tasks",
+    "generate_wide_tasks",
+    "load_tasks",
+    "parse_tool_calls",
+    "score_qa",
+    "score_table",
+    "summarize",
     "write_tasks",
 ]
