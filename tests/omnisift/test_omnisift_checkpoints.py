@@ -93,6 +93,12 @@ def test_official_omnisift_7b_selector_keys_are_mapped(tmp_path):
     # the thinker's own weights come from the thinker.* keys
     assert torch.equal(model.lm_head.weight, full.thinker.lm_head.weight)
     assert torch.equal(model.model.layers[1].mlp.up_proj.weight, full.thinker.model.layers[1].mlp.up_proj.weight)
+    # saving writes our own layout (no thinker. prefix), which loads back the same
+    model.save_pretrained(tmp_path / "again")
+    again = OmniSIFTThinker.from_pretrained(tmp_path / "again")
+    for key, value in official.state_dict().items():
+        assert torch.equal(again.compressor.selector.state_dict()[key], value), key
+    assert torch.equal(again.lm_head.weight, full.thinker.lm_head.weight)
 
 
 def test_missing_selector_weights_warn_loudly(tmp_path):

@@ -16,6 +16,7 @@ Three lines::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,89 @@ DEFAULT_SYSTEM = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
     "and visual inputs, as well as generating text and speech."
 )
+
+
+def frames_video_processor(image_processor: Any) -> Any:
+    """A ``BaseVideoProcessor`` that patchifies frames with Qwen2-VL's PIL/numpy image processor
+    (``Qwen2VLImageProcessor._preprocess``: smart resize, rescale, normalise, temporal pairs, 2×2 merge order).
+
+    transformers' own ``Qwen2VLVideoProcessor`` needs torchvision; where no torchvision build matches the
+    installed torch (e.g. a CPU-only torch with only CUDA torchvision wheels reachable) this gives the same
+    ``pixel_values_videos`` / ``video_grid_thw`` layout from the same resize rule (PIL instead of torchvision
+    interpolation, so pixel values can differ slightly)."""
+    from transformers.image_utils import ChannelDimension
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    class FramesVideoProcessor(BaseVideoProcessor):
+        model_input_names = ["pixel_values_videos", "video_grid_thw"]  # noqa: RUF012 (transformers API)
+
+        def __init__(self, images: Any) -> None:
+            super().__init__()
+            self.images = images
+            self.patch_size, self.merge_size = images.patch_size, images.merge_size
+            self.temporal_patch_size = images.temporal_patch_size
+
+        def __call__(self, videos: Any, size: dict | None = None, return_tensors: Any = None, **_: Any) -> Any:
+            from transformers import BatchFeature
+
+            ip = self.images
+            size = size or ip.size
+            patches, grids = [], []
+            for video in videos:
+                frames = [np.asarray(f) for f in video]
+                flat, grid = ip._preprocess(
+                    frames, do_resize=True, size=size, resample=ip.resample, do_rescale=ip.do_rescale,
+                    rescale_factor=ip.rescale_factor, do_normalize=ip.do_normalize, image_mean=ip.image_mean,
+                    image_std=ip.image_std, patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size,
+                    merge_size=ip.merge_size, do_convert_rgb=True, data_format=ChannelDimension.FIRST,
+                    input_data_format=ChannelDimension.LAST,
+                )
+                patches.append(flat)
+                grids.append(grid)
+            return BatchFeature({"pixel_values_videos": np.concatenate(patches), "video_grid_thw": np.array(grids)},
+                                tensor_type=return_tensors)
+
+    return FramesVideoProcessor(image_processor)
+
+
+def load_processor(path: str | Path) -> Any:
+    """``Qwen2_5OmniProcessor`` for a checkpoint directory: transformers' own when it loads; otherwise the
+    same processor assembled from the checkpoint's tokenizer, Whisper feature extractor, Qwen2-VL image
+    processor and chat template, with :func:`frames_video_processor` for the frames (no torchvision)."""
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    try:
+        return Qwen2_5OmniProcessor.from_pretrained(str(path))
+    except (ImportError, ValueError, OSError, TypeError) as exc:
+        from leanlm.common.progress import get_logger
+
+        get_logger("leanlm.omnisift").info("Qwen2_5OmniProcessor.from_pretrained failed (%s); assembling it with "
+                                           "a torchvision-free video processor", str(exc).splitlines()[0][:120])
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    image_processor = Qwen2VLImageProcessor.from_pretrained(str(path))
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(str(path))
+    template = getattr(tokenizer, "chat_template", None)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = Path(path) / name
+        if file.exists():
+            text = file.read_text()
+            template = text if name.endswith(".jinja") else json.loads(text)["chat_template"]
+            break
+
+    class _Processor(Qwen2_5OmniProcessor):
+        # without torchvision, transformers exports a dummy BaseVideoProcessor, which nothing passes
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor":
+                return type(argument)
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return _Processor(image_processor=image_processor, video_processor=frames_video_processor(image_processor),
+                      feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=template)
 
 
 def _require_av() -> Any:
@@ -108,17 +192,14 @@ def processor_inputs(
     if isinstance(prompt, list):
         prompt = prompt[0]
     text = prompt + (answer + (processor.tokenizer.eos_token or "") if answer is not None else "")
-    inputs = processor(
-        text=text, videos=[frames], audio=[audio], use_audio_in_video=True, return_tensors="pt",
-        videos_kwargs={"fps": fps, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}},
-    )
+    videos_kwargs = {"fps": fps, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                     "use_audio_in_video": True}  # inside videos_kwargs: a top-level flag would be ignored here
+    inputs = processor(text=text, videos=[frames], audio=[audio], return_tensors="pt", videos_kwargs=dict(videos_kwargs))
     out = dict(inputs)
     out["use_audio_in_video"] = True
     if answer is not None:
-        n_prompt = len(processor(text=prompt, videos=[frames], audio=[audio], use_audio_in_video=True,
-                                 return_tensors="pt",
-                                 videos_kwargs={"fps": fps, "size": {"shortest_edge": min_pixels,
-                                                                     "longest_edge": max_pixels}})["input_ids"][0])
+        n_prompt = len(processor(text=prompt, videos=[frames], audio=[audio], return_tensors="pt",
+                                 videos_kwargs=dict(videos_kwargs))["input_ids"][0])
         labels = out["input_ids"].clone()
         labels[:, :n_prompt] = -100
         out["labels"] = labels
@@ -158,13 +239,11 @@ class OmniSIFTPipeline:
         ``ratio`` is the retained fraction (0.35 / 0.25 use the paper's Table 6 ratios; None or 1.0 = no
         compression). A compressor saved with the model (``config.omnisift``) is reused with the new ratios.
         """
-        from transformers import Qwen2_5OmniProcessor
-
         from leanlm.omnisift.presets import paper_ratios
         from leanlm.omnisift.qwen_omni import OmniSIFTThinker
         from leanlm.omnisift.registry import COMPRESSORS
 
-        processor = Qwen2_5OmniProcessor.from_pretrained(str(path))
+        processor = load_processor(path)
         load_kwargs: dict[str, Any] = {}
         if torch_dtype is not None:
             load_kwargs["dtype"] = torch_dtype

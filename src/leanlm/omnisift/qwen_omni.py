@@ -153,6 +153,14 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         if mapping:
             kwargs["key_mapping"] = mapping
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if mapping:
+            # transformers reverts load-time renamings on save; ours only undo the checkpoint's layout, so a
+            # saved model keeps our own names (a plain thinker with compressor.selector.*)
+            ours_patterns = set(mapping)
+            model._weight_conversions = [
+                c for c in (getattr(model, "_weight_conversions", None) or [])
+                if not set([c.source_patterns] if isinstance(c.source_patterns, str) else c.source_patterns) & ours_patterns
+            ]
         selector = getattr(model.compressor, "selector", None)
         if selector is not None and not (official or ours):
             message = (
