@@ -24,7 +24,7 @@ $(BASE_STAMP):
 	touch $@
 
 $(DEV_STAMP): $(BASE_STAMP)
-	$(PIP) install -q -e ".[data,bench,agents,distributed,dev]"
+	$(PIP) install -q -e ".[data,bench,agents,distributed,dev,media]"
 	rm -f $(VENV)/.stamp-dev-*
 	touch $@
 
