@@ -74,6 +74,8 @@ def test_evaluate_writes_results_and_resumes(tmp_path, world):
     assert report["qa"] == {"avg_n": 1.0, "pass_n": 1.0, "tasks": 1}
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len(list((tmp_path / "traces").glob("*.jsonl"))) == 4
+    first = json.loads(lines[0])  # the answer on the lead's first turn: format bonus, no access bonus
+    assert first["reward"] == pytest.approx(1.1) and first["reward_case"] == "ok" and first["trainable_turns"] == [["lead", 1]]
     assert json.loads((tmp_path / "summary.json").read_text())["n"] == 2
     before = len(calls)
     again = evaluate(tasks, backend, world, AgentConfig(), n=2, out_dir=tmp_path)

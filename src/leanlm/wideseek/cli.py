@@ -187,6 +187,8 @@ def eval_(
     lead_turns: int = typer.Option(10), sub_turns: int = typer.Option(20), single_turns: int = typer.Option(50),
     n_ctx: int = typer.Option(8192), timeout: float = typer.Option(120.0),
     block: str = typer.Option("first", help="answer table: first ```markdown block (WideSearch) or last (RLinf)"),
+    numbers: str = typer.Option("official", help="official (WideSearch's code: cells compared as strings) or "
+                                                 "lenient (int/float columns as numbers, dates across time zones)"),
     out: Path = typer.Option(Path("wideseek-eval"), help="results.jsonl, summary.json, traces/ (resumable)"),
     judge_url: Optional[str] = JUDGE_URL, judge_model: str = JUDGE_MODEL, llm_align: bool = LLM_ALIGN,
 ) -> None:
@@ -198,7 +200,7 @@ def eval_(
     world = default_world()
     with _backend(base_url, model, tool_mode, max_tokens, temperature, n_ctx, timeout) as (backend, context):
         report = evaluate(items, backend, world, _config(subagents, lead_turns, sub_turns, single_turns, context, "table"),
-                          n=n, mode=mode, out_dir=out, block=block, judge=judge, aligner=aligner)
+                          n=n, mode=mode, out_dir=out, block=block, judge=judge, aligner=aligner, numbers=numbers)
     if report["summary"]:
         _print_table(f"WideSearch metrics over {report['summary_json']['table_tasks']} table tasks, N={n} ({mode})",
                      ["metric (%)", f"Avg@{n}", f"Max@{n} (Pass@{n})", f"Min@{n}"], metrics_rows(report["summary"]))
@@ -213,6 +215,7 @@ def score(
     responses: Path = typer.Argument(..., help="JSONL with instance_id, response, trial_idx (WideSearch layout)"),
     tasks_file: Path = typer.Option(..., "--tasks", help="tasks.jsonl with gold/ beside it"),
     block: str = typer.Option("first"),
+    numbers: str = typer.Option("official", help="official or lenient (see eval --help)"),
     out: Optional[Path] = typer.Option(None, help="write per-response scores and the summary as JSON"),
     judge_url: Optional[str] = JUDGE_URL, judge_model: str = JUDGE_MODEL, llm_align: bool = LLM_ALIGN,
 ) -> None:
@@ -233,7 +236,8 @@ def score(
                 raise RecordError(responses, line, "field 'response' must be a string or null")
             task = items[iid]
             rows.append({"instance_id": iid, "trial_idx": record.get("trial_idx", 0), "kind": task.kind,
-                         **task.score(record.get("response"), block=block, judge=judge, aligner=aligner).as_dict()})
+                         **task.score(record.get("response"), block=block, judge=judge, aligner=aligner,
+                                      numbers=numbers).as_dict()})
     except RecordError as exc:
         raise typer.BadParameter(str(exc)) from exc
     counts = {}

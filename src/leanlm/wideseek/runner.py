@@ -1,7 +1,8 @@
 """Run a task set N times with the multi-agent or single-agent system and score it (``leanlm wideseek eval``).
 
 Each trial writes its trace to ``<out>/traces/<id>_<trial>.jsonl`` and appends one line to
-``<out>/results.jsonl`` (``instance_id``, ``trial_idx``, ``response``, scores, stats), the response file
+``<out>/results.jsonl`` (``instance_id``, ``trial_idx``, ``response``, scores, stats, and the shaped ``reward``,
+its ``reward_case`` and the ``trainable_turns`` of :func:`leanlm.wideseek.rewards.credit`), the response file
 layout of WideSearch (``instance_id``, ``response``, ``trial_idx``). A rerun with the same ``out`` skips the
 trials already in ``results.jsonl``, so an interrupted evaluation resumes. ``summary.json`` holds
 :func:`leanlm.wideseek.scorer.summarize` over table tasks and exact match over QA tasks.
@@ -49,6 +50,7 @@ def evaluate(
     tasks: Sequence[Task], backend: Backend, tools: Toolbox, config: AgentConfig, *, n: int = 1,
     mode: str = "multi", out_dir: str | os.PathLike[str] | None = None, block: str = "first",
     on_result: Callable[[dict[str, Any]], None] | None = None, judge: Any = None, aligner: Any = None,
+    numbers: str = "official",
 ) -> dict[str, Any]:
     """Run every task ``n`` times; returns ``{"summary": ..., "qa": ..., "rows": [...]}`` and writes files."""
     out = Path(out_dir) if out_dir else None
@@ -69,9 +71,12 @@ def evaluate(
                     bar.update(1)
                     continue
                 result = run_task(task, backend, tools, config, mode)
-                score = task.score(result.answer, block=block, judge=judge, aligner=aligner)
+                score = task.score(result.answer, block=block, judge=judge, aligner=aligner, numbers=numbers)
+                credit = result.credit(score.score if task.kind == "qa" else score.f1_by_item, format_ok(task, result.answer, block))
                 row = {"instance_id": task.instance_id, "trial_idx": trial, "kind": task.kind, "mode": mode,
-                       "response": result.answer, **score.as_dict(), **{f"stat_{k}": v for k, v in result.stats.items()}}
+                       "response": result.answer, **score.as_dict(), **{f"stat_{k}": v for k, v in result.stats.items()},
+                       "reward": credit.reward, "reward_case": credit.case,
+                       "trainable_turns": [list(t) for t in credit.trainable]}
                 if out is not None:
                     result.trace.write(out / "traces" / f"{task.instance_id}_{trial}.jsonl")
                     with open(out / "results.jsonl", "a", encoding="utf-8") as handle:
@@ -86,6 +91,19 @@ def evaluate(
     if out is not None:
         atomic_write_json(out / "summary.json", report["summary_json"])
     return {**report, "rows": rows}
+
+
+def format_ok(task: Task, answer: str, block: str = "first") -> bool:
+    """RLinf's valid-format test for the reward: a parseable answer table, or a ``\\boxed{}`` QA answer."""
+    from leanlm.wideseek.agents import extract_boxed
+    from leanlm.wideseek.scorer import extract_table
+
+    if task.kind == "qa":
+        return extract_boxed(answer or "") is not None
+    try:
+        return extract_table(answer, block) is not None
+    except Exception:
+        return False
 
 
 def summarize_rows(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
