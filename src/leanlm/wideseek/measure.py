@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import statistics
 import time
@@ -200,8 +201,8 @@ def real_width_report(task: Task, tools: Any, widths: Sequence[int] = (1, 2, 4, 
                             "threads_per_slot": threads_per_slot, "max_tokens": max_tokens, "points": []}
     try:
         t0 = time.perf_counter()
-        for server in servers:
-            server.start()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=slots) as pool:  # start the slots side by side
+            list(pool.map(lambda server: server.start(), servers))
         data["startup_s"] = time.perf_counter() - t0
         pool = PooledBackend([OpenAIBackend(s.base_url, model="embedded", max_tokens=max_tokens, temperature=0.0,
                                             timeout=600, tool_mode="text") for s in servers])
