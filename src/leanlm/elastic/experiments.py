@@ -106,8 +106,9 @@ def build_result(result: dict[str, Any]) -> ExperimentResult:
         f"{result['runs_finished']} of {result['runs_planned']} planned runs finished"
         + (f"; missing: {', '.join(result['missing'][:8])}{' …' if len(result['missing']) > 8 else ''}." if result["missing"] else "."),
         "Rule 1 (elastic full model unharmed): the 95% interval of A full − B full contains 0 or lies below +0.01 nats.",
-        "Rule 2 (sub-models worth it): the interval of A cut − E cut (E: the same shape from scratch with B + E costing "
-        "A's training FLOPs) lies below 0; 'undecided' when it straddles 0.",
+        "Rule 2 (sub-models worth it): the interval of A cut − E cut lies below 0 ('undecided' when it straddles 0). "
+        "E is the cut's shape trained from scratch on the token budget T' at which a plain family (full model and cut, "
+        "each on T') costs A's training FLOPs. In short runs E is far from converged, which favours A.",
     ]
     return ExperimentResult(tables=[diff_table, loss_table, param_table], metrics=metrics, notes=notes)
 
