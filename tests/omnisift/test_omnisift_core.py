@@ -270,10 +270,26 @@ def test_omnizip_and_dycoke_follow_their_scores():
 
     assert spread_budget([1.0, 1.0], [10, 10], 6) == [3, 3]
     assert sum(spread_budget([0.75, 0.35, 0.5], [32, 32, 32], 40)) == 40
-    # DPC-kNN: two plus-shaped clusters; their centres are the density peaks and outrank every other point
-    plus = torch.tensor([[0.0, 0.0], [0.1, 0.0], [-0.1, 0.0], [0.0, 0.1], [0.0, -0.1]])
-    score = dpc_knn_scores(torch.cat([plus, plus + 1.0]), k=4)
+    # DPC-kNN on cosine distance: two clusters of directions; each centre direction is a density peak and
+    # they outrank every other point; scaling a token does not change anything (cosine, not Euclidean)
+    def cluster(axis: int) -> torch.Tensor:
+        c = torch.zeros(5, 3)
+        c[:, axis] = 1.0
+        c[1:, 2] = torch.tensor([0.1, -0.1, 0.1, -0.1])
+        c[1:, 1 - axis] = torch.tensor([0.1, -0.1, -0.1, 0.1])
+        return c
+
+    points = torch.cat([cluster(0), cluster(1)])
+    score = dpc_knn_scores(points, k=4)
     assert set(torch.topk(score, 2).indices.tolist()) == {0, 5}
+    scaled = points * torch.linspace(0.5, 3.0, 10).unsqueeze(1)
+    torch.testing.assert_close(dpc_knn_scores(scaled, k=4), score)
+    # density is exp(-mean cosine distance to the k nearest): brute force for token 0
+    d0 = sorted((1 - torch.nn.functional.cosine_similarity(points[0:1], points)).tolist())[1:5]
+    import math
+
+    delta0 = float(score[0]) / math.exp(-sum(d0) / 4)
+    assert delta0 > 0.5  # the other cluster's peak is far (orthogonal directions: distance about 1)
     # DyCoke: frame 1 identical to frame 0 except token 0 -> token 0 of frame 1 survives, others are dropped first
     layout, seq = regular_layout(chunks=1, n_p=4, n_a=2, text=0)
     embeds = torch.randn(1, seq, 8)
@@ -283,3 +299,25 @@ def test_omnizip_and_dycoke_follow_their_scores():
     kept_f2 = res.keep[0, layout.chunks[0].frames[1]]
     assert kept_f2[0] and int(kept_f2.sum()) == 2
     assert res.keep[0, layout.chunks[0].frames[0]].all()
+
+
+def test_dycoke_never_prunes_anchor_frames_and_prunes_a_fixed_count_per_frame():
+    from leanlm.omnisift.baselines import fixed_per_frame, ttm_references
+
+    assert ttm_references(9) == [None, 0, 0, 2, None, 4, 4, 6, None]
+    assert fixed_per_frame(30, [0, 8, 8, 8, 0, 8]) == [0, 8, 8, 7, 0, 7]
+    assert fixed_per_frame(50, [0, 8, 8]) == [0, 8, 8]  # capped: anchors are never used to meet the budget
+    torch.manual_seed(3)
+    layout, seq = regular_layout(chunks=4, n_p=8, n_a=6, text=2)  # 8 frames: anchors are frames 0 and 4
+    embeds = torch.randn(1, seq, 16)
+    comp = DyCokeTTM(0.5, 0.5)
+    res = comp(embeds, [layout])
+    frames = [f for c in layout.chunks for f in c.frames]
+    dropped = [int((~res.keep[0, f]).sum()) for f in frames]
+    assert dropped[0] == dropped[4] == 0
+    assert dropped == [0, 6, 6, 5, 0, 5, 5, 5]  # 8 frames x int(8 * 0.5) = 32 drops over 6 non-anchor frames
+    # within a frame the dropped tokens are the most similar to the reference frame (frame 2 -> frame 0)
+    sim = torch.nn.functional.cosine_similarity(embeds[0, frames[2]], embeds[0, frames[0]], dim=-1)
+    assert set(torch.nonzero(~res.keep[0, frames[2]]).flatten().tolist()) == set(torch.topk(sim, 6).indices.tolist())
+    # audio anchors (every 4th audio token) are kept
+    assert res.keep[0, layout.audio[::4]].all()

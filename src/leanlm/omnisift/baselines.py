@@ -3,18 +3,21 @@
 * :class:`RandomPruning` — the paper's "Random": uniform random video tokens per frame and audio per chunk.
 * :class:`DyCokeTTM` — DyCoke's temporal token merging (Tao et al., CVPR 2025, stage 1) adapted per modality as
   in OmniSIFT §4.1: in windows of 4 frames, frame 1 is compared with frame 0, frame 2 with frame 0 and frame 3
-  with frame 2 (cosine, same position); frame 0 is the anchor. The most redundant tokens of the whole video
-  are removed. Audio gets the same rule on windows of 4 consecutive audio tokens. DyCoke's stage 2 (KV-cache
-  pruning while decoding) is not part of OmniSIFT's comparison and is not implemented.
+  with frame 2 (cosine, same position); frame 0 is the anchor and is **never pruned**; every non-anchor frame
+  loses the **same number** of tokens (its most redundant ones). Audio gets the same windows over single
+  tokens. DyCoke's stage 2 (KV-cache pruning while decoding) is not part of OmniSIFT's comparison and is not
+  implemented. Remaining difference: DyCoke merges (averages) redundant tokens into the anchor; this
+  interface keeps or drops, so they are dropped.
 * :class:`OmniZipStyle` — OmniZip (Tao et al., CVPR 2026): audio tokens ranked by the attention they receive
-  (the audio encoder's last layer in OmniZip; here, when no encoder scores are given, one parameter-free
-  softmax self-attention over the audio embeddings, a documented proxy); the top ones are kept over the
-  whole stream; each chunk's audio retention r sets its video removal ratio ``clip(0.75 − 0.4 r, 0.35, 0.75)``,
-  rescaled to the global budget; in each chunk F1 (even frame) is pruned by DPC-kNN density-peak scores and
-  F2 (odd frame) keeps the tokens least similar to F1. OmniZip's anchor merging of dropped audio is left out
-  (this interface keeps or drops tokens; merging would change embeddings).
+  (OmniZip reads the audio encoder's last layer; here ``audio_scores`` can carry such scores per sequence,
+  and without them a parameter-free softmax self-attention over the audio embeddings is the proxy: a
+  remaining difference); the top ones are kept over the whole stream; each chunk's audio retention r sets
+  its video removal ratio ``clip(0.75 − 0.4 r, 0.35, 0.75)``, rescaled to the global budget; in each chunk
+  F1 (even frame) is pruned by DPC-kNN density-peak scores on cosine distance with ρ = exp(−mean kNN d)
+  and F2 (odd frame) keeps the tokens least similar to F1. OmniZip's anchor merging of dropped audio is
+  left out (this interface keeps or drops tokens; merging would change embeddings).
 
-Ties between anchor-frame tokens (DyCoke) are broken uniformly at random with the compressor's seed.
+
 """
 
 from __future__ import annotations
@@ -49,25 +52,42 @@ class RandomPruning(AVCompressor):
         return CompressionResult(keep=keep)
 
 
-def ttm_redundancy(frames: list[torch.Tensor], generator: torch.Generator, window: int = 4) -> list[torch.Tensor]:
-    """DyCoke TTM redundancy per token: cosine to its reference frame (1→0, 2→0, 3→2 in each window of 4).
-
-    Anchor-frame tokens get a score below every cosine (−2 − U[0,1)), so they go last, in random order.
-    Frames of unequal size cannot be compared position by position; they are treated as anchors.
-    """
-    scores = []
-    for i, frame in enumerate(frames):
+def ttm_references(n_frames: int, window: int = 4) -> list[int | None]:
+    """DyCoke TTM reference frame of each frame: ``None`` for the window's anchor (frame 0 of each window of
+    4), else 1→0, 2→0, 3→2 (DyCoke Alg. 1: odd frames against their predecessor, frame 2 against frame 0)."""
+    refs: list[int | None] = []
+    for i in range(n_frames):
         pos = i % window
-        ref = None if pos == 0 else (i - 1 if pos in (1, 3) else i - 2)
-        if ref is None or frames[ref].shape != frame.shape:
-            scores.append(-2.0 - torch.rand(frame.shape[0], generator=generator))
-        else:
-            scores.append(temporal_similarity(frames[ref], frame).cpu())
-    return scores
+        refs.append(None if pos == 0 else (i - 1 if pos in (1, 3) else i - 2))
+    return refs
+
+
+def fixed_per_frame(total: int, caps: list[int]) -> list[int]:
+    """``total`` drops spread as evenly as possible over frames (DyCoke prunes a fixed number of tokens in
+    every non-anchor frame), each capped at its frame's size; earlier frames take the remainder first."""
+    out = [0] * len(caps)
+    left = min(total, sum(caps))
+    open_ = [i for i, c in enumerate(caps) if c > 0]
+    while left > 0 and open_:
+        share, extra = divmod(left, len(open_))
+        for rank, i in enumerate(open_):
+            add = min(caps[i] - out[i], share + (1 if rank < extra else 0))
+            out[i] += add
+            left -= add
+        open_ = [i for i in open_ if out[i] < caps[i]]
+    return out
 
 
 class DyCokeTTM(AVCompressor):
-    """DyCoke's temporal token merging, stage 1, applied to video frames and to audio (see module doc)."""
+    """DyCoke's temporal token merging, stage 1, applied to video frames and to audio (see module doc).
+
+    Video: anchor frames (frame 0 of every window of 4) are never pruned; every other frame loses the same
+    number of tokens (:func:`fixed_per_frame`), the ones most similar (cosine, same position) to its
+    reference frame. When the budget exceeds what the non-anchor frames hold, the rest is not spent (the
+    method then keeps more tokens than the others; the study reports each method's kept fraction).
+    Audio: the same windows over single audio tokens; anchors are never pruned and the most redundant
+    non-anchor tokens go first.
+    """
 
     name = "dycoke"
 
@@ -85,15 +105,21 @@ class DyCokeTTM(AVCompressor):
                 continue
             video_drop, audio_drop = self.budget(layout)
             frame_idx = [f for chunk in layout.chunks for f in chunk.frames]
-            frames = [embeds[b, f].detach() for f in frame_idx]
-            scores = torch.cat(ttm_redundancy(frames, self._generator, self.window))
-            all_video = torch.cat(frame_idx)
-            keep[b, all_video[~keep_least_similar(scores, video_drop)]] = False
+            refs = ttm_references(len(frame_idx), self.window)
+            comparable = [r is not None and frame_idx[r].numel() == f.numel() for f, r in zip(frame_idx, refs, strict=True)]
+            caps = [int(f.numel()) if ok else 0 for f, ok in zip(frame_idx, comparable, strict=True)]
+            for f, r, n_drop in zip(frame_idx, refs, fixed_per_frame(video_drop, caps), strict=True):
+                if n_drop:
+                    sim = temporal_similarity(embeds[b, frame_idx[r]].detach(), embeds[b, f].detach()).cpu()
+                    keep[b, f[~keep_least_similar(sim, n_drop)]] = False
             audio = embeds[b, layout.audio].detach()
-            # audio "frames" are single tokens: redundancy of token i against its reference token in the window
-            tokens = [audio[i : i + 1] for i in range(audio.shape[0])]
-            a_scores = torch.cat(ttm_redundancy(tokens, self._generator, self.window))
-            keep[b, layout.audio[~keep_least_similar(a_scores, audio_drop)]] = False
+            a_refs = ttm_references(audio.shape[0], self.window)
+            scores = torch.full((audio.shape[0],), -3.0)  # anchors: below every cosine, never reached
+            for i, r in enumerate(a_refs):
+                if r is not None:
+                    scores[i] = torch.nn.functional.cosine_similarity(audio[i], audio[r], dim=0).cpu()
+            n_drop = min(audio_drop, sum(r is not None for r in a_refs))
+            keep[b, layout.audio[~keep_least_similar(scores, n_drop)]] = False
         return CompressionResult(keep=keep)
 
 
@@ -105,16 +131,18 @@ def attention_received(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def dpc_knn_scores(tokens: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """Density-peak clustering scores ρ_i·δ_i (DPC-kNN): ρ_i = exp(−mean kNN squared distance), δ_i = distance
-    to the nearest denser token (the largest distance for the densest). High = a cluster centre, kept first."""
-    x = tokens.float()
+    """Density-peak clustering scores ρ_i·δ_i (DPC-kNN as in OmniZip's ISTC): cosine distance
+    d = 1 − cos, ρ_i = exp(−mean of the k nearest d), δ_i = d to the nearest denser token (the largest d for
+    the densest). High = a cluster centre, kept first."""
+    x = torch.nn.functional.normalize(tokens.float(), dim=-1)
     n = x.shape[0]
     if n == 1:
         return torch.ones(1)
-    dist = torch.cdist(x, x)
+    dist = (1.0 - x @ x.T).clamp_min(0.0)
+    dist.fill_diagonal_(0.0)
     kk = min(k, n - 1)
     knn = dist.topk(kk + 1, largest=False).values[:, 1:]
-    density = torch.exp(-(knn**2).mean(dim=-1))
+    density = torch.exp(-knn.mean(dim=-1))
     denser = density.unsqueeze(0) > density.unsqueeze(1)  # [i, j]: j denser than i
     masked = torch.where(denser, dist, torch.full_like(dist, float("inf")))
     delta = masked.min(dim=-1).values
