@@ -213,3 +213,25 @@ def train(
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"trained {summary['steps']} steps on {summary['examples']} examples; last loss "
                f"{summary['losses'][-1]:.4f}; model saved to {out / 'model'}")
+
+
+@app.command()
+def prefill(
+    out: Path = typer.Option(..., help="Markdown report (JSON written beside it)"),
+    shape: str = typer.Option("3b", help="3b | 7b: Qwen2.5-Omni text shape of the random thinker"),
+    layers: Optional[int] = typer.Option(None, help="decoder layers (default: the real model's)"),
+    frames: int = typer.Option(16, help="LLM frames (1 s each)"),
+    tokens_per_frame: int = typer.Option(256, help="video tokens per LLM frame (256 = OmniSIFT's eval setting)"),
+    repeats: int = typer.Option(3),
+    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Prefill time with/without OmniSIFT (35% / 25%) on a random real-shaped thinker, and the compressor's cost."""
+    from leanlm.omnisift.bench import SHAPES, prefill_benchmark, to_markdown, write_report
+
+    if shape not in SHAPES:
+        raise typer.BadParameter(f"--shape must be one of {', '.join(SHAPES)}")
+    result = prefill_benchmark(shape, layers, frames, tokens_per_frame, (0.35, 0.25), repeats, device, dtype, threads)
+    write_report(result, out)
+    typer.echo(to_markdown(result))
