@@ -91,11 +91,13 @@ def fasa_c_attention(
             valid = valid.view(b, n_kv, group, t).any(2)
         scores = scores.masked_fill(~valid, float("-inf"))
     indices = exact_topk(scores, budget, block)  # T_t = TopK-I(S_t, N_fac)
-    if kernels and valid is None and softcap is None and d & (d - 1) == 0 and layer.tier_bytes() == 0:
-        from leanlm.fasa.kernels.triton_fasa import focused_attention as fac_kernel
+    if kernels and valid is None and softcap is None and layer.tier_bytes() == 0:
+        from leanlm.fasa.kernels import focused_attention as fac_kernel
+        from leanlm.fasa.kernels import supports
 
-        per_head = indices.repeat_interleave(group, 1) if pooled else indices
-        return fac_kernel(query, layer._keys, layer._values, per_head, scaling), indices  # FAC, in-kernel gather
+        if supports(d):
+            per_head = indices.repeat_interleave(group, 1) if pooled else indices
+            return fac_kernel(query, layer._keys, layer._values, per_head, scaling), indices  # FAC, in-kernel gather
     keys, values = _gather_rows(layer, indices, 1 if pooled else group)
     q = query.view(b, n_kv, group, d) if pooled else query  # pooled: the group folds into q_len
     mask = None

@@ -30,11 +30,6 @@ __all__ = ["FASA_IMPL", "DecodeStats", "FasaAttention", "apply", "attention_hand
 BACKENDS = ("auto", "torch", "triton", "reference")
 
 
-def _pow2(n: int) -> bool:
-    """The Triton kernels tile |D| and head_dim with ``tl.arange``, which needs powers of two."""
-    return n > 0 and n & (n - 1) == 0
-
-
 @dataclass
 class DecodeStats:
     """Counts of what the FASA attention did (for reports and for checking that it really ran)."""
@@ -80,7 +75,7 @@ class FasaAttention:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
-    def _triton(self, query: torch.Tensor) -> bool:
+    def _triton(self, query: torch.Tensor) -> bool:  # imports triton (slow) only when the kernels may run
         if self.backend in ("torch", "reference"):
             return False
         from leanlm.fasa import kernels
@@ -115,7 +110,7 @@ class FasaAttention:
                triton: bool = False) -> torch.Tensor:
         """Reference selection: indices ``(B, H_q, min(budget, T))`` of the tokens attended at this step."""
         if (triton and isinstance(self.selector, FASASelector) and not self.selector.pooled
-                and _pow2(self.selector.dims.shape[-1])):
+                and kernel_supports(self.selector.dims.shape[-1])):
             from leanlm.fasa.kernels import tip_scores
 
             scores = tip_scores(query, key, self.selector.dims[layer])  # TIP, Eq. 6 (GPU kernel)
@@ -150,7 +145,7 @@ class FasaAttention:
             attended = indices.shape[-1]
         else:
             indices = self.choose(query, key, layer, valid, triton)  # TIP (Eq. 6) + T_t = TopK-I(S_t, N_fac)
-            if triton and valid is None and softcap is None and _pow2(query.shape[-1]):  # else: the torch path
+            if triton and valid is None and softcap is None and kernel_supports(query.shape[-1]):  # else: the torch path
                 from leanlm.fasa.kernels import focused_attention as fac_kernel
 
                 out = fac_kernel(query, key, value, indices, scaling)  # FAC, Eq. 7 (GPU kernel)
@@ -162,6 +157,12 @@ class FasaAttention:
         self.stats.keys_seen += t * query.shape[1] * b
         self.stats.keys_attended += attended * query.shape[1] * b
         return out.transpose(1, 2).contiguous(), None
+
+
+def kernel_supports(n: int) -> bool:
+    from leanlm.fasa.kernels import supports
+
+    return supports(n)
 
 
 @contextlib.contextmanager

@@ -89,8 +89,12 @@ def _require(x: torch.Tensor) -> None:
         raise RuntimeError("Triton kernels need CUDA and the 'triton' package (or TRITON_INTERPRET=1)")
 
 
-def _pow2(n: int) -> bool:
+def supports(n: int) -> bool:
+    """Whether a kernel can tile a width of ``n`` (|D| or head_dim): ``tl.arange`` needs a power of two."""
     return n > 0 and n & (n - 1) == 0
+
+
+_pow2 = supports
 
 
 def tip_scores(query: torch.Tensor, key: torch.Tensor, dims: torch.Tensor, block_t: int = 128) -> torch.Tensor:
