@@ -261,11 +261,14 @@ def test_gather_decode_dispatch_gives_the_sorted_dispatch_logits(batch):
         original = getattr(block, name)
         setattr(block, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a))
     with torch.no_grad():
-        block(torch.randn(1, 32))
-        block(torch.randn(64, 32))
-    block(torch.randn(1, 32))  # gradients needed: no grouped GEMM (forward only)
-    block(torch.randn(64, 32))
-    assert calls == ["grouped_experts", "grouped_experts", "gather_experts", "dispatch_experts"]
+        block(torch.randn(1, 32))  # one token, small experts: gather
+        block(torch.randn(64, 32))  # a batch: grouped GEMM
+    block(torch.randn(1, 32))
+    block(torch.randn(64, 32))  # gradients needed: no grouped GEMM (forward only), sorted
+    block.GATHER_MAX_ELEMENTS = 0
+    with torch.no_grad():
+        block(torch.randn(1, 32))  # large experts: grouped even for one token
+    assert calls == ["gather_experts", "grouped_experts", "gather_experts", "dispatch_experts", "grouped_experts"]
 
 
 def test_rope_cache_equals_direct_computation():

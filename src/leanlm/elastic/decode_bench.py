@@ -10,8 +10,8 @@ top-1 vs top-k); 1.0 means the step's time scales with its FLOPs.
 
 Variants: the full model at top-k = k, k/2, 1 (``SubNet(top_k=...)`` inside the super-network, as deployment
 of ES25% would run it), and extracted standalone models (half depth, half experts, the combined cut). Each with
-the default ``"auto"`` dispatch (inference: ``torch._grouped_mm``); top-k and top-1 also with the ``"gather"``
-path and the old ``"sorted"`` dispatch, to show what the decode path changed.
+the default ``"auto"`` dispatch (gather for a small model's decode, else ``torch._grouped_mm``); top-k and top-1
+also with each explicit path (``"gather"``, ``"grouped"``, and the old ``"sorted"``), to show what each costs.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def variants(model: ElasticMoeForCausalLM) -> list[Variant]:
     k = cfg.num_experts_per_tok
     ks = sorted({k, max(1, k // 2), 1}, reverse=True)
     out = [Variant(f"top-{kk}", model, SubNet(top_k=kk) if kk != k else None, cfg, kk) for kk in ks]
-    for dispatch in ("gather", "sorted"):
+    for dispatch in ("gather", "grouped", "sorted"):
         out += [Variant(f"top-{kk} ({dispatch} dispatch)", model, SubNet(top_k=kk) if kk != k else None, cfg, kk, dispatch) for kk in (k, 1)]
     half_depth = max(1, cfg.num_hidden_layers // 2)
     cuts = {

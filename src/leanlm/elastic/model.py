@@ -167,12 +167,14 @@ class ElasticMoe(nn.Module):
     weights, and is updated outside the optimizer by :func:`leanlm.elastic.balance.update_router_biases`.
     ``expert_usage`` accumulates the tokens routed to each expert while training (used by extraction).
 
-    Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"grouped"`` (``torch._grouped_mm``) for
-    inference where torch has it, else ``"gather"`` when a call has at most ``GATHER_MAX_PAIRS`` (token, expert)
-    pairs -- decoding -- and ``"sorted"`` otherwise (always ``"sorted"`` when gradients are needed).
+    Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"gather"`` when the call's (token, expert)
+    pairs are few and their weights small (at most ``GATHER_MAX_PAIRS`` pairs and ``GATHER_MAX_ELEMENTS``
+    copied weights: decoding a small model), else ``"grouped"`` (``torch._grouped_mm``) for inference where torch
+    has it, else ``"gather"`` up to ``GATHER_MAX_PAIRS`` pairs and ``"sorted"`` beyond.
     """
 
     GATHER_MAX_PAIRS = 64
+    GATHER_MAX_ELEMENTS = 1 << 18  # weights copied by "gather" (fp32: 1 MiB, about an L2 cache)
 
     def __init__(self, config: ElasticMoeConfig) -> None:
         super().__init__()
@@ -221,10 +223,14 @@ class ElasticMoe(nn.Module):
         choice = self.route(flat, expert_mask, k)
         mode = self.dispatch
         if mode == "auto":
-            if not (torch.is_grad_enabled() and self.w_gate.requires_grad) and self._grouped_ok(flat):
+            pairs = flat.shape[0] * k
+            _, d, f = self.w_gate.shape
+            if pairs <= self.GATHER_MAX_PAIRS and pairs * 3 * d * f <= self.GATHER_MAX_ELEMENTS:
+                mode = "gather"  # few, small experts: copying their weights is cheaper than sorting
+            elif not (torch.is_grad_enabled() and self.w_gate.requires_grad) and self._grouped_ok(flat):
                 mode = "grouped"
             else:
-                mode = "gather" if flat.shape[0] * k <= self.GATHER_MAX_PAIRS else "sorted"
+                mode = "gather" if pairs <= self.GATHER_MAX_PAIRS else "sorted"
         if mode == "grouped":
             out = self.grouped_experts(flat, choice)
         elif mode == "gather":
