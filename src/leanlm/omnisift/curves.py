@@ -125,3 +125,55 @@ def run_curves(cfg: StudyConfig, seed: int, out_dir: Path, steps: int, eval_ever
         result["modes"][mode] = record
         atomic_write_json(path, result)
     return result
+
+
+def curves_report(out_dir: Path) -> str:
+    """Markdown table (mean ± sd over the seeds found) of answer-sound retention per step and mode, and a
+    figure ``curves.png`` beside the JSON files."""
+    import statistics
+
+    files = sorted(Path(out_dir).glob("curves-seed*.json"))
+    runs = [json.loads(f.read_text()) for f in files]
+    if not runs:
+        raise FileNotFoundError(f"{out_dir}: no curves-seed*.json")
+    retentions = [str(r) for r in runs[0]["config"]["retentions"]]
+    lines = []
+    for r in retentions:
+        lines += [f"Answer sound kept at {float(r):.0%} retention (mean ± sd over {len(runs)} seeds; random = "
+                  "uniform random audio at the same budget, measured on the same evaluation samples):", "",
+                  "| step | " + " | ".join(MODES) + " | random |", "|---|" + "---|" * (len(MODES) + 1)]
+        steps = runs[0]["modes"].get("ste", {}).get("steps", [])
+        rand = [run["modes"]["random"][r]["target_audio_kept"] for run in runs]
+        for i, step in enumerate(steps):
+            cells = []
+            for mode in MODES:
+                vals = [run["modes"][mode][r]["target_audio_kept"][i] for run in runs
+                        if mode in run["modes"] and len(run["modes"][mode][r]["target_audio_kept"]) > i]
+                cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}"
+                             f"{'' if len(vals) == len(runs) else f' (n={len(vals)})'}" if vals else "–")
+            cells.append(f"{statistics.mean(rand):.3f} ± {statistics.stdev(rand) if len(rand) > 1 else 0:.3f}")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        lines.append("")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(retentions), figsize=(5 * len(retentions), 3.2), squeeze=False)
+    for ax, r in zip(axes[0], retentions, strict=True):
+        for mode, color in zip(MODES, ("C0", "C1"), strict=True):
+            for k, run in enumerate(runs):
+                if mode in run["modes"]:
+                    m = run["modes"][mode]
+                    ax.plot(m["steps"], m[r]["target_audio_kept"], color=color, alpha=0.8,
+                            label=mode if k == 0 else None)
+        rand = statistics.mean(run["modes"]["random"][r]["target_audio_kept"] for run in runs)
+        ax.axhline(rand, color="k", linestyle="--", label="random")
+        ax.set_title(f"{float(r):.0%} kept")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("answer sound kept")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / "curves.png", dpi=110)
+    plt.close(fig)
+    return "\n".join(lines)
