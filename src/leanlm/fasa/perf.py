@@ -326,8 +326,8 @@ QUICK = {"attention_contexts": [2048, 8192, 32768], "attention_repeats": 7, "dec
          "decode_steps": 3, "decode_repeats": 3, "offload": False, "memory_contexts": [32768], "budget": 256,
          "static_max": 8192}
 FULL = {"attention_contexts": [2048, 4096, 8192, 16384, 32768], "attention_repeats": 15,
-        "decode_contexts": [4096, 8192, 16384, 32768], "decode_steps": 6, "decode_repeats": 5, "offload": True,
-        "memory_contexts": [8192, 32768], "budget": 256, "static_max": None}
+        "decode_contexts": [4096, 8192, 16384, 32768], "decode_steps": 4, "decode_repeats": 5, "offload": True,
+        "memory_contexts": [8192, 32768], "budget": 256, "static_max": 16384}
 
 
 def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
