@@ -317,7 +317,7 @@ def write_report(
             claims = Table("Paper vs ours", ["claim", "paper", "ours", "verdict", "why"],
                            [[c.claim, c.paper, c.ours, c.verdict, _why(c)] for c in record.claims])
             md += [table_markdown(claims), ""]
-            body.append(table_html(claims))
+            body.append(table_html(claims).replace("<table>", "<table class='claims'>", 1))
         if record.error:
             md += ["```", record.error.rstrip(), "```", ""]
             body.append(f"<pre>{html.escape(record.error)}</pre>")
