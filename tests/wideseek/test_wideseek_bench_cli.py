@@ -10,16 +10,14 @@ from typer.testing import CliRunner
 from leanlm.wideseek.agents import AgentConfig, WideSeek
 from leanlm.wideseek.bench import LatencyModel, OraclePolicy, critical_path, run_point
 from leanlm.wideseek.cli import app
-from leanlm.wideseek.corpus import build_corpus
 from leanlm.wideseek.llm import ScriptedBackend
 from leanlm.wideseek.runner import evaluate
 from leanlm.wideseek.tasks import countries_task, generate_tasks, gold_answer_text, write_tasks
-from leanlm.wideseek.tools import WorldTools
 
 
 @pytest.fixture(scope="module")
-def world():
-    return WorldTools(build_corpus(kinds=("country", "city", "element", "currency", "list"), wiki_limit=0))
+def world(full_world):
+    return full_world
 
 
 def test_latency_model_fit_and_samples():

@@ -9,15 +9,14 @@ import pytest
 
 from leanlm.wideseek.agents import AgentConfig, WideSeek
 from leanlm.wideseek.bench import OraclePolicy, search_misses
-from leanlm.wideseek.corpus import REGION_GROUPS, build_corpus, country_records, group_countries, slug
+from leanlm.wideseek.corpus import REGION_GROUPS, country_records, group_countries, slug
 from leanlm.wideseek.llm import ScriptedBackend
 from leanlm.wideseek.tasks import WIDE_FAMILIES, candidate_tasks, generate_wide_tasks
-from leanlm.wideseek.tools import WorldTools
 
 
 @pytest.fixture(scope="module")
-def world():
-    return WorldTools(build_corpus(wiki_limit=2000))
+def world(full_world):
+    return full_world
 
 
 @pytest.fixture(scope="module")
