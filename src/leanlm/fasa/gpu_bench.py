@@ -78,6 +78,35 @@ def correctness(device: str, t: int = 300, budget: int = 40) -> list[str]:
     return failures
 
 
+def model_tokens(device: str) -> list[str]:
+    """Greedy tokens through ``apply(..., backend="triton")`` == the reference path, tiny Llama / Qwen2 models."""
+    from leanlm.common.models import tiny_llama, tiny_qwen2
+    from leanlm.fasa import FASASelector, apply
+
+    failures = []
+    for factory in (tiny_llama, tiny_qwen2):
+        model = factory(seed=3).to(device)
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        gen = torch.Generator().manual_seed(0)
+        fcs = torch.stack([torch.randperm(head_dim // 2, generator=gen)[:2]
+                           for _ in range(cfg.num_hidden_layers * cfg.num_attention_heads)])
+        ids = torch.randint(1, 128, (1, 90), generator=gen).to(device)
+        for pooled in (False, True):
+            sel = FASASelector.from_fcs(fcs.view(cfg.num_hidden_layers, cfg.num_attention_heads, 2), head_dim, "half",
+                                        pooled=pooled)
+            sel.dims = sel.dims.to(device)
+            outs = []
+            for backend in ("reference", "triton"):
+                with torch.no_grad(), apply(model, selector=sel, budget=6, backend=backend) as fasa:
+                    outs.append(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                                               min_new_tokens=5, do_sample=False, pad_token_id=0))
+            if not torch.equal(outs[0], outs[1]) or fasa.stats.fast_calls == 0:
+                failures.append(f"{factory.__name__} pooled={pooled}: Triton tokens differ from the reference path")
+        print(f"tokens {factory.__name__}: {'ok' if not failures else 'FAILED'}", flush=True)
+    return failures
+
+
 def _cuda_ms(fn, iters: int) -> float:
     for _ in range(3):
         fn()
@@ -143,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not kernels.available(device):
         print("Triton kernels unavailable (need CUDA + triton, or TRITON_INTERPRET=1 with --smoke)", file=sys.stderr)
         return 2
-    failures = correctness(device, t=130 if args.smoke else 4096, budget=24)
+    failures = correctness(device, t=130 if args.smoke else 4096, budget=24) + model_tokens(device)
     for failure in failures:
         print("FAIL", failure, file=sys.stderr)
     if failures or args.smoke:
