@@ -39,6 +39,17 @@ def test_train_extract_evaluate_round_trip(tmp_path):
     expected = parent(x, subnet=SubNet.make(layers=[0, 3], experts={0: [0, 1, 2], 3: [0, 1, 2]}, top_k=1)).logits
     torch.testing.assert_close(small(x).logits, expected, rtol=0, atol=1e-6)
 
+    # the same cut exported for plain transformers (ernie4_5_moe) gives the same logits
+    result = runner.invoke(app, ["export", str(run_dir / "model"), "--out", str(tmp_path / "hf"), "--depth", "2", "--experts", "3",
+                                 "--top-k", "1", "--expert-rule", "index"])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "Ernie4_5_MoeForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, expected, rtol=0, atol=1e-5)
+
     # continued training of the extracted model (the report's "extract, then keep training")
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "cont"), "--config", str(config), "--steps", "2",
                                  "--init", str(small_dir), "--no-elastic"])

@@ -101,6 +101,34 @@ def extract(
 
 
 @app.command()
+def export(
+    model: Path = typer.Argument(..., help="a trained elastic model directory (save_pretrained format)"),
+    out: Path = typer.Option(..., help="where to write the transformers Ernie4_5_Moe checkpoint"),
+    depth: int = typer.Option(None, help="layers to keep (evenly spaced, first and last kept)"),
+    experts: int = typer.Option(None, help="routed experts to keep per MoE layer"),
+    top_k: int = typer.Option(None, "--top-k", help="new default top-k"),
+    expert_rule: str = typer.Option("usage", help="'usage' (most used in training) or 'index' (first n)"),
+) -> None:
+    """Write the model (or a sub-model) as a transformers `ernie4_5_moe` checkpoint: loads without leanlm."""
+    from leanlm.common.progress import get_logger
+    from leanlm.elastic.export import export_pretrained
+    from leanlm.elastic.extract import plan_subnet
+    from leanlm.elastic.model import ElasticMoeForCausalLM
+
+    parent = ElasticMoeForCausalLM.from_pretrained(model)
+    subnet = None
+    if any(v is not None for v in (depth, experts, top_k)):
+        try:
+            subnet = plan_subnet(parent, depth=depth, experts=experts, top_k=top_k, expert_rule=expert_rule)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    export_pretrained(parent, out, subnet)
+    get_logger("leanlm.elastic.cli").info(
+        "exported %s to %s (transformers Ernie4_5_MoeForCausalLM; load with AutoModelForCausalLM, no leanlm needed)",
+        subnet.describe() if subnet else "the full model", out)
+
+
+@app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="a saved elastic model directory"),
     depth: int = typer.Option(None), experts: int = typer.Option(None), top_k: int = typer.Option(None, "--top-k"),
