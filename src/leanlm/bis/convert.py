@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from typing import Any
 
 from leanlm.bis.schema import Fields
@@ -179,6 +180,9 @@ def _general(rec: dict[str, Any], fields: Fields, mode: str, counts: ConversionC
     return None if prm is None else encode_mmprm(prm)
 
 
+_TEXT, _SCORE = attrgetter("t"), attrgetter("s")
+
+
 class StructConverter:
     """The MM-PRM conversion straight from a msgspec-decoded line (typed structs, only the fields it reads).
 
@@ -196,20 +200,16 @@ class StructConverter:
         self.questions = [q for q in dict.fromkeys(fields.question) if q not in (fields.image, fields.steps)]
         if len(self.questions) != len(fields.question) or fields.step_text == fields.score:
             raise ValueError("overlapping field names take the general path")
-        step = msgspec.defstruct("MMPRMStep", [("t", object, None), ("s", object, None)],
+        # Typed: anything else (a non-string text or image, a non-number score, NaN) fails to decode and
+        # takes the general path on a dict.
+        step = msgspec.defstruct("MMPRMStep", [("t", str | None, None), ("s", float | None, None)],
                                  rename={"t": fields.step_text, "s": fields.score}, gc=False)
-        spec: list[Any] = [("img", object, ""), ("steps", list[step] | None, None)]
+        spec: list[Any] = [("img", str, ""), ("steps", list[step] | None, None)]
         spec += [(f"q{i}", object, None) for i in range(len(self.questions))]
         rename = {"img": fields.image, "steps": fields.steps, **{f"q{i}": q for i, q in enumerate(self.questions)}}
         self.decoder = msgspec.json.Decoder(msgspec.defstruct("MMPRMRollout", spec, rename=rename, gc=False))
         self.qslots = [f"q{i}" for i in range(len(self.questions))]
         self.errors = (msgspec.DecodeError,)
-
-    def _as_dict(self, obj: Any) -> dict[str, Any]:
-        f = self.fields
-        steps = None if obj.steps is None else [{f.step_text: st.t, f.score: st.s} for st in obj.steps]
-        return {f.image: obj.img, f.steps: steps,
-                **{q: getattr(obj, slot) for q, slot in zip(self.questions, self.qslots, strict=True)}}
 
     def line(self, raw: Any, counts: ConversionCounts) -> str | None:
         try:
@@ -217,8 +217,6 @@ class StructConverter:
         except self.errors:
             return mmprm_line(json.loads(bytes(raw)), self.fields, self.mode, counts)
         image = obj.img
-        if image and type(image) is not str:
-            return mmprm_line(self._as_dict(obj), self.fields, self.mode, counts)
         steps = obj.steps or []
         official = self.mode == "official"
         if official and not image:
@@ -228,16 +226,9 @@ class StructConverter:
         if official and not steps:
             counts.dropped_no_steps += 1
             return None
-        stripped = []
-        for st in steps:
-            t = st.t
-            if type(t) is str:
-                stripped.append(t.strip())
-            elif t:  # a truthy non-string: the general path's str()
-                return mmprm_line(self._as_dict(obj), self.fields, self.mode, counts)
-            else:
-                stripped.append("")
-        scores = [st.s for st in steps]
+        texts = list(map(_TEXT, steps))
+        stripped = list(map(str.strip, texts)) if None not in texts else [t.strip() if t else "" for t in texts]
+        scores = list(map(_SCORE, steps))
         unscored = None in scores
         empty = "" in stripped
         if official and (empty or unscored):
