@@ -2,7 +2,7 @@
 # OmniSIFT on a GPU: prefill time of a random thinker shaped like Qwen2.5-Omni-7B (28 layers, hidden 3584,
 # 28/4 heads, intermediate 18944; bf16, sdpa) at 100% / 35% / 25% of the audio-visual tokens, plus the
 # compressor's own time (STVP + VGAS). Two lengths: 32 s and 120 s of video at 256 tokens per frame and
-# 25 audio tokens/s (9,139 and 33,779 tokens uncompressed). Encoders are not timed (unchanged by OmniSIFT).
+# 25 audio tokens/s (9,001 and 33,729 tokens uncompressed). Encoders are not timed (unchanged by OmniSIFT).
 # Budget: well under 8 minutes on one H100/H200-class GPU (random init + 2 x 3 settings x 4 rounds).
 # Output: reports/gpu-omnisift/prefill-7b-{32,120}s.md (+ .json), to paste into docs/results/omnisift.md §4.
 set -euo pipefail
