@@ -170,8 +170,18 @@ def synth_cmd(
     sources: int = typer.Option(38, help="Number of source files S."),
     seed: int = typer.Option(0),
     single_file: str | None = typer.Option(None, help="Write one file with a 'source' field instead."),
+    with_truth: bool = typer.Option(False, "--with-truth", help="Write the PRM study corpus instead: train/, val/, "
+                                    "test/ of multi-step problems with MC scores AND per-step ground truth."),
+    val: int = typer.Option(2_000, help="--with-truth: validation rollouts."),
+    test: int = typer.Option(4_000, help="--with-truth: test rollouts."),
 ) -> None:
-    """Write a VisualPRM400K-shaped synthetic corpus of N rollouts over S sources."""
+    """Write a VisualPRM400K-shaped synthetic corpus of N rollouts over S sources (or, --with-truth, the PRM corpus)."""
+    if with_truth:
+        from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+        summary = write_truth_corpus(out_dir, TruthConfig(train=rollouts, val=val, test=test, seed=seed))
+        typer.echo(json.dumps(summary))
+        return
     from leanlm.bis.synth import SynthConfig, write_corpus
 
     files = write_corpus(out_dir, SynthConfig(rollouts=rollouts, sources=sources, seed=seed), single_file=single_file)
@@ -207,3 +217,79 @@ def bench_cmd(
     atomic_write_text(out, md)
     atomic_write_json(out.with_suffix(".json"), to_json(data))
     typer.echo(md)
+
+
+
+@app.command("train")
+def train_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Training rollouts (files or directories, VisualPRM400K layout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (step-<n>/ and final/)."),
+    backbone: str = typer.Option("tiny", help="'tiny' (a small Llama from a config, char tokenizer), 'embedded' "
+                                              "(SmolLM2-135M), a local HF directory or a .gguf file."),
+    hidden: int = typer.Option(128, help="tiny backbone: hidden size."),
+    layers: int = typer.Option(2, help="tiny backbone: layers."),
+    max_len: int = typer.Option(512, help="Tokens per rollout (later steps are truncated)."),
+    lora: bool = typer.Option(False, help="Train LoRA adapters (peft) instead of all weights (non-tiny backbones)."),
+    lr: float = typer.Option(1e-3),
+    batch: int = typer.Option(32),
+    soft: bool = typer.Option(False, help="Soft labels y = MC instead of hard y = 1[MC > 0]."),
+    seed: int = typer.Option(0),
+    checkpoint_every: int = typer.Option(50, help="Optimizer steps between checkpoints (official: 50)."),
+    resume: Path | None = typer.Option(None, help="Continue from a checkpoint directory written by this command."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """Train a step-level PRM for one epoch (<prm> marker after each step, Yes/No head, CE on MC labels)."""
+    import torch
+
+    from leanlm.bis.prm.model import ModelSpec
+    from leanlm.bis.prm.train import TrainConfig, load_examples, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        examples = load_examples(inputs)
+        spec = ModelSpec(backbone=backbone, hidden=hidden, layers=layers, max_len=max_len, lora=lora, seed=seed)
+        cfg = TrainConfig(model=spec, lr=lr, batch=batch, soft=soft, seed=seed, checkpoint_every=checkpoint_every)
+        res = train(examples, out, cfg, resume=resume)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    tail = res["losses"][-10:]
+    typer.echo(json.dumps({"rollouts": len(examples), "steps": res["steps"], "checkpoint": res["checkpoint"],
+                           "mean_loss_last_10": sum(tail) / max(len(tail), 1)}))
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory from leanlm bis train (e.g. OUT/final)."),
+    test: list[Path] = typer.Option(..., "--test", help="Test rollouts with per-step 'truth' (repeatable)."),
+    val: list[Path] = typer.Option([], "--val", help="Validation rollouts with 'truth', to choose the threshold."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write all metrics as JSON."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """VisualProcessBench metrics: per-source macro-F1, step-weighted overall, pooled F1+/F1-, AUC."""
+    import torch
+
+    from leanlm.bis.prm.metrics import evaluate
+    from leanlm.bis.prm.train import load_examples, load_prm, truth_arrays
+    from leanlm.common.atomic import atomic_write_json
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = load_prm(checkpoint)
+        res = evaluate(truth_arrays(model, load_examples(test)),
+                       truth_arrays(model, load_examples(val)) if val else None)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"AUC {res['auc']:.4f}")
+    for key, label in (("fixed_0.5", "threshold 0.5"), ("val_tuned", "threshold chosen on val"),
+                       ("test_tuned_optimistic", "threshold tuned ON TEST (official --auto; optimistic)")):
+        if key in res:
+            r = res[key]
+            typer.echo(f"{label} (t={r['threshold']:.3f}): overall micro-F1 {r['overall_micro_f1']:.4f}, pooled "
+                       f"F1+ {r['pooled_f1_pos']:.4f} F1- {r['pooled_f1_neg']:.4f}; per source: "
+                       + ", ".join(f"{s} {v['macro_f1']:.3f}" for s, v in r["per_source"].items()))
+    if json_out:
+        atomic_write_json(json_out, res)
