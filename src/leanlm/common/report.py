@@ -139,7 +139,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.ok{color:#1
 pre{background:#f6f8fa;padding:.8em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
 .cap{color:#555;font-style:italic}img{max-width:100%;height:auto}
 .tbl{max-width:100%;overflow-x:auto}code{overflow-wrap:anywhere}
-table.claims td,table.claims th{text-align:left;vertical-align:top}table.claims td.num{text-align:right;white-space:nowrap}
+table.claims td,table.claims th{text-align:left;vertical-align:top}table.claims td.num{text-align:right}
+table#claims-table{table-layout:fixed;width:100%}
 .v{display:inline-block;padding:.05em .5em;border-radius:.8em;font-weight:600;white-space:nowrap;font-size:.9em}
 .v-reproduced{background:#dafbe1;color:#116329}.v-partly{background:#fff3bf;color:#7a5500}
 .v-not-reproduced{background:#ffebe9;color:#a40e26}.v-not-testable-here{background:#eef1f4;color:#444}
@@ -219,7 +220,8 @@ def claims_html(records: list[ExperimentRecord]) -> str:
             f"<td><span class='{_verdict_class(claim.verdict)}'>{html.escape(claim.verdict)}</span>"
             f"{f'<span class=why>{html.escape(why)}</span>' if why else ''}</td></tr>"
         )
-    table = (f"<div class='tbl'><table class='claims' id='claims-table'><thead><tr>{head}</tr></thead>"
+    cols = "".join(f"<col style='width:{w}%'>" for w in (12, 32, 14, 10, 12, 20))
+    table = (f"<div class='tbl'><table class='claims' id='claims-table'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
              f"<tbody>{''.join(body)}</tbody></table></div>") if rows else "<p>No claims registered.</p>"
     return (f"<h2 id='claims'>Claims: the papers' numbers and ours</h2><p class='counts'>{len(rows)} claims: "
             f"{counts}</p>{table}<p class='cap'>Verdicts are computed from each experiment's metrics by the rule "
