@@ -45,8 +45,9 @@ def test_end_to_end_through_llama_cpp_with_the_embedded_model(tmp_path):
     world = WorldTools(build_corpus(kinds=("country",)))
     # tight limits: at most one lead turn and one subagent turn, short replies. Text mode (<tool_call> parsed
     # here): llama.cpp's grammar-constrained tool calls cost seconds per token on a loaded 2-core machine.
+    # few_shot=False keeps the lead prompt short (the examples add ~400 prompt tokens, minutes on a loaded CPU)
     cfg = AgentConfig(max_lead_turns=1, max_sub_turns=1, max_subagents_per_call=1, max_concurrency=1,
-                      context_tokens=3000)
+                      context_tokens=3000, few_shot=False)
     with LlamaServer(n_ctx=2048, n_threads=1) as server:
         assert server.process is not None and server.process.poll() is None
         backend = OpenAIBackend(server.base_url, model="embedded", max_tokens=32, retries=0, timeout=150,
