@@ -102,3 +102,29 @@ def test_thresholds_val_vs_test_tuned() -> None:
     # at 0.7 only one positive predicted: F1+ = 2/4, F1- = 2*3/(5+3) = .75
     assert r["val_tuned"]["overall_micro_f1"] == pytest.approx((0.5 + 0.75) / 2)
     assert r["fixed_0.5"]["threshold"] == 0.5
+
+
+def test_paired_ci_uses_student_t() -> None:
+    from leanlm.bis.prm.study import paired_ci
+
+    a = [0.70, 0.72, 0.68, 0.75, 0.71]
+    b = [0.65, 0.70, 0.66, 0.70, 0.69]
+    d = np.array(a) - np.array(b)  # 0.05 0.02 0.02 0.05 0.02
+    ci = paired_ci(a, b)
+    half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)  # t_{0.975, 4}
+    assert ci["mean"] == pytest.approx(0.032) and ci["half"] == pytest.approx(half)
+    assert ci["half"] > 1.96 * d.std(ddof=1) / np.sqrt(5)  # the normal interval would be too narrow
+
+
+def test_summarize_pairs_by_seed() -> None:
+    from leanlm.bis.prm.study import summarize, to_markdown
+
+    rows = [{"selector": "full", "budget": 1.0, "seed": s, "f1_val_tuned": 0.8 + 0.01 * s} for s in range(3)]
+    rows += [{"selector": "random", "budget": 0.1, "seed": s, "f1_val_tuned": 0.6 + 0.02 * s} for s in range(3)]
+    rows += [{"selector": "bis-0.2", "budget": 0.1, "seed": s, "f1_val_tuned": 0.7 + 0.02 * s} for s in range(2)]
+    out = summarize(rows)
+    vr = out["vs_random"]
+    assert len(vr) == 1 and vr[0]["n"] == 2 and vr[0]["mean"] == pytest.approx(0.1) and vr[0]["half"] == 0.0
+    vf = {d["selector"]: d for d in out["vs_full"]}
+    assert vf["random"]["n"] == 3 and vf["random"]["mean"] == pytest.approx(-0.2 + 0.01)
+    assert "minus random" in to_markdown(out)

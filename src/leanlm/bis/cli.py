@@ -293,3 +293,37 @@ def eval_cmd(
                        + ", ".join(f"{s} {v['macro_f1']:.3f}" for s, v in r["per_source"].items()))
     if json_out:
         atomic_write_json(json_out, res)
+
+
+@app.command("study")
+def study_cmd(
+    corpus: Path = typer.Argument(..., help="A corpus from leanlm bis synth --with-truth (train/, val/, test/)."),
+    out: Path = typer.Option(..., "--out", help="Study directory: cells.jsonl (resumable), report.md/.json, plot."),
+    budgets: str = typer.Option("0.05,0.1,0.25,0.5", help="Comma-separated fractions (full data always runs)."),
+    selectors: str = typer.Option("random,bis-0.2,mixed-only,low-mc",
+                                  help="Comma-separated: random, bis-0, bis-0.05, bis-0.1, bis-0.2, mixture-only, "
+                                       "reliability-only, mixed-only, low-mc."),
+    seeds: int = typer.Option(3),
+    hidden: int = typer.Option(128),
+    layers: int = typer.Option(2),
+    lr: float = typer.Option(3e-3),
+    batch: int = typer.Option(32),
+    threads: int = typer.Option(1),
+) -> None:
+    """Budgets x selectors x seeds of PRM training; paired Student-t differences vs random and vs full data."""
+    from leanlm.bis.prm.study import SELECTORS, StudyConfig, plot, run_study, summarize, to_markdown
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+
+    sels = tuple(s.strip() for s in selectors.split(",") if s.strip())
+    bad = [s for s in sels if s not in SELECTORS]
+    if bad:
+        raise typer.BadParameter(f"unknown selector(s) {', '.join(bad)}; choose from {', '.join(SELECTORS)}")
+    cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
+                      seeds=seeds, hidden=hidden, layers=layers, lr=lr, batch=batch, threads=threads)
+    rows = run_study(cfg)
+    summary = summarize(rows)
+    md = to_markdown(summary)
+    atomic_write_text(out / "report.md", md)
+    atomic_write_json(out / "report.json", {"summary": summary, "cells": rows})
+    plot(summary, out / "f1_vs_budget.png")
+    typer.echo(md)

@@ -1,0 +1,177 @@
+"""The #16 study driver: budgets x selectors x seeds, each a PRM trained on the selected subset and evaluated.
+
+Every cell selects a subset of ``train/`` with :func:`leanlm.bis.select.select` (the production selector,
+per-source ratio, budgets matched in rollouts), trains one epoch (:func:`leanlm.bis.prm.train.train`) and
+evaluates on ``test/`` with the threshold chosen on ``val/`` (:mod:`leanlm.bis.prm.metrics`). Results are
+appended to ``cells.jsonl`` after each cell, so an interrupted study resumes where it stopped. Comparisons are
+paired by seed (the same seed draws the random subset and initialises/orders the training), with Student-t 95%
+intervals (small n: 1.96 would be too narrow).
+
+Not built yet (see docs/results/bis.md, "Status of issue #16"): step-matched budgets, the model-based
+baseline (loss/uncertainty from a proxy PRM on a random 5%), the SmolLM2 run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: selector name -> (scorer name, alpha); "full" trains on everything (budget ignored).
+SELECTORS: dict[str, tuple[str, float]] = {
+    "random": ("random", 0.0), "bis-0": ("bis", 0.0), "bis-0.05": ("bis", 0.05), "bis-0.1": ("bis", 0.1),
+    "bis-0.2": ("bis", 0.2), "mixture-only": ("mixture", 0.0), "reliability-only": ("reliability", 0.0),
+    "mixed-only": ("mixed", 0.0), "low-mc": ("low-mc", 0.0),
+}
+
+
+@dataclass
+class StudyConfig:
+    corpus: Path
+    out: Path
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
+    selectors: tuple[str, ...] = ("random", "bis-0.2", "mixed-only", "low-mc")
+    seeds: int = 3
+    hidden: int = 128
+    layers: int = 2
+    lr: float = 3e-3
+    batch: int = 32
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean of a - b over paired seeds with a Student-t interval (``scipy.stats.t``); NaN half-width for n < 2."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        raise ValueError("paired_ci needs at least one pair")
+    mean = float(d.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "half": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    half = float(student_t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return {"n": n, "mean": mean, "half": half, "lo": mean - half, "hi": mean + half}
+
+
+def _cell_key(selector: str, budget: float, seed: int) -> str:
+    return f"{selector}|{budget:g}|{seed}"
+
+
+def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[str, Any]:
+    """Select (unless ``full``), train one epoch, evaluate; returns one result row."""
+    import torch
+
+    from leanlm.bis.prm.metrics import evaluate
+    from leanlm.bis.prm.model import ModelSpec
+    from leanlm.bis.prm.train import TrainConfig, load_examples, load_prm, train, truth_arrays
+    from leanlm.bis.score import make_scorer
+    from leanlm.bis.select import SelectConfig, select
+
+    torch.set_num_threads(cfg.threads)
+    cell = cfg.out / "cells" / _cell_key(selector, budget, seed).replace("|", "_")
+    cell.mkdir(parents=True, exist_ok=True)
+    if selector == "full":
+        data = cfg.corpus / "train"
+    else:
+        name, alpha = SELECTORS[selector]
+        data = cell / "subset.jsonl"
+        select([cfg.corpus / "train"], data, SelectConfig(ratio=budget, scorer=make_scorer(name, alpha=alpha,
+                                                                                           seed=seed),
+                                                          hash_input=False, workers=1))
+    examples = load_examples([data])
+    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, seed=seed)
+    res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
+    model = load_prm(res["checkpoint"])
+    m = evaluate(truth_arrays(model, load_examples([cfg.corpus / "test"])),
+                 truth_arrays(model, load_examples([cfg.corpus / "val"])))
+    return {"key": _cell_key(selector, budget, seed), "selector": selector, "budget": budget, "seed": seed,
+            "rollouts": len(examples), "steps": sum(len(e.steps) for e in examples), "auc": m["auc"],
+            "f1_val_tuned": m["val_tuned"]["overall_micro_f1"], "f1_fixed": m["fixed_0.5"]["overall_micro_f1"],
+            "f1_test_tuned_optimistic": m["test_tuned_optimistic"]["overall_micro_f1"],
+            "per_source_val_tuned": {s: v["macro_f1"] for s, v in m["val_tuned"]["per_source"].items()}}
+
+
+def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every (selector, budget, seed) cell plus full data per seed; resumes from ``out/cells.jsonl``."""
+    from leanlm.common.progress import progress
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    log = cfg.out / "cells.jsonl"
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            done[row["key"]] = row
+    plan = [("full", 1.0, s) for s in range(cfg.seeds)]
+    plan += [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors for s in range(cfg.seeds)]
+    rows = []
+    for sel, b, s in progress(plan, desc="bis study", unit="cell"):
+        key = _cell_key(sel, b, s)
+        if key not in done:
+            done[key] = run_cell(cfg, sel, b, s)
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(done[key]) + "\n")
+        rows.append(done[key])
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], metric: str = "f1_val_tuned") -> dict[str, Any]:
+    """Mean per (selector, budget), and paired differences: each selector minus random, and minus full data."""
+    by: dict[tuple[str, float], dict[int, float]] = {}
+    for r in rows:
+        by.setdefault((r["selector"], r["budget"]), {})[r["seed"]] = r[metric]
+    full = by.get(("full", 1.0), {})
+    out: dict[str, Any] = {"metric": metric, "cells": [], "vs_random": [], "vs_full": []}
+    for (sel, b), vals in sorted(by.items()):
+        out["cells"].append({"selector": sel, "budget": b, "n": len(vals), "mean": float(np.mean(list(vals.values())))})
+        if sel == "full":
+            continue
+        rnd = by.get(("random", b), {})
+        for name, ref in (("vs_random", rnd), ("vs_full", full)):
+            seeds = sorted(set(vals) & set(ref))
+            if seeds and not (name == "vs_random" and sel == "random"):
+                ci = paired_ci([vals[s] for s in seeds], [ref[s] for s in seeds])
+                out[name].append({"selector": sel, "budget": b, **ci})
+    return out
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"metric: {summary['metric']} (overall micro-F1, threshold chosen on val)", "",
+             "| selector | budget | seeds | mean |", "|---|---|---|---|"]
+    lines += [f"| {c['selector']} | {c['budget']:.0%} | {c['n']} | {c['mean']:.4f} |" for c in summary["cells"]]
+    for name, title in (("vs_random", "minus random (same budget)"), ("vs_full", "minus full data")):
+        lines += ["", f"Paired differences, {title}, mean and Student-t 95% interval:", "",
+                  "| selector | budget | n | mean | 95% CI |", "|---|---|---|---|---|"]
+        lines += [f"| {d['selector']} | {d['budget']:.0%} | {d['n']} | {d['mean']:+.4f} | "
+                  f"[{d['lo']:+.4f}, {d['hi']:+.4f}] |" for d in summary[name]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """F1 vs budget per selector (full data as a horizontal line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sels = sorted({c["selector"] for c in summary["cells"]} - {"full"})
+    for sel in sels:
+        pts = sorted((c["budget"], c["mean"]) for c in summary["cells"] if c["selector"] == sel)
+        ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=sel)
+    for c in summary["cells"]:
+        if c["selector"] == "full":
+            ax.axhline(c["mean"], color="k", ls="--", label="full data")
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (% of rollouts per source)")
+    ax.set_ylabel("overall micro-F1 (val threshold)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
