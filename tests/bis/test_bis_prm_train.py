@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -117,3 +118,27 @@ def test_embedded_backbone_with_lora_trains_only_adapters_and_marker() -> None:
     loss = step_loss(model, ex, soft=False)
     loss.backward()
     assert torch.isfinite(loss) and float(loss) > 0
+
+
+def test_study_cli_tiny_and_resumes(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from leanlm.bis.cli import app
+    from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=60, val=20, test=20))
+    args = ["study", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--budgets", "0.5", "--selectors",
+            "random,bis-0.2", "--seeds", "2", "--hidden", "16", "--layers", "1", "--batch", "16"]
+    run = CliRunner()
+    r = run.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cells = (tmp_path / "s" / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 6  # full x 2 seeds + 2 selectors x 2 seeds
+    rows = [json.loads(c) for c in cells]
+    assert {r_["rollouts"] for r_ in rows if r_["selector"] == "full"} == {60}
+    assert all(r_["rollouts"] < 60 for r_ in rows if r_["selector"] != "full")
+    assert (tmp_path / "s" / "f1_vs_budget.png").stat().st_size > 0
+    assert "bis-0.2" in (tmp_path / "s" / "report.md").read_text()
+    r = run.invoke(app, args)  # everything is already in cells.jsonl: nothing retrains
+    assert r.exit_code == 0 and len((tmp_path / "s" / "cells.jsonl").read_text().splitlines()) == 6
+    assert run.invoke(app, [*args[:5], "--selectors", "nope"]).exit_code != 0
