@@ -105,7 +105,7 @@ def test_comparison_with_previous_sibling_run(isolated_registry, tmp_path):
     changes = {(c["experiment"], c["kind"], c["claim"]): (c["before"], c["now"])
                for c in data["compared_with"]["changes"]}
     assert changes[("alpha", "verdict", "score as % of full")] == ("95% (partly)", "100% (reproduced)")
-    assert changes[("alpha", "number", "a baseline")] == ("12.3 (not judged)", "11 (not judged)")
+    assert changes[("alpha", "number (-11%)", "a baseline")] == ("12.3 (not judged)", "11 (not judged)")
     assert changes[("beta", "status", "")] == ("ok", "failed")
     assert changes[("beta", "verdict", "exact")] == ("yes (reproduced)", "n/a (experiment failed)")
     assert len(changes) == 4  # unchanged claims are not listed
@@ -136,7 +136,7 @@ def test_comparison_reads_runs_from_before_verdicts_and_new_claims():
         {"claim": "d", "paper": "1", "ours": "1", "verdict": "reproduced", "metric": "m"}]}]}
     cmp = compare_runs(old, new)
     kinds = sorted((c.kind, c.claim) for c in cmp.changes)
-    assert kinds == [("experiment gone", ""), ("new claim", "d"), ("number", "c")]
+    assert kinds == [("new claim", "d"), ("not in this run", ""), ("number (+50%)", "c")]
     assert cmp.commit == "abc" and cmp.claims_compared == 1
 
 

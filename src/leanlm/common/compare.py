@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.common.progress import get_logger
+from leanlm.common.verdicts import number
 
 log = get_logger("leanlm.compare")
 
@@ -23,7 +24,7 @@ class Change:
 
     experiment: str
     claim: str
-    kind: str  # "verdict" | "number" | "new claim" | "claim gone" | "status" | "new experiment" | "experiment gone"
+    kind: str  # "verdict" | "number (+x%)" | "new claim" | "claim gone" | "status" | "not in the previous run" | "not in this run"
     before: str
     now: str
 
@@ -91,12 +92,12 @@ def compare_runs(previous: dict[str, Any], current: dict[str, Any]) -> Compariso
     for name, exp in now_exps.items():
         old = before_exps.get(name)
         if old is None:
-            changes.append(Change(name, "", "new experiment", "", exp.get("status", "?")))
+            changes.append(Change(name, "", "not in the previous run", "", exp.get("status", "?")))
         elif old.get("status") != exp.get("status"):
             changes.append(Change(name, "", "status", str(old.get("status")), str(exp.get("status"))))
     for name, old in before_exps.items():
         if name not in now_exps:
-            changes.append(Change(name, "", "experiment gone", str(old.get("status")), ""))
+            changes.append(Change(name, "", "not in this run", str(old.get("status")), ""))
 
     before, now = _claims(previous), _claims(current)
     compared = 0
@@ -112,13 +113,22 @@ def compare_runs(previous: dict[str, Any], current: dict[str, Any]) -> Compariso
         if old_verdict is not None and old_verdict != new_verdict:
             changes.append(Change(name, claim.get("claim", ""), "verdict", _describe(old), _describe(claim)))
         elif str(old.get("ours", "")).strip() != str(claim.get("ours", "")).strip():
-            changes.append(Change(name, claim.get("claim", ""), "number", _describe(old), _describe(claim)))
+            changes.append(Change(name, claim.get("claim", ""), _number_kind(old.get("ours"), claim.get("ours")),
+                                  _describe(old), _describe(claim)))
     for key, old in before.items():
         if key not in now and key[0] in now_exps:
             changes.append(Change(key[0], old.get("claim", ""), "claim gone", _describe(old), ""))
     env = previous.get("environment", {}) or {}
     return Comparison(source=str(previous.get("_source", "?")), date=str(env.get("date (UTC)", "?")),
                       commit=str(env.get("git commit", "?")), changes=changes, claims_compared=compared)
+
+
+def _number_kind(before: Any, now: Any) -> str:
+    """``number`` with the relative change when both values read as numbers (``number (-52%)``)."""
+    a, b = number(before), number(now)
+    if a is None or b is None or a == 0:
+        return "number"
+    return f"number ({100 * (b - a) / abs(a):+.0f}%)"
 
 
 def _describe(claim: dict[str, Any]) -> str:
