@@ -128,3 +128,36 @@ def test_summarize_pairs_by_seed() -> None:
     vf = {d["selector"]: d for d in out["vs_full"]}
     assert vf["random"]["n"] == 3 and vf["random"]["mean"] == pytest.approx(-0.2 + 0.01)
     assert "minus random" in to_markdown(out)
+
+
+def test_step_matched_subset_vs_brute_force(tmp_path) -> None:
+    from leanlm.bis.prm.study import step_matched_subset
+    from leanlm.bis.score import BIS
+
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=200, val=1, test=1))
+    out = tmp_path / "sub.jsonl"
+    alpha, budget = 0.2, 0.3
+    n_kept = step_matched_subset(tmp_path / "c" / "train", BIS(alpha), budget, out)
+    kept = out.read_text().splitlines()
+    assert n_kept == len(kept)
+    expect = []
+    for f in sorted((tmp_path / "c" / "train").glob("*.jsonl")):
+        lines = f.read_text().splitlines()
+
+        def bis(line: str) -> float:
+            sc = [s["score"] for s in json.loads(line)["steps_with_score"]]
+            pos = [s for s in sc if s > 0]
+            p = len(pos) / len(sc)
+            return (p * (1 - p) + alpha) * (sum(pos) / len(pos) if pos else 1.0)
+
+        order = sorted(range(len(lines)), key=lambda i: (-bis(lines[i]), i))
+        total = sum(len(json.loads(ln)["steps_with_score"]) for ln in lines)
+        take, steps = [], 0
+        for i in order:
+            if take and steps >= budget * total:
+                break
+            take.append(i)
+            steps += len(json.loads(lines[i])["steps_with_score"])
+        assert steps >= budget * total
+        expect += [lines[i] for i in sorted(take)]
+    assert kept == expect

@@ -141,4 +141,11 @@ def test_study_cli_tiny_and_resumes(tmp_path) -> None:
     assert "bis-0.2" in (tmp_path / "s" / "report.md").read_text()
     r = run.invoke(app, args)  # everything is already in cells.jsonl: nothing retrains
     assert r.exit_code == 0 and len((tmp_path / "s" / "cells.jsonl").read_text().splitlines()) == 6
-    assert run.invoke(app, [*args[:5], "--selectors", "nope"]).exit_code != 0
+    bad = run.invoke(app, [*args[:6], "--selectors", "nope"])
+    assert bad.exit_code != 0 and "unknown selector" in bad.output
+    r = run.invoke(app, [*args[:6], "--selectors", "bis-0.2", "--seeds", "1", "--hidden", "16", "--layers", "1",
+                         "--match", "steps"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(c) for c in (tmp_path / "s" / "cells-steps.jsonl").read_text().splitlines()]
+    assert [r_["match"] for r_ in rows] == ["steps", "steps"]
+    assert (tmp_path / "s" / "report-steps.md").exists()

@@ -309,21 +309,25 @@ def study_cmd(
     lr: float = typer.Option(3e-3),
     batch: int = typer.Option(32),
     threads: int = typer.Option(1),
+    match: str = typer.Option("rollouts", help="Budgets matched in 'rollouts' (as the paper) or 'steps' (control)."),
 ) -> None:
     """Budgets x selectors x seeds of PRM training; paired Student-t differences vs random and vs full data."""
     from leanlm.bis.prm.study import SELECTORS, StudyConfig, plot, run_study, summarize, to_markdown
     from leanlm.common.atomic import atomic_write_json, atomic_write_text
 
+    if match not in ("rollouts", "steps"):
+        raise typer.BadParameter(f"--match must be 'rollouts' or 'steps', got {match!r}")
     sels = tuple(s.strip() for s in selectors.split(",") if s.strip())
     bad = [s for s in sels if s not in SELECTORS]
     if bad:
         raise typer.BadParameter(f"unknown selector(s) {', '.join(bad)}; choose from {', '.join(SELECTORS)}")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, hidden=hidden, layers=layers, lr=lr, batch=batch, threads=threads)
+                      seeds=seeds, hidden=hidden, layers=layers, lr=lr, batch=batch, threads=threads, match=match)
     rows = run_study(cfg)
     summary = summarize(rows)
-    md = to_markdown(summary)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_json(out / "report.json", {"summary": summary, "cells": rows})
-    plot(summary, out / "f1_vs_budget.png")
+    md = f"budgets matched in {match}\n\n" + to_markdown(summary)
+    tag = "" if match == "rollouts" else f"-{match}"
+    atomic_write_text(out / f"report{tag}.md", md)
+    atomic_write_json(out / f"report{tag}.json", {"summary": summary, "cells": rows})
+    plot(summary, out / f"f1_vs_budget{tag}.png")
     typer.echo(md)
