@@ -254,7 +254,8 @@ def changes_html(comparison: Comparison | None) -> str:
         return (f"<p id='changes'><b>No verdict or headline number changed</b> since the previous run "
                 f"({html.escape(comparison.date)}, commit {html.escape(comparison.commit)}; "
                 f"{comparison.claims_compared} claims compared; {html.escape(comparison.source)}).</p>")
-    return f"<div id='changes'>{table_html(_changes_table(comparison))}</div>"
+    table = table_html(_changes_table(comparison)).replace("<table>", "<table class='claims'>", 1)
+    return f"<div id='changes'>{table}</div>"
 
 
 def _slug(text: str) -> str:
