@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -149,3 +150,36 @@ def test_study_cli_tiny_and_resumes(tmp_path) -> None:
     rows = [json.loads(c) for c in (tmp_path / "s" / "cells-steps.jsonl").read_text().splitlines()]
     assert [r_["match"] for r_ in rows] == ["steps", "steps"]
     assert (tmp_path / "s" / "report-steps.md").exists()
+
+
+def test_study_model_based_baselines(tmp_path) -> None:
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from leanlm.bis.cli import app
+    from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=60, val=20, test=20))
+    r = CliRunner().invoke(app, ["study", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--budgets", "0.5",
+                                 "--selectors", "uncertainty,loss", "--seeds", "1", "--hidden", "16", "--layers", "1",
+                                 "--batch", "16"])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(tmp_path / "s" / "proxy-seed0" / "scores.parquet").to_pydict()
+    assert len(t["row"]) == 60
+    assert all(0 <= u <= np.log(2) + 1e-9 for u in t["uncertainty"]) and all(v >= 0 for v in t["loss"])
+    rows = [json.loads(c) for c in (tmp_path / "s" / "cells.jsonl").read_text().splitlines()]
+    per_file = {}
+    for f in t["file"]:
+        per_file[f] = per_file.get(f, 0) + 1
+    expect = sum(max(1, int(n * 0.5)) for n in per_file.values())
+    assert {r_["selector"]: r_["rollouts"] for r_ in rows if r_["selector"] != "full"} == {"uncertainty": expect,
+                                                                                         "loss": expect}
+    # the kept rollouts are the most uncertain ones of each file
+    kept = (tmp_path / "s" / "cells" / "uncertainty_0.5_0_rollouts" / "subset.jsonl").read_text().splitlines()
+    want = []
+    for f in sorted((tmp_path / "c" / "train").glob("*.jsonl")):
+        lines = f.read_text().splitlines()
+        u = {row: v for name, row, v in zip(t["file"], t["row"], t["uncertainty"], strict=True) if name == f.name}
+        top = sorted(range(len(lines)), key=lambda i: (-u[i], i))[: max(1, int(len(lines) * 0.5))]
+        want += [lines[i] for i in sorted(top)]
+    assert kept == want

@@ -28,7 +28,9 @@ SELECTORS: dict[str, tuple[str, float]] = {
     "random": ("random", 0.0), "bis-0": ("bis", 0.0), "bis-0.05": ("bis", 0.05), "bis-0.1": ("bis", 0.1),
     "bis-0.2": ("bis", 0.2), "mixture-only": ("mixture", 0.0), "reliability-only": ("reliability", 0.0),
     "mixed-only": ("mixed", 0.0), "low-mc": ("low-mc", 0.0),
+    "uncertainty": ("proxy", 0.0), "loss": ("proxy", 0.0),
 }
+PROXY_BUDGET = 0.05
 
 
 @dataclass
@@ -96,6 +98,49 @@ def step_matched_subset(train_dir: Path, scorer: Any, budget: float, out: Path) 
     return len(kept_lines)
 
 
+def proxy_scores(cfg: StudyConfig, seed: int) -> Path:
+    """Train (once per seed, cached) a proxy PRM on a random 5% and write per-rollout ``uncertainty`` and
+    ``loss`` columns for every training rollout (``file``, ``row`` keys, read by :func:`load_external`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from leanlm.bis.inputs import discover_inputs
+    from leanlm.bis.prm.model import ModelSpec
+    from leanlm.bis.prm.train import TrainConfig, load_examples, load_prm, score_steps, train
+    from leanlm.bis.score import make_scorer
+    from leanlm.bis.select import SelectConfig, select
+
+    d = cfg.out / f"proxy-seed{seed}"
+    path = d / "scores.parquet"
+    if path.exists():
+        return path
+    d.mkdir(parents=True, exist_ok=True)
+    subset = d / "subset.jsonl"
+    select([cfg.corpus / "train"], subset, SelectConfig(ratio=PROXY_BUDGET, scorer=make_scorer("random", seed=seed),
+                                                         hash_input=False, workers=1))
+    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, seed=seed)
+    res = train(load_examples([subset]), d / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
+    model = load_prm(res["checkpoint"])
+    cols: dict[str, list[Any]] = {"file": [], "row": [], "uncertainty": [], "loss": []}
+    for f in discover_inputs([cfg.corpus / "train"]):
+        exs = load_examples([f])
+        probs = score_steps(model, exs)
+        k = 0
+        for row, e in enumerate(exs):
+            p = np.clip(probs[k:k + len(e.steps)], 1e-6, 1 - 1e-6)
+            k += len(e.steps)
+            y = np.array([np.nan if sc is None else float(sc > 0) for sc in e.scores])
+            ok = ~np.isnan(p) & ~np.isnan(y)
+            ent = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+            ce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+            cols["file"].append(f.name)
+            cols["row"].append(row)
+            cols["uncertainty"].append(float(ent[ok].mean()) if ok.any() else float("nan"))
+            cols["loss"].append(float(ce[ok].mean()) if ok.any() else float("nan"))
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
 def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[str, Any]:
     """Select (unless ``full``), train one epoch, evaluate; returns one result row."""
     import torch
@@ -114,7 +159,12 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
     else:
         name, alpha = SELECTORS[selector]
         data = cell / "subset.jsonl"
-        scorer = make_scorer(name, alpha=alpha, seed=seed)
+        if name == "proxy":
+            from leanlm.bis.stats import load_external
+
+            scorer: Any = load_external(proxy_scores(cfg, seed), column=selector)
+        else:
+            scorer = make_scorer(name, alpha=alpha, seed=seed)
         if cfg.match == "steps":
             step_matched_subset(cfg.corpus / "train", scorer, budget, data)
         else:
