@@ -302,7 +302,7 @@ def study_cmd(
     budgets: str = typer.Option("0.05,0.1,0.25,0.5", help="Comma-separated fractions (full data always runs)."),
     selectors: str = typer.Option("random,bis-0.2,mixed-only,low-mc",
                                   help="Comma-separated: random, bis-0, bis-0.05, bis-0.1, bis-0.2, mixture-only, "
-                                       "reliability-only, mixed-only, low-mc."),
+                                       "reliability-only, mixed-only, low-mc, uncertainty, loss (proxy PRM on a random 5%)."),
     seeds: int = typer.Option(3),
     hidden: int = typer.Option(128),
     layers: int = typer.Option(2),
