@@ -180,3 +180,35 @@ def test_selector_gets_its_own_optimizer_group_and_a_real_gradient():
     moved = [float((model.compressor.selector.state_dict()[k] - v).abs().max()) for k, v in before.items()
              if k.endswith("weight") and "norm" not in k]
     assert min(moved) > 1e-3
+
+
+def test_omnizip_uses_the_audio_encoders_last_layer_attention():
+    from leanlm.omnisift import OmniZipStyle
+    from leanlm.omnisift.stvp import keep_least_similar
+
+    comp = OmniZipStyle(0.5, 0.4)
+    model = tiny_thinker(compact_ids=True, compressor=comp)
+    seen = []
+    original = comp.compress
+
+    def spy(embeds, layouts):
+        seen.append([s.clone() for s in comp.audio_scores])
+        return original(embeds, layouts)
+
+    comp.compress = spy
+    inputs = _inputs(model)
+    with torch.no_grad():
+        model(**inputs)
+    assert comp.audio_scores is None  # only set for the call
+    (scores,) = seen[0]
+    layout = model.last_compression.layouts[0]
+    assert scores.shape == (layout.audio.numel(),) and bool((scores > 0).all())
+    # each attention window's received attention sums to 1 over its frames; 2 frames pool into a token
+    mel = int(inputs["feature_attention_mask"].sum())
+    frames = (mel - 1) // 2 + 1
+    n_windows = -(-mel // (2 * model.config.audio_config.n_window))
+    assert abs(float(scores.sum()) * 2 - n_windows) < 1e-4 * n_windows or frames % 2 == 1
+    # the audio keep-set is the top of those scores (the budget spent over the whole stream)
+    _, a_drop = comp.budget(layout)
+    want = keep_least_similar(-scores.float(), a_drop)
+    assert torch.equal(model.last_compression.keep[0, layout.audio], want)

@@ -9,9 +9,9 @@
   implemented. Remaining difference: DyCoke merges (averages) redundant tokens into the anchor; this
   interface keeps or drops, so they are dropped.
 * :class:`OmniZipStyle` — OmniZip (Tao et al., CVPR 2026): audio tokens ranked by the attention they receive
-  (OmniZip reads the audio encoder's last layer; here ``audio_scores`` can carry such scores per sequence,
-  and without them a parameter-free softmax self-attention over the audio embeddings is the proxy: a
-  remaining difference); the top ones are kept over the whole stream; each chunk's audio retention r sets
+  in the audio encoder's last layer (``audio_scores``, filled by the thinker from the encoder; without an
+  encoder, e.g. in the synthetic study, a parameter-free softmax self-attention over the audio embeddings
+  is the proxy); the top ones are kept over the whole stream; each chunk's audio retention r sets
   its video removal ratio ``clip(0.75 − 0.4 r, 0.35, 0.75)``, rescaled to the global budget; in each chunk
   F1 (even frame) is pruned by DPC-kNN density-peak scores on cosine distance with ρ = exp(−mean kNN d)
   and F2 (odd frame) keeps the tokens least similar to F1. OmniZip's anchor merging of dropped audio is
@@ -175,6 +175,9 @@ class OmniZipStyle(AVCompressor):
     :func:`attention_received` over the audio embeddings is used."""
 
     name = "omnizip"
+    #: inside :class:`~leanlm.omnisift.qwen_omni.OmniSIFTThinker`, the audio encoder's last-layer attention
+    #: received per token is computed and passed as ``audio_scores`` (OmniZip's score)
+    uses_audio_attention = True
 
     def __init__(self, rho_v: float, rho_a: float, seed: int = 0, knn: int = 5) -> None:
         super().__init__(rho_v, rho_a, seed)

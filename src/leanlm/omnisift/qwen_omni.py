@@ -23,6 +23,7 @@ taken from the text config.
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from dataclasses import dataclass
@@ -227,6 +228,14 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         # 1-2. encoders + scatter into the embeddings (as the parent does)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        attention_capture: list[tuple[torch.Tensor, torch.Tensor]] = []
+        want_attention = compress and input_features is not None and getattr(self.compressor, "uses_audio_attention", False)
+        handle = None
+        if want_attention:
+            handle = self.audio_tower.layers[-1].self_attn.register_forward_pre_hook(
+                lambda mod, args, kw: attention_capture.append((args[0] if args else kw["hidden_states"], kw["cu_seqlens"])),
+                with_kwargs=True,
+            )
         if input_features is not None:
             audio_features = self.get_audio_features(
                 input_features, feature_attention_mask=feature_attention_mask,
@@ -234,6 +243,8 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             ).last_hidden_state.to(inputs_embeds.device, inputs_embeds.dtype)
             _, _, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
+        if handle is not None:
+            handle.remove()
         if pixel_values is not None:
             image_embeds = self.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
             image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -264,7 +275,16 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             layouts = av_layouts or build_layouts(
                 input_ids, position_ids, self.config.video_token_id, self.config.audio_token_id
             )
-            result: CompressionResult = self.compressor(inputs_embeds, layouts)
+            if attention_capture:
+                lengths = (feature_attention_mask.sum(-1) if feature_attention_mask is not None else audio_feature_lengths)
+                self.compressor.audio_scores = received_attention_per_row(
+                    self.audio_tower.layers[-1].self_attn, *attention_capture[0], lengths, layouts
+                )
+            try:
+                result: CompressionResult = self.compressor(inputs_embeds, layouts)
+            finally:
+                if attention_capture:
+                    self.compressor.audio_scores = None
             keep = result.keep & attention_mask.bool()
             if result.gate is not None:
                 inputs_embeds = inputs_embeds * result.gate.unsqueeze(-1).to(inputs_embeds.dtype)
@@ -352,6 +372,39 @@ def attach(thinker: Qwen2_5OmniThinkerForConditionalGeneration, compressor: AVCo
     thinker.set_compressor(compressor)  # type: ignore[attr-defined]
     thinker._reset_compression_state()  # type: ignore[attr-defined]
     return thinker  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def received_attention_per_row(attn: Any, hidden: torch.Tensor, cu_seqlens: torch.Tensor, mel_lengths: torch.Tensor,
+                               layouts: list[AVLayout]) -> list[torch.Tensor]:
+    """OmniZip's audio score: the mean attention each frame *receives* in the audio encoder's last layer
+    (softmax(q kᵀ·scale) recomputed from that layer's input, within its attention windows, averaged over
+    heads and queries), then averaged over the 2 frames that the encoder pools into one LLM audio token.
+    Returns one score tensor per batch row, in the order of that row's audio tokens."""
+    n, heads = hidden.shape[0], attn.num_heads
+    q = (attn.q_proj(hidden) * attn.scaling).reshape(n, heads, -1).transpose(0, 1).float()
+    k = attn.k_proj(hidden).reshape(n, heads, -1).transpose(0, 1).float()
+    received = torch.zeros(n, device=hidden.device)
+    bounds = cu_seqlens.tolist()
+    for lo, hi in itertools.pairwise(bounds):
+        probs = torch.softmax(q[:, lo:hi] @ k[:, lo:hi].transpose(1, 2), dim=-1)  # [heads, queries, keys]
+        received[lo:hi] = probs.mean(dim=(0, 1))
+    frames = ((mel_lengths.to(torch.long) - 1) // 2 + 1).tolist()  # frames after the stride-2 convolution
+    per_audio, start = [], 0
+    for count in frames:
+        seg = received[start : start + count]
+        start += count
+        pooled = seg[: 2 * (count // 2)].reshape(-1, 2).mean(dim=1)
+        per_audio.append(pooled.cpu())
+    flat = torch.cat(per_audio) if per_audio else torch.zeros(0)
+    out, offset = [], 0
+    for layout in layouts:
+        m = int(layout.audio.numel())
+        out.append(flat[offset : offset + m])
+        offset += m
+    if offset != flat.numel():
+        raise ValueError(f"audio attention scores for {flat.numel()} tokens, but the sequences hold {offset}")
+    return out
 
 
 def checkpoint_keys(path: Path) -> set[str]:
