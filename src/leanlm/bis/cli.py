@@ -237,6 +237,7 @@ def train_cmd(
     checkpoint_every: int = typer.Option(50, help="Optimizer steps between checkpoints (official: 50)."),
     resume: Path | None = typer.Option(None, help="Continue from a checkpoint directory written by this command."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    device: str = typer.Option("cpu", help="'cpu' or 'cuda'."),
 ) -> None:
     """Train a step-level PRM for one epoch (<prm> marker after each step, Yes/No head, CE on MC labels)."""
     import torch
@@ -249,7 +250,8 @@ def train_cmd(
     try:
         examples = load_examples(inputs)
         spec = ModelSpec(backbone=backbone, hidden=hidden, layers=layers, max_len=max_len, lora=lora, seed=seed)
-        cfg = TrainConfig(model=spec, lr=lr, batch=batch, soft=soft, seed=seed, checkpoint_every=checkpoint_every)
+        cfg = TrainConfig(model=spec, lr=lr, batch=batch, soft=soft, seed=seed, checkpoint_every=checkpoint_every,
+                          device=device)
         res = train(examples, out, cfg, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -266,6 +268,7 @@ def eval_cmd(
     val: list[Path] = typer.Option([], "--val", help="Validation rollouts with 'truth', to choose the threshold."),
     json_out: Path | None = typer.Option(None, "--json", help="Write all metrics as JSON."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    device: str = typer.Option("cpu", help="'cpu' or 'cuda'."),
 ) -> None:
     """VisualProcessBench metrics: per-source macro-F1, step-weighted overall, pooled F1+/F1-, AUC."""
     import torch
@@ -277,7 +280,7 @@ def eval_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
-        model = load_prm(checkpoint)
+        model = load_prm(checkpoint, device=device)
         res = evaluate(truth_arrays(model, load_examples(test)),
                        truth_arrays(model, load_examples(val)) if val else None)
     except (ValueError, FileNotFoundError) as exc:

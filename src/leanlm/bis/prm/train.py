@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
     max_steps: int | None = None  # stop early (tests); the schedule still spans the full epoch
+    device: str = "cpu"  # or "cuda"
 
 
 def _batch(model: PRM, exs: Sequence[Example], soft: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,6 +90,8 @@ def _batch(model: PRM, exs: Sequence[Example], soft: bool) -> tuple[torch.Tensor
 def step_loss(model: PRM, exs: Sequence[Example], soft: bool) -> torch.Tensor:
     """Mean cross-entropy of the (Yes, No) logits against [y, 1 - y] over the scored steps of ``exs``."""
     ids, mask, y = _batch(model, exs, soft)
+    dev = next(model.parameters()).device
+    ids, mask, y = ids.to(dev), mask.to(dev), y.to(dev)
     logits = model.step_logits(ids, mask)
     keep = ~torch.isnan(y)
     logp = torch.log_softmax(logits[keep].float(), dim=-1)
@@ -128,12 +131,12 @@ def _save(path: Path, model: PRM, opt: Any, sched: Any, step: int, cfg: TrainCon
         tmp.rename(path)
 
 
-def load_prm(ckpt: str | os.PathLike[str]) -> PRM:
+def load_prm(ckpt: str | os.PathLike[str], device: str = "cpu") -> PRM:
     """The PRM stored in a checkpoint directory written by :func:`train`."""
     p = Path(ckpt)
     model = build(load_spec(p / "model.json"))
-    model.load_state_dict(torch.load(p / "state.pt", weights_only=False)["model"])
-    return model.eval()
+    model.load_state_dict(torch.load(p / "state.pt", weights_only=False, map_location="cpu")["model"])
+    return model.to(device).eval()
 
 
 def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainConfig,
@@ -145,7 +148,7 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = build(cfg.model)
+    model = build(cfg.model).to(cfg.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = math.ceil(len(examples) / cfg.batch)
@@ -153,11 +156,11 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     start, losses = 0, []
     if resume is not None:
-        state = torch.load(Path(resume) / "state.pt", weights_only=False)
+        state = torch.load(Path(resume) / "state.pt", weights_only=False, map_location=cfg.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         meta = json.loads((Path(resume) / "train.json").read_text())
         start, losses = int(meta["step"]), list(meta["losses"])
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
@@ -185,7 +188,8 @@ def score_steps(model: PRM, examples: Sequence[Example], batch: int = 64) -> np.
     for i in range(0, len(examples), batch):
         exs = examples[i:i + batch]
         ids, mask, _ = _batch(model, exs, soft=True)
-        probs = torch.softmax(model.step_logits(ids, mask).float(), dim=-1)[:, 0].tolist()
+        dev = next(model.parameters()).device
+        probs = torch.softmax(model.step_logits(ids.to(dev), mask.to(dev)).float(), dim=-1)[:, 0].tolist()
         k = 0
         for row, e in enumerate(exs):
             kept = min(len(e.steps), int((ids[row] == model.prm_id).sum()))
