@@ -205,6 +205,7 @@ def decode_bench(
     atomic_write_text(out, markdown(rows, header))
     atomic_write_json(out.with_suffix(".json"), rows)
     typer.echo(markdown(rows))
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
 @app.command()
