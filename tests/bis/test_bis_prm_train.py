@@ -58,6 +58,9 @@ def test_resume_gives_the_same_next_step_loss(tmp_path) -> None:
     assert resumed["losses"][:2] == full["losses"][:2]  # carried over from the checkpoint
     assert resumed["losses"][2:] == full["losses"][2:]  # bit-identical continuation
     assert load_prm(tmp_path / "a" / "final").spec == SPEC
+    with pytest.raises(ValueError, match="lr"):
+        train(data, tmp_path / "c", TrainConfig(model=SPEC, batch=8, max_steps=4, lr=1e-3),
+              resume=tmp_path / "a" / "step-2")
 
 
 def test_prm_trained_briefly_on_easy_source_beats_chance(tmp_path) -> None:

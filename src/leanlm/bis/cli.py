@@ -177,6 +177,8 @@ def synth_cmd(
 ) -> None:
     """Write a VisualPRM400K-shaped synthetic corpus of N rollouts over S sources (or, --with-truth, the PRM corpus)."""
     if with_truth:
+        if single_file is not None:
+            raise typer.BadParameter("--with-truth writes train/, val/ and test/ directories; drop --single-file")
         from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
 
         summary = write_truth_corpus(out_dir, TruthConfig(train=rollouts, val=val, test=test, seed=seed))

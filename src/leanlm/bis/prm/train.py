@@ -162,6 +162,15 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
         sched.load_state_dict(state["sched"])
         torch.set_rng_state(state["rng"].cpu())
         meta = json.loads((Path(resume) / "train.json").read_text())
+        now = asdict(cfg)
+        now.pop("model")
+        differs = [k for k in ("lr", "batch", "weight_decay", "warmup", "soft", "seed")
+                   if meta["config"].get(k) != now[k]]
+        if load_spec(Path(resume) / "model.json") != cfg.model:
+            differs.append("model")
+        if differs:
+            raise ValueError(f"{resume}: checkpoint was trained with different settings ({', '.join(differs)}); "
+                             "resume with the same ones")
         start, losses = int(meta["step"]), list(meta["losses"])
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
     model.train()
