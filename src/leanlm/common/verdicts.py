@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,17 +76,19 @@ class Judgement:
     reason: str
 
 
-class Rule:
+class Rule(ABC):
     """Base class: ``evaluate(metrics)`` returns a :class:`Judgement`; ``describe()`` says the rule in words."""
 
     def metric_keys(self) -> tuple[str, ...]:
         return ()
 
-    def evaluate(self, metrics: dict[str, Any]) -> Judgement:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate(self, metrics: dict[str, Any]) -> Judgement:
+        """The verdict on one experiment's metrics."""
 
-    def describe(self) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self) -> str:
+        """The rule in words, for the report."""
 
     def _read(self, metrics: dict[str, Any], key: str) -> float | Judgement:
         """``metrics[key]`` as a number, or a ``not measured`` judgement saying why it cannot be read."""
