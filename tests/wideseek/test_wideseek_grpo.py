@@ -10,8 +10,8 @@ import torch
 from leanlm.wideseek.grpo import (
     GRPOConfig,
     TurnSample,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     low_var_kl,
     ppo_token_loss,
     token_weights,
