@@ -321,3 +321,73 @@ def test_dycoke_never_prunes_anchor_frames_and_prunes_a_fixed_count_per_frame():
     assert set(torch.nonzero(~res.keep[0, frames[2]]).flatten().tolist()) == set(torch.topk(sim, 6).indices.tolist())
     # audio anchors (every 4th audio token) are kept
     assert res.keep[0, layout.audio[::4]].all()
+
+
+def _ste_case(ste: str):
+    """OmniSIFT with a trainable selector on a 3-chunk layout; a loss linear in the gated embeddings,
+    L = −Σ_{gathered j} ⟨u, g_j e_j⟩, whose STE gradient is known: ∂L/∂s_j = −⟨u, e_j⟩ wherever s_j reaches it."""
+    torch.manual_seed(0)
+    layout, seq_len = regular_layout(chunks=3, n_p=8, n_a=6)
+    comp = OmniSIFT(0.5, 0.5, hidden_size=16, selector_dim=16, selector_heads=4, ste=ste).train()
+    embeds = torch.randn(1, seq_len, 16)
+    u = torch.randn(16)
+    scores: list[torch.Tensor] = []
+
+    def grab(mod, args, out):
+        out.retain_grad()
+        scores.append(out)
+
+    handle = comp.selector.register_forward_hook(grab)
+    result = comp(embeds, [layout])
+    handle.remove()
+    gathered = result.keep if result.train_keep is None else result.train_keep
+    loss = -(result.apply_gate(embeds)[gathered] @ u).sum()
+    loss.backward()
+    audio = torch.stack([c.audio for c in layout.chunks])  # [chunks, n_a], the order the selector saw
+    return result, scores[0], audio, embeds, u
+
+
+@pytest.mark.parametrize("ste", ["remove", "mask", "mean"])
+def test_ste_gradient_reaches_dropped_tokens_only_with_the_mask_formulation(ste):
+    result, scores, audio, embeds, u = _ste_case(ste)
+    kept = result.keep[0, audio]  # [chunks, n_a]
+    assert int((~kept).sum()) == 3 * 3  # int(6 · 0.5) dropped per chunk, in every formulation
+    assert torch.allclose(result.gate[0, audio], kept.float())  # forward value: the hard 0/1 mask
+    a = embeds[0, audio]  # [chunks, n_a, D]
+    if ste == "mean":  # e' = m_c + g (e − m_c), m_c = mean of the chunk's kept audio
+        m = (kept.unsqueeze(-1) * a).sum(1, keepdim=True) / kept.sum(1, keepdim=True).unsqueeze(-1)
+        sent = result.apply_gate(embeds)[0, audio]
+        assert torch.allclose(sent[kept], a[kept]) and torch.allclose(sent[~kept], m.expand_as(a)[~kept], atol=1e-6)
+        a = a - m
+    else:
+        assert result.fill is None
+    expected = -(a @ u)  # ∂L/∂s_j = ⟨∂L/∂e'_j, ∂e'_j/∂g_j⟩ = −⟨u, e_j⟩ (or −⟨u, e_j − m_c⟩ with "mean")
+    assert torch.allclose(scores.grad[kept], expected[kept], atol=1e-5)
+    if ste == "remove":  # the paper's: dropped tokens are removed, so they get no gradient at all
+        assert result.train_keep is None
+        assert torch.equal(scores.grad[~kept], torch.zeros(9))
+    else:  # mask: dropped tokens stay (zeroed) in the training sequence and get the same formula
+        assert torch.equal(result.train_keep[0, audio], torch.ones_like(kept))
+        video_dropped = ~result.keep[0] & ~torch.isin(torch.arange(result.keep.shape[1]), audio.reshape(-1))
+        assert not result.train_keep[0, video_dropped].any()  # video pruning is unchanged
+        assert torch.allclose(scores.grad[~kept], expected[~kept], atol=1e-5)
+        assert (scores.grad[~kept].abs() > 0).all()
+        # known sign: a dropped token whose inclusion would lower the loss (⟨u, e_j⟩ > 0) gets a negative
+        # gradient, so a descent step raises its score; one that would raise the loss gets a positive one
+        helps = (a @ u) > 0
+        assert (scores.grad[~kept & helps] < 0).all() and (scores.grad[~kept & ~helps] > 0).all()
+        assert (~kept & helps).any() and (~kept & ~helps).any()
+
+
+def test_ste_mode_does_not_change_the_selection_and_is_validated():
+    a, _, _, _, _ = _ste_case("remove")
+    b, _, _, _, _ = _ste_case("mask")
+    assert torch.equal(a.keep, b.keep)
+    with pytest.raises(ValueError, match="ste must be"):
+        OmniSIFT(0.5, 0.5, ste="soft")
+    # inference (no grad): no gate, nothing kept beyond the selection
+    comp = OmniSIFT(0.5, 0.5, hidden_size=16, selector_dim=16, selector_heads=4, ste="mask")
+    layout, seq_len = regular_layout()
+    with torch.no_grad():
+        r = comp(torch.randn(1, seq_len, 16), [layout])
+    assert r.gate is None and r.train_keep is None

@@ -171,3 +171,34 @@ def test_experiment_is_registered():
     StudyConfig.from_dict(dict(exp.quick["study"]))
     StudyConfig.from_dict(dict(exp.full["study"]))
     assert json.dumps(exp.quick)  # configs are plain JSON
+
+
+def test_loud_irrelevant_audio_defeats_an_energy_ranking_and_leaks_nothing():
+    """Issue-§2 geometry: 8 frames, 16 audio tokens per chunk, 10 of them loud and irrelevant. They sit in
+    non-sound slots, are louder than every sound (so keeping the highest-norm audio keeps no sound at all
+    at the 35% and 25% audio budgets), and forcing the answer still changes only the answer sound."""
+    geo = {"frames": 8, "audio_per_chunk": 16, "loud_per_chunk": 10}
+    cfg = StudyConfig(task=geo)
+    model = build_model(cfg, 0)
+    task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **geo), model.config)
+    assert task.prompt.n_video == 8 * 16 and task.prompt.n_audio == 4 * 16
+    runs = [task.sample(64, torch.Generator().manual_seed(2), answer=k) for k in (0, 5)]
+    batch = runs[0]
+    audio = batch.inputs_embeds[:, task.audio_index].reshape(64, 4, 16, -1)
+    norms = audio.norm(dim=-1)
+    sound = batch.sound_class >= 0  # [B, C, A]
+    assert int(sound.sum()) == 64 * 4 * 4
+    loudest_sound = torch.where(sound, norms, torch.zeros_like(norms)).amax(-1, keepdim=True)  # per chunk
+    loud = norms > loudest_sound
+    assert (loud.sum(-1) == 10).all() and not (loud & sound).any()
+    assert float(norms[loud].mean()) > 1.5 * float(norms[sound].mean())
+    for n_keep in (10, 8):  # 16 − int(16·0.4), 16 − int(16·0.5)
+        top = norms.topk(n_keep, dim=-1).indices
+        assert not sound.gather(2, top).any()
+    other = torch.ones(batch.inputs_embeds.shape[1], dtype=torch.bool)
+    for b in range(64):
+        other[:] = True
+        other[batch.target_audio_index[b]] = False
+        assert torch.equal(runs[0].inputs_embeds[b, other], runs[1].inputs_embeds[b, other])
+    with pytest.raises(ValueError, match="loud_per_chunk"):
+        AVTask(TaskConfig(hidden_size=64, frames=8, audio_per_chunk=16, loud_per_chunk=13), model.config)

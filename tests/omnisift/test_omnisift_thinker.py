@@ -265,3 +265,62 @@ def test_save_and_from_pretrained_keep_the_selector(tmp_path):
     for (name, a), (_, b) in zip(model.compressor.state_dict().items(), loaded.compressor.state_dict().items(),
                                  strict=True):
         assert torch.equal(a, b), name
+
+
+def test_mask_ste_end_to_end_dropped_audio_stays_zeroed_in_training_and_gets_gradient():
+    """OmniSIFT(ste="mask") inside the thinker: in training the dropped audio tokens stay in the sequence as
+    zero vectors at their original TMRoPE ids and the LM loss reaches their scores; in eval they are removed.
+    The paper's ``ste="remove"`` on the same weights gives those scores exactly zero gradient."""
+    grads = {}
+    for ste in ("remove", "mask"):
+        torch.manual_seed(0)  # the selector is initialised in OmniSIFT(): same weights in both runs
+        model = tiny_thinker(seed=2, compact_ids=False, compressor=OmniSIFT(
+            0.5, 0.4, hidden_size=64, selector_dim=32, selector_heads=4, ste=ste))
+        model.train()
+        inputs, p = encoder_inputs(model)
+        labels = inputs["input_ids"].clone()
+        labels[:, :-2] = -100
+        scores: list[torch.Tensor] = []
+
+        def grab(mod, args, out, scores=scores):
+            out.retain_grad()
+            scores.append(out)
+
+        hook = model.compressor.selector.register_forward_hook(grab)
+        seen, handle = capture_model_kwargs(model)
+        out = model(**inputs, labels=labels)
+        hook.remove()
+        handle.remove()
+        out.loss.backward()
+        keep = model.last_compression.keep[0]
+        layout = model.last_compression.layouts[0]
+        audio = torch.stack([c.audio for c in layout.chunks])
+        dropped = ~keep[audio]
+        assert dropped.any()
+        grads[ste] = (scores[0].grad, dropped)
+        full_pos, _ = model.get_rope_index(inputs["input_ids"], None, inputs["video_grid_thw"],
+                                           inputs["attention_mask"], True, p.audio_feature_lengths,
+                                           inputs["video_second_per_grid"])
+        sent = seen[0]["inputs_embeds"][0]
+        if ste == "mask":
+            gathered = keep.clone()
+            gathered[audio.reshape(-1)] = True
+            assert sent.shape[0] == int(gathered.sum()) == int(keep.sum()) + int(dropped.sum())
+            assert torch.equal(seen[0]["position_ids"][:, 0], full_pos[:, 0, gathered])
+            where = torch.nonzero(gathered, as_tuple=True)[0]
+            zero_rows = torch.isin(where, audio[dropped])
+            assert torch.equal(sent[zero_rows], torch.zeros_like(sent[zero_rows]))  # forward value 0
+            assert (sent[~zero_rows].abs().sum(-1) > 0).all()
+        else:
+            assert sent.shape[0] == int(keep.sum())
+        model.eval()
+        with torch.no_grad():
+            seen, handle = capture_model_kwargs(model)
+            model(**inputs, labels=labels)
+            handle.remove()
+        assert seen[0]["inputs_embeds"].shape[1] == int(model.last_compression.keep[0].sum())  # removal
+    g_remove, d_remove = grads["remove"]
+    g_mask, d_mask = grads["mask"]
+    assert torch.equal(d_remove, d_mask)  # same weights, same selection
+    assert torch.equal(g_remove[d_remove], torch.zeros(int(d_remove.sum())))
+    assert (g_mask[d_mask].abs() > 0).all()

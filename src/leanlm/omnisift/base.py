@@ -26,10 +26,27 @@ from leanlm.omnisift.stvp import drop_count
 
 @dataclass
 class CompressionResult:
-    """``keep`` [B, L] bool; ``gate`` [B, L] float multipliers (1.0 in value, STE gradients) or ``None``."""
+    """``keep`` [B, L] bool: the selection. ``gate`` [B, L] float multipliers (STE: the hard 0/1 mask in value,
+    the scores' gradient backward) or ``None``. ``train_keep`` [B, L] bool or ``None``: the tokens the thinker
+    actually gathers in a training forward when it differs from ``keep`` (``OmniSIFT(ste="mask")`` keeps the
+    dropped audio tokens in the sequence, multiplied by their gate, whose value is 0 there). ``fill`` [B, L, D]
+    or ``None``: the embeddings become ``fill + gate · (embeds − fill)`` instead of ``gate · embeds``
+    (``OmniSIFT(ste="mean")``: a dropped token's training value is its chunk's mean kept audio)."""
 
     keep: torch.Tensor
     gate: torch.Tensor | None = None
+    train_keep: torch.Tensor | None = None
+    fill: torch.Tensor | None = None
+
+    def apply_gate(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The training-time embeddings: ``gate · embeds`` or ``fill + gate · (embeds − fill)``."""
+        if self.gate is None:
+            return embeds
+        gate = self.gate.unsqueeze(-1).to(embeds.dtype)
+        if self.fill is None:
+            return embeds * gate
+        fill = self.fill.to(embeds.dtype)
+        return fill + gate * (embeds - fill)
 
     def kept_counts(self, layouts: list[AVLayout]) -> tuple[int, int, int, int]:
         """(video kept, video total, audio kept, audio total) over the batch."""

@@ -132,7 +132,8 @@ def curves(
     seed: int = typer.Option(0, help="seed to run (run several processes for several seeds)"),
     steps: int = typer.Option(1500, help="fine-tuning steps per mode"),
     eval_every: int = typer.Option(100, help="evaluate every this many steps"),
-    modes: str = typer.Option("ste,direct", help="comma-separated: ste (the paper's STE only), direct (+BCE on the answer sound)"),
+    modes: str = typer.Option("ste,mask,direct", help="comma-separated: ste (the paper's STE: dropped tokens removed), "
+                              "mask (STE with dropped tokens kept at value 0 while training), direct (+BCE on the answer sound)"),
     config: Optional[Path] = typer.Option(None, help="JSON file overriding study settings (StudyConfig fields)"),
 ) -> None:
     """Answer-sound retention per fine-tuning step: VGAS through the STE vs directly supervised vs random."""

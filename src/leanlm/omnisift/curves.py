@@ -6,7 +6,12 @@ selector in its own optimizer group (:mod:`leanlm.omnisift.training`), and every
 measure on a fixed evaluation set, at 35% and 25% retention (Table 6 ratios, ρv solved for equal counts):
 how often the answer's sound survives the selection, and the accuracy. Three training modes:
 
-* ``ste`` — the paper's signal only: the LM loss through the STE (no auxiliary loss);
+* ``ste`` — the paper's signal only: the LM loss through the STE (no auxiliary loss), dropped tokens removed
+  (``OmniSIFT(ste="remove")``, the paper's and the official code's formulation);
+* ``mask`` — the same loss, but the dropped audio tokens stay in the training sequence multiplied by their
+  STE gate (value 0), so the scores of dropped tokens get a gradient too (``OmniSIFT(ste="mask")``);
+* ``mean`` — as ``mask``, with a dropped token's training value the mean of its chunk's kept audio
+  (``OmniSIFT(ste="mean")``);
 * ``direct`` — the same plus a binary cross-entropy on the selector's scores with the answer sound as
   target: a diagnostic upper bound showing what the selector can learn when told (not the paper's method);
 * ``random`` — no training: uniform random audio selection at the same budget (the reference rate).
@@ -35,7 +40,9 @@ from leanlm.omnisift.synth import AVTask, TaskConfig
 
 log = get_logger("leanlm.omnisift.curves")
 
-MODES = ("ste", "direct")
+MODES = ("ste", "mask", "mean", "direct")
+#: OmniSIFT constructor flags per mode
+MODE_FLAGS: dict[str, dict[str, Any]] = {"ste": {}, "mask": {"ste": "mask"}, "mean": {"ste": "mean"}, "direct": {}}
 
 
 def pretrained(cfg: StudyConfig, seed: int, ckpt_dir: Path):
@@ -87,7 +94,7 @@ def run_curves(cfg: StudyConfig, seed: int, out_dir: Path, steps: int, eval_ever
             log.info("seed %d %s: done earlier, skipped", seed, mode)
             continue
         model = build_model(cfg, seed)
-        model.set_compressor(make_compressor(cfg, {}, seed))
+        model.set_compressor(make_compressor(cfg, MODE_FLAGS[mode], seed))
         model.load_state_dict(base_state, strict=False)
         trainer = Trainer(cfg, task, model, seed)
         record: dict[str, Any] = {"steps": [], "grad_norm_selector": [], "grad_norm_backbone": [], "done": False}
@@ -161,7 +168,7 @@ def curves_report(out_dir: Path) -> str:
 
     fig, axes = plt.subplots(1, len(retentions), figsize=(5 * len(retentions), 3.2), squeeze=False)
     for ax, r in zip(axes[0], retentions, strict=True):
-        for mode, color in zip(MODES, ("C0", "C1"), strict=True):
+        for mode, color in zip(MODES, ("C0", "C2", "C3", "C1"), strict=True):
             for k, run in enumerate(runs):
                 if mode in run["modes"]:
                     m = run["modes"][mode]

@@ -3,6 +3,21 @@
 ``OmniSIFT(rho_v, rho_a, hidden_size)`` is the method; its constructor flags give the paper's ablations
 (§4.4): ``spatial=False`` ("w/o spatial"), ``temporal=False`` ("w/o temporal"), ``audio="self"`` (the
 audio-only self-attention selector), ``audio="random"`` (VGAS → random), ``video="random"`` (STVP → random).
+
+``ste`` chooses how the hard audio mask enters a *training* forward (§3.4; inference always removes the
+dropped tokens):
+
+* ``"remove"`` (default; the paper's description and the official ``similarity_pruning``): the chunk's audio
+  embeddings are multiplied by ``g = (h − s).detach() + s`` and the dropped tokens are then removed, so
+  only the kept tokens' scores get a gradient, ``∂L/∂s_j = ⟨∂L/∂e'_j, e_j⟩``;
+* ``"mask"`` (our option): the dropped audio tokens stay in the training sequence, multiplied by their
+  gate, whose value is 0; the gradient reaches every score, the dropped ones' included (for a dropped
+  token it is the loss's first-order change if the token were faded back in). The backbone then sees
+  zero vectors at the dropped positions while training, and nothing there at inference;
+* ``"mean"`` (our option): as ``"mask"``, but a dropped token's training value is the mean of its chunk's
+  *kept* audio (detached), ``e'_j = m_c + g_j (e_j − m_c)``: the gradient ``⟨∂L/∂e'_j, e_j − m_c⟩`` is
+  the first-order effect of swapping the real token in for an uninformative one, away from the zero vector
+  where the thinker's RMSNorm has a ``1/√eps`` gain (measured in the results page).
 """
 
 from __future__ import annotations
@@ -36,9 +51,13 @@ class OmniSIFT(AVCompressor):
         audio: str = "vgas",
         selector_dim: int = 512,
         selector_heads: int = 8,
+        ste: str = "remove",
         seed: int = 0,
     ) -> None:
         super().__init__(rho_v, rho_a, seed)
+        if ste not in ("remove", "mask", "mean"):
+            raise ValueError(f"ste must be 'remove' (the paper's), 'mask' or 'mean', got {ste!r}")
+        self.ste = ste
         if video not in ("stvp", "random"):
             raise ValueError(f"video must be 'stvp' or 'random', got {video!r}")
         if audio not in ("vgas", "self", "random"):
@@ -65,7 +84,8 @@ class OmniSIFT(AVCompressor):
 
     def spec(self) -> dict:
         return {**super().spec(), "spatial": self.spatial, "temporal": self.temporal, "video": self.video,
-                "audio": self.audio, "selector_dim": self.selector_dim, "selector_heads": self.selector_heads}
+                "audio": self.audio, "selector_dim": self.selector_dim, "selector_heads": self.selector_heads,
+                "ste": self.ste}
 
     def compress(self, embeds: torch.Tensor, layouts: list[AVLayout]) -> CompressionResult:
         batch, seq_len, dim = embeds.shape
@@ -82,6 +102,7 @@ class OmniSIFT(AVCompressor):
         )
         gate_idx: list[torch.Tensor] = []
         gate_val: list[torch.Tensor] = []
+        fill_val: list[torch.Tensor] = []
         for signature, items in group_chunks(layouts, seq_len).items():
             n_frames = len(signature) - 1
             f1_idx = stacked_indices(items, seq_len, 0).to(embeds.device)
@@ -123,8 +144,18 @@ class OmniSIFT(AVCompressor):
                 gate_idx.append(a_idx.reshape(-1))
                 ste = straight_through(hard, scores)
                 gate_val.append(torch.where(has_video.unsqueeze(1), ste, torch.ones_like(ste)).reshape(-1))
-        gate = None
+                if self.ste == "mean":  # a dropped token's training value: the mean of its chunk's kept audio
+                    a_emb = flat[a_idx].detach()
+                    mean = (hard.unsqueeze(-1) * a_emb).sum(1) / hard.sum(1, keepdim=True).clamp(min=1)
+                    fill_val.append(mean.unsqueeze(1).expand_as(a_emb).reshape(-1, dim))
+        gate = train_keep = fill = None
         if gate_idx:
             ones = torch.ones(batch * seq_len, dtype=gate_val[0].dtype, device=embeds.device)
             gate = ones.index_put((torch.cat(gate_idx),), torch.cat(gate_val)).reshape(batch, seq_len)
-        return CompressionResult(keep=keep.reshape(batch, seq_len), gate=gate)
+            if self.ste != "remove":  # gated audio stays in the training sequence (dropped: value 0, or the fill)
+                train_keep = keep.index_put((torch.cat(gate_idx),), torch.tensor(True, device=embeds.device))
+                train_keep = train_keep.reshape(batch, seq_len)
+            if fill_val:
+                fill = torch.zeros_like(flat).index_put((torch.cat(gate_idx),), torch.cat(fill_val))
+                fill = fill.reshape(batch, seq_len, dim)
+        return CompressionResult(keep=keep.reshape(batch, seq_len), gate=gate, train_keep=train_keep, fill=fill)

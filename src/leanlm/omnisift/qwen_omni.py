@@ -286,10 +286,11 @@ class OmniSIFTThinker(Qwen2_5OmniThinkerForConditionalGeneration):
                 if attention_capture:
                     self.compressor.audio_scores = None
             keep = result.keep & attention_mask.bool()
-            if result.gate is not None:
-                inputs_embeds = inputs_embeds * result.gate.unsqueeze(-1).to(inputs_embeds.dtype)
+            inputs_embeds = result.apply_gate(inputs_embeds)
+            # OmniSIFT(ste="mask"/"mean") in training: the dropped audio stays in the sequence (gated)
+            gather = keep if result.train_keep is None else result.train_keep & attention_mask.bool()
             gathered, new_len = gather_rows(
-                keep,
+                gather,
                 {"embeds": inputs_embeds, "mask": attention_mask, "pos": position_ids.to(inputs_embeds.device),
                  "labels": labels},
                 pad={"embeds": 0.0, "mask": 0, "pos": 1, "labels": -100},

@@ -45,6 +45,8 @@ log = get_logger("leanlm.omnisift.study")
 TRAINED: dict[str, dict[str, Any] | None] = {
     "full tokens": None,
     "OmniSIFT": {},
+    # the same, trained with the mask formulation of the STE (dropped audio kept at value 0 while training)
+    "OmniSIFT (mask STE)": {"ste": "mask"},
     "w/o spatial": {"spatial": False},
     "w/o temporal": {"temporal": False},
     "audio-only selector": {"audio": "self"},
@@ -94,7 +96,12 @@ class StudyConfig:
             keys += ("finetune_steps", "finetune_lr", "selector_dim", "selector_lr", "selector_eps", "selector_clip")
         fields = {k: asdict(self)[k] for k in keys}
         # the resolved task (TaskConfig defaults included), so a changed default never resumes a stale checkpoint
-        fields["task"] = asdict(TaskConfig(**{"hidden_size": self.hidden_size, **self.task}))
+        task = asdict(TaskConfig(**{"hidden_size": self.hidden_size, **self.task}))
+        # fields added later leave the fingerprints of runs that do not use them unchanged (their checkpoints resume)
+        for key, default in (("loud_per_chunk", 0), ("loud_scale", 3.0)):
+            if task[key] == default:
+                del task[key]
+        fields["task"] = task
         blob = json.dumps(fields | {"stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -69,6 +69,8 @@ class TaskConfig:
     sources: int = 4
     classes: int = 8  # each sound's class is drawn uniformly and independently (more classes than sounds)
     sounds_per_chunk: int = 4  # sounds per chunk, from distinct sources (always including the object's)
+    loud_per_chunk: int = 0  # of the other audio tokens, this many are loud and irrelevant (random, large norm)
+    loud_scale: float = 3.0  # their scale: loud_scale · N(0, I), louder than any sound token
     object_patches: int = 2
     frame_noise: float = 0.1
     token_noise: float = 0.1
@@ -98,6 +100,8 @@ class AVTask:
     def __init__(self, cfg: TaskConfig, model_config: Qwen2_5OmniThinkerConfig) -> None:
         if cfg.sounds_per_chunk > cfg.audio_per_chunk:
             raise ValueError("sounds_per_chunk cannot exceed audio_per_chunk")
+        if cfg.loud_per_chunk < 0 or cfg.sounds_per_chunk + cfg.loud_per_chunk > cfg.audio_per_chunk:
+            raise ValueError("loud_per_chunk must be >= 0 and sounds_per_chunk + loud_per_chunk <= audio_per_chunk")
         if not 1 <= cfg.sounds_per_chunk <= cfg.sources:
             raise ValueError("sounds_per_chunk must be between 1 and sources: one sound per source in each chunk")
         if cfg.classes < 2:
@@ -176,6 +180,12 @@ class AVTask:
         sound = self.src_audio[src] + self.cls[classes] + self.time_codes.view(1, C, 1, d)
         sound = sound + cfg.token_noise * torch.randn(sound.shape, generator=g)
         audio = audio + self.time_codes.view(1, C, 1, d)
+        if cfg.loud_per_chunk:  # loud, irrelevant tokens in non-sound slots: an energy ranking keeps them first
+            free = torch.ones(batch, C, A, dtype=torch.bool).scatter_(2, slots, False)
+            order = torch.argsort((~free).float() * 2 + torch.rand(batch, C, A, generator=g), dim=-1)
+            loud_slots = order[..., : cfg.loud_per_chunk]  # random free (non-sound) slots
+            loud = cfg.loud_scale * torch.randn(batch, C, cfg.loud_per_chunk, d, generator=g)
+            audio.scatter_(2, loud_slots.unsqueeze(-1).expand(-1, -1, -1, d), loud + self.time_codes.view(1, C, 1, d))
         if cfg.hint > 0:  # curriculum only (study: pretraining stage); evaluation never uses hints
             hinted = (torch.rand(batch, generator=g) < cfg.hint).float().view(-1, 1)
             sound[ar, event, 0] = sound[ar, event, 0] + hinted * self.event_sig
