@@ -1,10 +1,14 @@
-"""FASA's experiments: full-KV answers at a small decode budget (Table 1-2), and decode speed (§4.3, Eq. 8).
+"""FASA's experiments: the long-context evaluation (Tables 1-2, Fig. 4, Table 10) and decode speed (§4.3, Eq. 8).
 
-On the embedded SmolLM2-135M (30 layers, 9 q / 3 KV heads, d=64 -> 32 FCs, N_tip=8): calibrate once on
-real Wikipedia text, then on needle-in-a-haystack prompts built from other Wikipedia text (one fact stated
-once) decode greedily with full KV, FASA, the oracle top-k, Quest, sinks+recent (per-step selectors, dense
-prefill) and kvpress SnapKV / StreamingLLM / Knorm (prefill eviction to the same budget), side by side.
-Also: top-K recall of each selector against the oracle (Table 1's compound CA).
+``fasa-eval`` (issue #14): on the embedded SmolLM2-135M (30 layers, 9 q / 3 KV heads, d=64 -> 32 FCs,
+N_tip=8), the offline task suite of :mod:`leanlm.fasa.evaluation.tasks` (needles, multi-key/-value, key-value
+retrieval, variable tracking, common words, QA on one real article; Wikipedia / CPython haystacks) decoded
+greedily with full KV, the oracle, FASA and every baseline (Quest, StreamingLLM, SparQ, Double Sparsity,
+Loki, H2O, SnapKV re-applied during decode) and ablation (random / lowest-frequency FCs, adjacent pairing,
+pooled per KV group) from ONE shared dense prefill per prompt, plus kvpress presses as prefill eviction,
+teacher-forced decode perplexity and calibration transfer. The run is a sequence of named steps
+(:mod:`leanlm.fasa.evaluation.run`): calibrate, build prompts, run methods (and perplexity, presses),
+tabulate, plot; checkpointed per prompt so the full config resumes (``leanlm fasa bench --eval``).
 
 ``fasa-speed``: the honest speed benchmark of :mod:`leanlm.fasa.perf` (FASA-C per head and pooled, FASA-M,
 vs the strongest dense decode paths; GQA-aware analytic bytes), the same code as ``leanlm fasa bench --perf``.
@@ -12,198 +16,63 @@ vs the strongest dense decode paths; GQA-aware analytic bytes), the same code as
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from leanlm.common.report import ExperimentResult, Figure, Table
-from leanlm.reproduce import AtLeast, Claim, RunContext, register
+from leanlm.common.report import ExperimentResult
+from leanlm.fasa.evaluation.run import FULL as EVAL_FULL
+from leanlm.fasa.evaluation.run import QUICK as EVAL_QUICK
+from leanlm.reproduce import AtLeast, AtMost, Claim, RunContext, register
 
-
-def _presses(names: list[str], ratio: float) -> dict[str, Any]:
-    import kvpress
-
-    factories = {"snapkv": kvpress.SnapKVPress, "streaming_llm": kvpress.StreamingLLMPress,
-                 "knorm": kvpress.KnormPress}
-    return {f"kvpress {n}": factories[n](compression_ratio=ratio) for n in names}
+_SETTING = ("quick: a smoke run (4 prompts of ~1.5K tokens, 16 perplexity tokens), not evidence; full: 7 tasks x "
+            "30 prompts at 4K/8K (partial run recorded in docs/results/fasa.md)")
 
 
 @register(
-    name="fasa-retrieval",
+    name="fasa-eval",
     module="fasa",
-    title="FASA: full-KV answers at a small decode budget (needle retrieval on SmolLM2-135M)",
+    title="FASA evaluation: long-context task suite, every baseline at equal budgets, decode perplexity (SmolLM2-135M)",
     claims=[
-        Claim("FASA score as % of full KV at budget 256 (paper: LongBench avg, Llama-3.1-8B 48.2 / 48.7)",
-              paper="99%", metric="fasa_pct_of_full_256", rule=AtLeast("fasa_pct_of_full_256", 99, partly=90),
-              setting="135M model, needle prompts ~2K tokens"),
-        Claim("FASA answers identical to full KV at budget 256 (no paper number)", paper="n/a",
-              metric="fasa_agree_256", rule=AtLeast("fasa_agree_256", 0.9, partly=0.5),
-              setting="135M model, greedy answers"),
-        Claim("Top-K recall of the oracle's tokens, K=256 (paper Table 1: compound CA of top-16/64 FCs)",
-              paper="59.7%", metric="fasa_recall_256", rule=AtLeast("fasa_recall_256", 59.7, partly=50),
-              setting="135M model; top-K recall, not CA"),
+        Claim("FASA accuracy minus full KV at budget 256, suite average at the longest length, points (paper: "
+              "LongBench, Llama-3.1-8B 48.2 vs 48.7)", paper="-0.5", metric="fasa_minus_full_256",
+              rule=AtLeast("fasa_minus_full_256", -1, partly=-5), setting=_SETTING),
+        Claim("FASA above every non-oracle baseline at every budget <= 256: smallest margin over the best one, "
+              "points (paper Table 2: above Quest, Stream, SnapKV)", paper="> 0",
+              metric="fasa_margin_over_best_baseline", rule=AtLeast("fasa_margin_over_best_baseline", 0, partly=-5),
+              setting=_SETTING),
+        Claim("Decode perplexity at budget 256 vs full KV, % (paper Fig. 4: FASA ~ FKV)", paper="~0%",
+              metric="fasa_ppl_increase_256_pct", rule=AtMost("fasa_ppl_increase_256_pct", 2, partly=5),
+              setting=_SETTING),
+        Claim("Top-K recall of the true top-K during decoding, K=256 (paper Table 1: compound CA of the top-16 of 64 "
+              "FCs)", paper="59.7%", metric="fasa_recall_256", rule=AtLeast("fasa_recall_256", 59.7, partly=50),
+              setting="135M model, 8 of 32 FCs; top-K recall, not CA; " + _SETTING),
+        Claim("Dominant-set overlap between calibration sources (Wikipedia, code, one task's prompts), smallest "
+              "pair (paper Table 10: 65-98%)", paper="65-98%", metric="transfer_overlap_min_pct",
+              rule=AtLeast("transfer_overlap_min_pct", 65, partly=50), setting=_SETTING),
     ],
-    quick={"trials": 3, "context_tokens": 1500, "budgets": [64, 256], "new_tokens": 8, "calib_tokens": 1024,
-           "calib_decode_steps": 16, "calib_stride": 64, "presses": ["snapkv", "streaming_llm", "knorm"],
-           "press_budgets": [256], "seed": 0},
-    full={"trials": 20, "context_tokens": 2000, "budgets": [32, 64, 128, 256], "new_tokens": 10,
-          "calib_tokens": 2048, "calib_decode_steps": 32, "calib_stride": 32,
-          "presses": ["snapkv", "streaming_llm", "knorm"], "press_budgets": [64, 256],
-          "seed": 0, "ablate_adjacent": True, "ablate_pooled": True},
+    quick=EVAL_QUICK,
+    full=EVAL_FULL,
 )
 def run(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from leanlm.common.atomic import atomic_write_json
-    from leanlm.common.models import load_embedded
-    from leanlm.common.progress import get_logger, progress
-    from leanlm.fasa.bench import (
-        RecallProbe,
-        decode_with_press,
-        decode_with_selector,
-        prefill,
-    )
-    from leanlm.fasa.calibration import calibrate
-    from leanlm.fasa.plots import ca_heatmap
-    from leanlm.fasa.selectors import FASASelector, OracleSelector, QuestSelector, StreamingSelector
-    from leanlm.fasa.tasks import needle_trials
-    from leanlm.fasa.text import wiki_text
+    from leanlm.common.progress import get_logger
+    from leanlm.fasa.evaluation.run import run_eval
 
     log = get_logger("leanlm.fasa.experiments")
-    model, tok = load_embedded()
-    t0 = time.perf_counter()
-    calib = calibrate(model, tok, wiki_text(80, offset=0), max_tokens=config["calib_tokens"],
-                      decode_steps=config["calib_decode_steps"], prefill_stride=config["calib_stride"],
-                      model_id="embedded")
-    calib_seconds = time.perf_counter() - t0
-    calib.save(ctx.out_dir / "calibration.json")
-    n_layers, n_heads, n_fc = calib.ca[calib.ks[0]].shape
-    gen = torch.Generator().manual_seed(config["seed"])
-    random_fcs = torch.stack([torch.randperm(n_fc, generator=gen)[: calib.n_tip]
-                              for _ in range(n_layers * n_heads)]).view(n_layers, n_heads, calib.n_tip)
-    lowest_fcs = torch.arange(n_fc - calib.n_tip, n_fc).expand(n_layers, n_heads, calib.n_tip)
-    extra: dict[str, Any] = {
-        "random FCs": FASASelector.from_fcs(random_fcs, calib.head_dim, calib.pairing),
-        "lowest-frequency FCs": FASASelector.from_fcs(lowest_fcs, calib.head_dim, calib.pairing),
-    }
-    adjacent = None
-    if config.get("ablate_adjacent"):
-        adjacent = calibrate(model, tok, wiki_text(80, offset=0), max_tokens=config["calib_tokens"],
-                             decode_steps=config["calib_decode_steps"], prefill_stride=config["calib_stride"],
-                             pairing="adjacent", model_id="embedded")
-    if config.get("ablate_pooled"):
-        extra["FASA pooled per KV group"] = None  # built per budget below
-    eos = tok.eos_token_id
-    steps = config["new_tokens"]
-    trials = needle_trials(tok, config["trials"], context_tokens=config["context_tokens"], seed=config["seed"])
-    results: list[dict[str, Any]] = []
-    probes: dict[tuple[str, int], RecallProbe] = {}
-    for trial in progress(trials, desc="needle trials", unit="trial"):
-        ids = tok(trial.prompt, return_tensors="pt").input_ids
-        cache, last = prefill(model, ids)
-        full = decode_with_selector(model, cache, last, ids.shape[1], steps, None, 0, eos)
-        full_text = tok.decode(full, skip_special_tokens=True).strip()
-        results.append({"seed": trial.seed, "depth": trial.depth, "method": "full KV", "budget": ids.shape[1],
-                        "answer": full_text, "correct": trial.answer in full_text, "agree": True})
-        for budget in config["budgets"]:
-            methods: dict[str, Any] = {
-                "FASA": FASASelector.from_calibration(calib, budget=budget),
-                "oracle top-k": OracleSelector(),
-                "Quest (page 16)": QuestSelector(16),
-                "sinks+recent": StreamingSelector(8),
-            }
-            for name, selector in extra.items():
-                methods[name] = selector or FASASelector.from_calibration(calib, budget=budget, pooled=True)
-            if adjacent is not None:
-                methods["FASA adjacent pairing (official code)"] = FASASelector.from_calibration(adjacent, budget)
-            for name, selector in methods.items():
-                probe = probes.setdefault((name, budget), RecallProbe(inner=selector, budget=budget))
-                tokens = decode_with_selector(model, cache, last, ids.shape[1], steps, probe, budget, eos)
-                text = tok.decode(tokens, skip_special_tokens=True).strip()
-                results.append({"seed": trial.seed, "depth": trial.depth, "method": name, "budget": budget,
-                                "answer": text, "correct": trial.answer in text, "agree": text == full_text})
-        for budget in config["press_budgets"]:
-            ratio = max(0.0, 1.0 - budget / ids.shape[1])
-            for name, press in _presses(config["presses"], ratio).items():
-                tokens = decode_with_press(model, ids, press, steps, eos)
-                text = tok.decode(tokens, skip_special_tokens=True).strip()
-                results.append({"seed": trial.seed, "depth": trial.depth, "method": name, "budget": budget,
-                                "answer": text, "correct": trial.answer in text, "agree": text == full_text})
-        log.info("trial %d (depth %.1f, %d tokens): answer %s, full KV said %r", trial.seed, trial.depth,
-                 ids.shape[1], trial.answer, full_text)
-    atomic_write_json(ctx.out_dir / "answers.json", results)
-
-    # ---- summary table: one row per (method, budget)
-    keys: list[tuple[str, int]] = []
-    for r in results:
-        key = (r["method"], r["budget"] if r["method"] != "full KV" else 0)
-        if key not in keys:
-            keys.append(key)
-    rows, by_key = [], {}
-    n_full_correct = sum(r["correct"] for r in results if r["method"] == "full KV")
-    for method, budget in keys:
-        sel = [r for r in results if r["method"] == method and (method == "full KV" or r["budget"] == budget)]
-        correct = sum(r["correct"] for r in sel)
-        agree = sum(r["agree"] for r in sel)
-        probe = probes.get((method, budget))
-        recall = round(100 * probe.recall, 1) if probe else float("nan")
-        protocol = ("dense" if method == "full KV" else "prefill eviction" if method.startswith("kvpress")
-                    else "per-step selection")
-        rows.append([method, "all" if method == "full KV" else budget, protocol, f"{correct}/{len(sel)}",
-                     f"{agree}/{len(sel)}", recall])
-        by_key[(method, budget)] = (correct, agree, len(sel), recall)
-
-    # ---- figures
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for method in ["FASA", "oracle top-k", "Quest (page 16)", "sinks+recent", "random FCs"]:
-        xs = [b for b in config["budgets"] if (method, b) in by_key]
-        ax.plot(xs, [100 * by_key[(method, b)][1] / by_key[(method, b)][2] for b in xs], marker="o", label=method)
-    for method in [m for m, _ in keys if m.startswith("kvpress")]:
-        xs = [b for b in config["press_budgets"] if (method, b) in by_key]
-        ax.plot(xs, [100 * by_key[(method, b)][1] / by_key[(method, b)][2] for b in xs], marker="x", ls="--",
-                label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("budget N_fac (tokens per head per step)")
-    ax.set_ylabel("answers identical to full KV (%)")
-    ax.legend(fontsize=7)
-    figures = [Figure.from_matplotlib(fig, "Agreement with full-KV answers vs budget"),
-               Figure.from_matplotlib(ca_heatmap(calib, 256), "Contextual agreement (CA) heatmap, K=256",
-                                      caption="Left: mean CA of each head's dominant FCs. Right: CA of every FC.")]
-
-    fasa256 = by_key.get(("FASA", 256))
-    metrics: dict[str, Any] = {
-        "full_kv_correct": f"{n_full_correct}/{len(trials)}",
-        "calibration_seconds": round(calib_seconds, 1),
-    }
-    if fasa256:
-        correct, agree, n, recall = fasa256
-        metrics["fasa_agree_256"] = f"{agree}/{n}"
-        metrics["fasa_correct_256"] = f"{correct}/{n}"
-        metrics["fasa_pct_of_full_256"] = f"{100 * correct / n_full_correct:.0f}%" if n_full_correct else "n/a"
-        metrics["fasa_recall_256"] = f"{recall}%"
+    result = run_eval(config, ctx.out_dir / "fasa-eval", log.info)
     return ExperimentResult(
-        tables=[
-            Table("Needle retrieval on SmolLM2-135M: greedy answers vs full KV", [
-                "method", "budget", "protocol", "correct", "identical to full KV", "top-K recall vs oracle (%)"],
-                rows, caption=f"{len(trials)} prompts of ~{config['context_tokens']} tokens of real Wikipedia text, "
-                f"one fact at depth 0.1-0.9; {steps} greedy tokens. Layer 0 dense for per-step selectors."),
-            Table("Calibration", ["texts", "prompt tokens", "decode steps", "queries averaged per K", "N_tip", "seconds"],
-                  [[calib.source["texts"], calib.source["prompt_tokens"], calib.source["decode_steps"],
-                    str(calib.counts), calib.n_tip, round(calib_seconds, 1)]]),
-        ],
-        figures=figures,
-        metrics=metrics,
+        tables=result["tables"],
+        figures=result["figures"],
+        metrics=result["metrics"],
         notes=[
-            "kvpress presses evict at prefill (compression_ratio = 1 - budget/prompt length) and then decode with "
-            "the kept cache; FASA and the other selectors keep the full cache and choose tokens at each decode "
-            "step, after a dense prefill (the paper's protocol). The comparison is at equal attended tokens, "
-            "not equal memory.",
-            "A 135M model with Q4-dequantised weights: small-model retrieval is fragile, so 'identical to full "
-            "KV' is the primary measure; 'correct' counts answers containing the stated number.",
-            "Calibration and test texts are disjoint Wikipedia ranges.",
+            "Every per-step method decodes from the same dense prefill (paper §B.1) with layer 0 dense; kvpress "
+            "presses evict at prefill instead (their protocol: compression_ratio = 1 - budget / prompt length), "
+            "so they are compared at equal attended tokens, not equal protocol.",
+            "H2O and SnapKV-decode only see decode queries here: their first decode step's query stands in for the "
+            "prompt's observation window. SparQ is its selection step only (no mean-value reallocation); Double "
+            "Sparsity keeps its label channels in full precision. Equal key reads: 16 of 64 dims for FASA, SparQ, "
+            "Double Sparsity and Loki.",
+            "A 135M model with Q4-dequantised weights and an 8K window: many tasks are hard for full KV itself, so "
+            "'identical to full KV' is reported beside accuracy; intervals are 95% Wilson.",
+            f"{result['prompts_done']} of {result['prompts_total']} prompts in this run.",
         ],
     )
 

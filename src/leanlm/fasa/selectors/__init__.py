@@ -1,10 +1,14 @@
 """Token selectors: one small class per method behind ``select(query, keys, budget)``."""
 
 from leanlm.fasa.selectors.base import TokenSelector, expand_kv, top_budget
+from leanlm.fasa.selectors.eviction import H2OSelector, SnapKVDecodeSelector
 from leanlm.fasa.selectors.fasa import FASASelector
 from leanlm.fasa.selectors.oracle import OracleSelector
-from leanlm.fasa.selectors.quest import QuestSelector
+from leanlm.fasa.selectors.quest import QuestPages, QuestSelector
+from leanlm.fasa.selectors.sparq import SparQSelector
+from leanlm.fasa.selectors.static_dims import DoubleSparsitySelector, KeyQueryStats, LokiSelector
 from leanlm.fasa.selectors.streaming import StreamingSelector
 
-__all__ = ["FASASelector", "OracleSelector", "QuestSelector", "StreamingSelector", "TokenSelector", "expand_kv",
-           "top_budget"]
+__all__ = ["DoubleSparsitySelector", "FASASelector", "H2OSelector", "KeyQueryStats", "LokiSelector",
+           "OracleSelector", "QuestPages", "QuestSelector", "SnapKVDecodeSelector", "SparQSelector",
+           "StreamingSelector", "TokenSelector", "expand_kv", "top_budget"]

@@ -1,0 +1,151 @@
+"""The probing decode path every method runs through, greedy decoding and teacher-forced perplexity.
+
+:class:`ProbeAttention` is an attention handler (:func:`leanlm.fasa.hooks.attention_handler`): dense for
+prefill and ``dense_layers`` (layer 0 dense **for every method**, as the official code), and at a decode
+step of a sparse layer ``indices = selector.select(q, K, budget)`` then FAC over them
+(:func:`leanlm.fasa.attention.focused_attention`, Eq. 7), i.e. the same computation as
+``leanlm.fasa.apply(..., backend="reference")`` (tests check the logits are equal). With ``probe=True`` it
+also computes the dense attention of the same query and records per layer:
+
+- top-K recall: ``|selected ∩ TopK(q K^T)| / K`` (the compound CA of Table 1 against the true top-K),
+- captured softmax mass: the dense softmax weight on the selected tokens,
+- relative output error ``‖o − ô‖ / ‖o‖`` of the attention output (local: both use this step's q/K/V).
+
+Probes skip steps where the budget covers every key (nothing to select).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from leanlm.fasa.attention import dense_attention, focused_attention, key_validity
+from leanlm.fasa.hooks import attention_handler, dense_attention_forward
+from leanlm.fasa.selectors import TokenSelector, expand_kv
+
+
+@dataclass
+class LayerProbes:
+    """Per-layer sums of the three probes and the number of decode steps summed."""
+
+    n_layers: int
+    recall: list[float] = field(default_factory=list)
+    mass: list[float] = field(default_factory=list)
+    rel_err: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("recall", "mass", "rel_err"):
+            setattr(self, name, [0.0] * self.n_layers)
+        self.steps = [0] * self.n_layers
+
+    def means(self) -> dict[str, list[float | None]]:
+        def avg(xs: list[float]) -> list[float | None]:
+            return [x / n if n else None for x, n in zip(xs, self.steps, strict=True)]
+
+        return {"recall": avg(self.recall), "mass": avg(self.mass), "rel_err": avg(self.rel_err)}
+
+
+@dataclass
+class ProbeAttention:
+    selector: TokenSelector | None  # None: full KV (dense everywhere)
+    budget: int
+    n_layers: int
+    dense_layers: frozenset[int] = frozenset({0})
+    probe: bool = True
+    probes: LayerProbes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.probes = LayerProbes(self.n_layers)
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        layer = module.layer_idx
+        if self.selector is None or query.shape[2] != 1 or layer in self.dense_layers:
+            return dense_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                           dropout=dropout, **kwargs)
+        b, t = key.shape[0], key.shape[2]
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        valid = key_validity(attention_mask, b, t)
+        indices = self.selector.select(query, key, self.budget, layer_idx=layer, valid=valid)
+        out = focused_attention(query, key, value, indices, scaling, valid, kwargs.get("softcap"))
+        if self.probe and indices.shape[-1] < t:
+            self._record(layer, query, key, value, indices, scaling, valid, out)
+        return out.transpose(1, 2).contiguous(), None
+
+    @torch.no_grad()
+    def _record(self, layer, query, key, value, indices, scaling, valid, out) -> None:
+        k = indices.shape[-1]
+        logits = (query @ expand_kv(key, query.shape[1] // key.shape[1]).transpose(-1, -2))[:, :, 0].float()
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
+        best = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+        weights = torch.softmax(logits * scaling, dim=-1)
+        dense = dense_attention(query, key, value, scaling, valid)
+        p = self.probes
+        p.recall[layer] += float(best.gather(-1, indices).float().mean())
+        p.mass[layer] += float(weights.gather(-1, indices).sum(-1).mean())
+        p.rel_err[layer] += float((out.float() - dense.float()).norm() / dense.float().norm().clamp_min(1e-12))
+        p.steps[layer] += 1
+
+
+def n_layers_of(model: Any) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def prefill(model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Dense prefill shared by every method: ``(cache, logits of the last prompt position)``."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model(ids, past_key_values=cache, use_cache=True)
+    return out.past_key_values, out.logits[:, -1]
+
+
+def _step(model: Any, token: int, cache: Any, position: int) -> torch.Tensor:
+    pos = torch.tensor([[position]])
+    out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True, position_ids=pos,
+                cache_position=pos[0])
+    return out.logits[:, -1]
+
+
+def greedy(model: Any, cache: Any, last_logits: torch.Tensor, start: int, steps: int, handler: ProbeAttention,
+           eos_id: int | None = None) -> list[int]:
+    """Greedy decode ``steps`` tokens from a private copy of the shared prefilled ``cache``."""
+    cache = copy.deepcopy(cache)
+    tokens: list[int] = []
+    logits = last_logits
+    with attention_handler(model, handler), torch.inference_mode():
+        for i in range(steps):
+            token = int(logits[0].argmax())
+            tokens.append(token)
+            if (eos_id is not None and token == eos_id) or i == steps - 1:
+                break
+            logits = _step(model, token, cache, start + i)
+    return tokens
+
+
+def teacher_forced_nll(model: Any, cache: Any, last_logits: torch.Tensor, continuation: torch.Tensor, start: int,
+                       handler: ProbeAttention) -> list[float]:
+    """Negative log-likelihood of each token of ``continuation (n,)`` after the shared dense prefill.
+
+    Token 0 is predicted by the prefill's logits (identical for every method, so excluded); tokens 1..n-1
+    are each predicted by one decode step through ``handler`` fed the true previous token (paper Fig. 4,
+    ``perplexity/evaluate_ppl.py``). Returns ``n - 1`` NLLs in nats.
+    """
+    cache = copy.deepcopy(cache)
+    nll: list[float] = []
+    with attention_handler(model, handler), torch.inference_mode():
+        for i in range(continuation.shape[0] - 1):
+            logits = _step(model, int(continuation[i]), cache, start + i)
+            logp = torch.log_softmax(logits[0].float(), dim=-1)
+            nll.append(float(-logp[int(continuation[i + 1])]))
+    return nll
+
+
+def perplexity(nll: list[float]) -> float:
+    return math.exp(sum(nll) / len(nll)) if nll else float("nan")

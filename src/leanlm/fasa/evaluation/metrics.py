@@ -1,0 +1,61 @@
+"""Metrics of the evaluation: Wilson score intervals, answer scoring, per-(method, budget) aggregation."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval ``(low, high)`` of a binomial proportion (``(nan, nan)`` when ``n == 0``)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_answer(text: str, answers: list[str]) -> tuple[bool, float]:
+    """``(all found, fraction found)``: case-insensitive substring match of every expected answer (RULER's
+    ``string_match_all``; binary correctness requires all of them)."""
+    low = text.lower()
+    found = sum(a.lower() in low for a in answers)
+    return found == len(answers), found / len(answers)
+
+
+def aggregate(records: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (method, budget): accuracy with its Wilson interval, agreement with full KV, mean probes.
+
+    ``records`` are the per-prompt rows of :mod:`leanlm.fasa.evaluation.run` (one per method and budget).
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["method"], int(r["budget"]))].append(r)
+    out = {}
+    for key, rows in groups.items():
+        n = len(rows)
+        correct = sum(bool(r["correct"]) for r in rows)
+        agree = sum(bool(r["agree"]) for r in rows)
+        lo, hi = wilson(correct, n)
+        entry: dict[str, Any] = {"n": n, "correct": correct, "acc": correct / n, "acc_lo": lo, "acc_hi": hi,
+                                 "agree": agree, "agree_rate": agree / n}
+        for probe in ("recall", "mass", "rel_err"):
+            layers = [r[probe] for r in rows if r.get(probe)]
+            if layers:
+                width = len(layers[0])
+                per_layer = [_nanmean(x[i] for x in layers) for i in range(width)]
+                entry[probe + "_layers"] = per_layer
+                entry[probe] = _nanmean(per_layer)
+        out[key] = entry
+    return out
+
+
+def _nanmean(values: Iterable[float | None]) -> float:
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(xs) / len(xs) if xs else float("nan")
