@@ -154,8 +154,20 @@ def bench(
     perf: bool = typer.Option(True, "--perf/--no-perf", help="the speed benchmark (the only benchmark for now)"),
     quick: bool = typer.Option(False, "--quick", help="the reproduce quick config (~1-2 min idle) instead of full"),
     threads: int = typer.Option(1, help="torch intra-op threads (1: small decode ops lose from threading)"),
+    evaluation: bool = typer.Option(False, "--eval", help="the accuracy evaluation (task suite, every baseline, "
+                                    "perplexity; leanlm.fasa.evaluation) instead of the speed benchmark"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="--eval: checkpoint directory (resumes; default: "
+                                 "<out stem>-run beside --out)"),
 ) -> None:
-    """Honest speed benchmark: FASA-C (per head, pooled) and FASA-M vs the strongest dense decode paths."""
+    """Honest speed benchmark: FASA-C (per head, pooled) and FASA-M vs the strongest dense decode paths.
+
+    With ``--eval``: the accuracy evaluation (tables, plots, checkpoints that resume)."""
+    if evaluation:
+        from leanlm.fasa.evaluation.bench import bench_eval
+
+        bench_eval(out, quick, threads, run_dir, log.info)
+        typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+        return
     import json
     import os
     import platform

@@ -1,0 +1,49 @@
+"""``leanlm fasa bench --eval [--quick]``: run (or resume) the evaluation and write its Markdown, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from leanlm.common.atomic import atomic_write_bytes, atomic_write_text
+from leanlm.common.report import table_markdown
+
+
+def _slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")[:60]
+
+
+def bench_eval(out: Path, quick: bool, threads: int, run_dir: Path | None, log: Any) -> dict[str, Any]:
+    """Run the quick or full config with checkpoints in ``run_dir`` (default: ``<out stem>-run/`` beside
+    ``out``); write ``out`` (Markdown tables), ``out`` with ``.json`` (metrics) and one PNG per figure."""
+    import torch
+
+    from leanlm.fasa.evaluation.run import FULL, QUICK, run_eval
+
+    torch.set_num_threads(threads)
+    run_dir = run_dir or out.with_name(out.stem + "-run")
+    config = dict(QUICK if quick else FULL)
+    t0 = time.perf_counter()
+    result = run_eval(config, run_dir, log)
+    seconds = time.perf_counter() - t0
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    command = f"leanlm fasa bench --eval{' --quick' if quick else ''} --threads {threads} --out {out} --run-dir {run_dir}"
+    head = (f"# FASA evaluation ({'quick' if quick else 'full'} config)\n\n"
+            f"Command: `{command}` (resumes from the checkpoints in `{run_dir}`); "
+            f"{platform.processor() or platform.machine()}, {threads} torch thread(s), torch {torch.__version__}, "
+            f"load average at the end {load}; {seconds:.0f} s this invocation. Prompts done: "
+            f"{result['prompts_done']}/{result['prompts_total']}.\n\n")
+    figures = []
+    for fig in result["figures"]:
+        path = out.with_name(f"{out.stem}-{_slug(fig.title)}.png")
+        atomic_write_bytes(path, fig.png)
+        figures.append(f"![{fig.title}]({path.name})")
+    body = "\n\n".join(table_markdown(t) for t in result["tables"])
+    atomic_write_text(out, head + body + "\n\n" + "\n\n".join(figures) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"metrics": result["metrics"], "seconds": seconds,
+                                                            "threads": threads, "config": config}, indent=1))
+    return result
