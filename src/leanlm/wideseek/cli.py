@@ -390,3 +390,74 @@ def _find_task(task_id: str):
         if task.instance_id == task_id:
             return task
     raise typer.BadParameter(f"no generated task {task_id!r}")
+
+
+@app.command()
+def sft(
+    out: Path = typer.Option(Path("runs/wideseek-sft"), help="directory: checkpoints, sft.json, model/"),
+    model: str = typer.Option("embedded", help="'embedded', a Hugging Face directory or a .gguf file"),
+    max_rows: int = typer.Option(18, help="training tasks with at most this many rows"),
+    width: int = typer.Option(4, help="subagents the oracle uses"),
+    mode: str = typer.Option("multi", help="multi (lead + subagents) or single (SingleSeek traces)"),
+    max_len: int = typer.Option(2048, help="drop examples longer than this (tokens)"),
+    examples: int = typer.Option(400, help="at most this many examples (evenly subsampled)"),
+    epochs: int = typer.Option(1), lr: float = typer.Option(2e-5), batch: int = typer.Option(8),
+    seed: int = typer.Option(0),
+) -> None:
+    """Supervised warm start on the oracle policy's traces over the training families (resumable)."""
+    from leanlm.common.models import load_model
+    from leanlm.wideseek.runner import default_world
+    from leanlm.wideseek.sft import oracle_examples, train_sft
+    from leanlm.wideseek.tasks import generate_wide_tasks
+    from leanlm.wideseek.train import TrainConfig
+
+    if mode not in ("multi", "single"):
+        raise typer.BadParameter(f"--mode must be multi or single, got {mode!r}")
+    loaded = load_model(model)
+    cfg = TrainConfig(max_subagents=width, max_lead_turns=10, max_sub_turns=20, max_context=max_len)
+    found, stats = oracle_examples(generate_wide_tasks("train", min_rows=2, max_rows=max_rows), default_world(),
+                                   cfg.agent_config(), loaded.tokenizer, width=width, mode=mode, max_len=max_len)
+    if len(found) > examples:
+        found = [found[int(i * len(found) / examples)] for i in range(examples)]
+    typer.echo(f"oracle traces: {stats['calls']} model calls, {stats['dropped_long']} longer than {max_len} tokens "
+               f"dropped, {len(found)} used (oracle item F1 {stats['oracle_f1']:.3f})")
+    report = train_sft(loaded.model, loaded.tokenizer, found, out, epochs=epochs, lr=lr, batch=batch, seed=seed)
+    typer.echo(f"SFT loss {report['first_loss']:.3f} -> {report['last_loss']:.3f} in {report['seconds']} s; "
+               f"model in {out / 'model'}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., help="TOML/JSON/YAML file of TrainConfig settings"),
+    out: Optional[Path] = typer.Option(None, help="override the config's out directory"),
+    steps: Optional[int] = typer.Option(None, help="override the config's steps"),
+    export: Optional[Path] = typer.Option(None, help="save the trained policy here (Hugging Face directory)"),
+) -> None:
+    """Multi-agent GRPO (resumes from the newest checkpoint in the out directory)."""
+    from leanlm.wideseek.train import TrainConfig, Trainer
+
+    try:
+        cfg = TrainConfig.from_file(config, out=str(out) if out else None, steps=steps)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    trainer = Trainer(cfg)
+    if trainer.resume():
+        typer.echo(f"resumed at step {trainer.step}")
+    rows = trainer.train()
+    if rows:
+        typer.echo(f"step {rows[-1]['step']}: reward {rows[-1]['reward']:.3f}, item F1 {rows[-1]['f1']:.3f}; "
+                   f"metrics in {cfg.out}/metrics.jsonl, curves in {cfg.out}/curves.png")
+    if export:
+        trainer.export(export)
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("studies/wideseek-marl"), help="study directory (rerun to resume)"),
+    quick: bool = typer.Option(False, help="the smoke configuration (minutes), not evidence"),
+) -> None:
+    """Base vs SFT vs SFT+MARL on held-out families, width ablation and single agent (resumable)."""
+    from leanlm.wideseek.study import FULL, QUICK, Study
+
+    metrics = Study(QUICK if quick else FULL, out).run()
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "runs"}, indent=1))

@@ -252,10 +252,6 @@ class Trainer:
                 return sequence_logprobs(self.model, samples, self.cfg.temperature)
         return sequence_logprobs(self.ref, samples, self.cfg.temperature)
 
-    def _role_ok(self, s: TurnSample) -> bool:
-        role = self.cfg.train_roles
-        return role == "all" or (role == "lead" and s.agent == 0) or (role == "subagents" and s.agent > 0)
-
     def rollouts(self, tasks: Sequence[Task]) -> list[Rollout]:
         fmts = ["qa" if t.kind == "qa" else "table" for t in tasks]
         return rollout_group(self.backend, self.tools, self.cfg.agent_config(), [t.query for t in tasks], fmts,
@@ -267,57 +263,15 @@ class Trainer:
         self.backend.tokens, self.backend.generate_s = 0, 0.0
         rolls = self.rollouts(tasks)
         t_roll = time.perf_counter() - t0
-        rewards, outcomes, fmt_ok, success, kept = [], [], [], [], []
-        for roll in rolls:
-            outcome, ok, succ = self.reward_fn(tasks[roll.task_index], roll.result)
-            credit = roll.result.credit(outcome, ok, RewardConfig())
-            rewards.append(credit.reward)
-            outcomes.append(outcome)
-            fmt_ok.append(ok)
-            success.append(succ)
-            trainable = set(credit.trainable)
-            kept += [s for s in roll.samples if s.key in trainable and self._role_ok(s) and s.completion_ids]
-        adv = group_advantages(rewards, [r.group for r in rolls], 1e-6)
-        weights = token_weights(kept, {r.group: cfg.group_size for r in rolls}, agent_level=cfg.agent_level)
-        grpo_cfg = cfg.grpo()
+        batch = prepare_batch(rolls, tasks, self.reward_fn, cfg)
         t1 = time.perf_counter()
-        self.model.train()
-        old = sequence_logprobs(self.model, kept, cfg.temperature)
-        ref = self.ref_logprobs(kept)
-        sums: dict[str, float] = {}
-        loss_total = 0.0
-        grad_norm = 0.0
-        for epoch in range(cfg.ppo_epochs):
-            self.optimizer.zero_grad(set_to_none=True)
-            epoch_loss = 0.0
-            epoch_sums: dict[str, float] = {}
-            for i, s in enumerate(kept):
-                lp = turn_logprobs(self.model, s, cfg.temperature)
-                loss, m = turn_loss(lp, old[i], None if ref is None else ref[i], adv[s.traj], weights[i], grpo_cfg)
-                loss.backward()
-                epoch_loss += float(loss.detach())
-                for k, v in m.items():
-                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            if kept:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                self.optimizer.step()
-            if epoch == 0:
-                loss_total, sums = epoch_loss, epoch_sums
+        loss, sums, grad_norm = update(self.model, self.ref_logprobs, self.optimizer, batch, cfg)
         self.step += 1
-        lead_turns = sum(r.result.lead.turns for r in rolls)
-        subagents = sum(len(r.result.subagents) for r in rolls)
-        row = {
-            "step": self.step, "loss": loss_total, **summarize_metrics(sums), "grad_norm": grad_norm,
-            "reward": sum(rewards) / len(rewards), "f1": sum(outcomes) / len(outcomes),
-            "success": sum(success) / len(success), "format_ok": sum(fmt_ok) / len(fmt_ok),
-            "subagents_per_rollout": subagents / len(rolls),
-            "subagents_per_lead_turn": subagents / lead_turns if lead_turns else 0.0,
-            "turns": len(self.backend.samples), "trained_turns": len(kept),
-            "generated_tokens": self.backend.tokens, "rollout_s": round(t_roll, 3),
-            "gen_tokens_per_s": self.backend.tokens / self.backend.generate_s if self.backend.generate_s else 0.0,
-            "learn_s": round(time.perf_counter() - t1, 3), "tasks": [t.instance_id for t in tasks],
-        }
+        row = {"step": self.step, "loss": loss, **summarize_metrics(sums), "grad_norm": grad_norm, **batch.stats,
+               "turns": len(self.backend.samples), "generated_tokens": self.backend.tokens,
+               "rollout_s": round(t_roll, 3),
+               "gen_tokens_per_s": self.backend.tokens / self.backend.generate_s if self.backend.generate_s else 0.0,
+               "learn_s": round(time.perf_counter() - t1, 3), "tasks": [t.instance_id for t in tasks]}
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         return row
@@ -348,6 +302,83 @@ class Trainer:
         model.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
         return target
+
+
+@dataclass
+class Batch:
+    """The trained turns of one step with their rollout advantages and token weights, plus rollout stats."""
+
+    samples: list[TurnSample]
+    advantages: list[float]
+    weights: list[float]
+    stats: dict[str, Any]
+
+
+def _role_ok(role: str, s: TurnSample) -> bool:
+    return role == "all" or (role == "lead" and s.agent == 0) or (role == "subagents" and s.agent > 0)
+
+
+def prepare_batch(rolls: Sequence[Rollout], tasks: Sequence[Task], reward_fn: RewardFn, cfg: TrainConfig) -> Batch:
+    """Score and credit every rollout, z-score rewards per group, keep the trainable turns of the trained
+    roles and weigh them (module doc, steps 2)."""
+    rewards, outcomes, fmt_ok, success, kept = [], [], [], [], []
+    for roll in rolls:
+        outcome, ok, succ = reward_fn(tasks[roll.task_index], roll.result)
+        credit = roll.result.credit(outcome, ok, RewardConfig())
+        rewards.append(credit.reward)
+        outcomes.append(outcome)
+        fmt_ok.append(ok)
+        success.append(succ)
+        trainable = set(credit.trainable)
+        kept += [s for s in roll.samples if s.key in trainable and _role_ok(cfg.train_roles, s) and s.completion_ids]
+    adv_by_traj = dict(zip([r.traj for r in rolls], group_advantages(rewards, [r.group for r in rolls], 1e-6),
+                           strict=True))
+    groups = {r.group: sum(1 for x in rolls if x.group == r.group) for r in rolls}
+    weights = token_weights(kept, groups, agent_level=cfg.agent_level)
+    lead_turns = sum(r.result.lead.turns for r in rolls)
+    subagents = sum(len(r.result.subagents) for r in rolls)
+    n = len(rolls)
+    stats = {"reward": sum(rewards) / n, "f1": sum(outcomes) / n, "success": sum(success) / n,
+             "format_ok": sum(fmt_ok) / n, "subagents_per_rollout": subagents / n,
+             "subagents_per_lead_turn": subagents / lead_turns if lead_turns else 0.0, "trained_turns": len(kept)}
+    return Batch(kept, [adv_by_traj[s.traj] for s in kept], weights, stats)
+
+
+def update(model: Any, ref_fn: Callable[[Sequence[TurnSample]], list[torch.Tensor] | None], optimizer: Any,
+           batch: Batch, cfg: TrainConfig, reduce: Callable[[list[torch.nn.Parameter]], None] | None = None,
+           ) -> tuple[float, dict[str, float], float]:
+    """``ppo_epochs`` optimizer steps on ``batch`` (module doc, steps 3-4): old log-probs by one teacher-forced
+    pass, the loss backpropagated turn by turn, ``reduce(params)`` (e.g. an all-reduce of the gradients over
+    data-parallel learners) before clipping. Returns the first epoch's loss, its summed metrics and the
+    gradient norm."""
+    grpo_cfg = cfg.grpo()
+    model.train()
+    old = sequence_logprobs(model, batch.samples, cfg.temperature)
+    ref = ref_fn(batch.samples)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_total, sums, grad_norm = 0.0, {}, 0.0
+    for epoch in range(cfg.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        epoch_loss, epoch_sums = 0.0, {}
+        for i, s in enumerate(batch.samples):
+            lp = turn_logprobs(model, s, cfg.temperature)
+            loss, m = turn_loss(lp, old[i], None if ref is None else ref[i], batch.advantages[i], batch.weights[i],
+                                grpo_cfg)
+            loss.backward()
+            epoch_loss += float(loss.detach())
+            for k, v in m.items():
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+        if reduce is not None:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            reduce(params)
+        if any(p.grad is not None for p in params):
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            optimizer.step()
+        if epoch == 0:
+            loss_total, sums = epoch_loss, epoch_sums
+    return loss_total, sums, grad_norm
 
 
 def write_curves(out: str | os.PathLike[str]) -> Path | None:

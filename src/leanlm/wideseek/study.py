@@ -1,0 +1,247 @@
+"""The training study of issue 13: base vs SFT vs SFT+MARL on held-out families, width ablation, single agent.
+
+Stages (each writes under ``<out>/``, skips itself when its output exists, and resumes from its checkpoints,
+so the same command continues an interrupted study):
+
+1. ``sft/``: warm start on oracle traces of the training families (:mod:`leanlm.wideseek.sft`); with
+   ``single_agent`` also ``sft-single/`` on the single-agent oracle's traces.
+2. ``marl-seed{s}/``: multi-agent GRPO from the SFT model (:class:`leanlm.wideseek.train.Trainer`), one run
+   per seed, exported to ``model/``; ``single-seed{s}/``: the SingleSeek baseline trained with the same
+   number of steps, group size and prompts from ``sft-single``.
+3. ``evals/<policy>-seed{s}-w{width}.jsonl``: each held-out task run ``n`` times in one batch with the
+   in-process backend (item F1 Avg@n, success Avg@n, subagents per rollout), one line per task.
+
+:func:`summarize` turns the eval files into the metrics the claims read (means over seeds, the paired
+MARL - SFT and MARL - single differences with their t-interval half widths, F1 per width).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leanlm.common.atomic import atomic_write_json
+from leanlm.common.progress import get_logger
+from leanlm.wideseek.agents import AgentConfig
+from leanlm.wideseek.tasks import Task
+
+log = get_logger("leanlm.wideseek.study")
+
+QUICK = {
+    "smoke": True, "train_max_rows": 2, "eval_max_rows": 2, "eval_tasks": 1, "n": 1, "seeds": [0],
+    "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 1, "group_size": 2,
+    "max_new_tokens": 48, "max_context": 2048, "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2,
+    "widths": [1, 2], "single_agent": False, "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500,
+}
+FULL = {
+    "smoke": False, "train_max_rows": 18, "eval_max_rows": 4, "eval_tasks": 4, "n": 4, "seeds": [0, 1, 2],
+    "sft_examples": 400, "sft_max_len": 2048, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 8, "group_size": 4,
+    "max_new_tokens": 160, "max_context": 3072, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4,
+    "widths": [1, 2, 4, 8], "single_agent": True, "lr": 1e-6, "oracle_width": 4, "wiki_limit": 2000,
+}
+
+
+def eval_tasks(config: dict[str, Any]) -> list[Task]:
+    """The first ``eval_tasks`` held-out tasks (families never trained on) with at most ``eval_max_rows`` rows."""
+    from leanlm.wideseek.tasks import generate_wide_tasks
+
+    tasks = generate_wide_tasks("eval", min_rows=2, max_rows=config["eval_max_rows"])
+    return tasks[: config["eval_tasks"]]
+
+
+def train_tasks(config: dict[str, Any]) -> list[Task]:
+    from leanlm.wideseek.tasks import generate_wide_tasks
+
+    return generate_wide_tasks("train", min_rows=2, max_rows=config["train_max_rows"])
+
+
+def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode: str = "multi") -> Any:
+    from leanlm.wideseek.train import TrainConfig
+
+    return TrainConfig(out=str(out), init=init, steps=config["steps"], group_size=config["group_size"], seed=seed,
+                       lr=config["lr"], max_new_tokens=config["max_new_tokens"], max_context=config["max_context"],
+                       max_lead_turns=config["max_lead_turns"], max_sub_turns=config["max_sub_turns"],
+                       max_subagents=config["max_subagents"], max_rows=config["train_max_rows"], mode=mode,
+                       max_single_turns=config["max_lead_turns"] * config["max_sub_turns"],
+                       checkpoint_every=1, wiki_limit=config["wiki_limit"])
+
+
+class Study:
+    def __init__(self, config: dict[str, Any], out: str | Path):
+        self.config, self.out = config, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", config)
+        from leanlm.wideseek.runner import default_world
+
+        self.tools = default_world(config["wiki_limit"])
+        self.timings: dict[str, float] = json.loads((self.out / "timings.json").read_text()) \
+            if (self.out / "timings.json").exists() else {}
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 1)
+        atomic_write_json(self.out / "timings.json", self.timings)
+
+    # ------------------------------------------------------------------------------------------ stages
+    def sft(self, mode: str = "multi") -> Path:
+        from leanlm.common.models import load_embedded
+        from leanlm.wideseek.sft import oracle_examples, train_sft
+
+        name = "sft" if mode == "multi" else "sft-single"
+        target = self.out / name / "model"
+        if (target / "config.json").exists():
+            return target
+        t0 = time.perf_counter()
+        cfg = self.config
+        model, tok = load_embedded()
+        # the oracle runs with the paper's turn limits so that its traces are complete, successful runs
+        agent_cfg = AgentConfig(max_lead_turns=10, max_sub_turns=20, max_single_turns=50,
+                                max_subagents_per_call=cfg["oracle_width"], max_subagents_per_turn=cfg["oracle_width"],
+                                max_concurrency=cfg["oracle_width"], few_shot=False)
+        examples, stats = oracle_examples(train_tasks(cfg), self.tools, agent_cfg, tok, width=cfg["oracle_width"],
+                                          mode=mode, max_len=cfg["sft_max_len"])
+        if len(examples) > cfg["sft_examples"]:
+            step = len(examples) / cfg["sft_examples"]
+            examples = [examples[int(i * step)] for i in range(cfg["sft_examples"])]
+        stats["used"] = len(examples)
+        atomic_write_json(self.out / name / "traces.json", stats)
+        train_sft(model, tok, examples, self.out / name, epochs=cfg["sft_epochs"], lr=cfg["sft_lr"], batch=8,
+                  checkpoint_every=5)
+        self._timed(name, t0)
+        return target
+
+    def marl(self, seed: int, mode: str = "multi") -> Path:
+        from leanlm.wideseek.train import Trainer
+
+        name = f"marl-seed{seed}" if mode == "multi" else f"single-seed{seed}"
+        target = self.out / name / "model"
+        if (target / "config.json").exists():
+            return target
+        init = self.sft(mode)
+        t0 = time.perf_counter()
+        trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode), tools=self.tools)
+        trainer.resume()
+        trainer.train()
+        trainer.export(target)
+        self._timed(name, t0)
+        return target
+
+    def evaluate(self, policy: str, seed: int, width: int, mode: str = "multi") -> Path:
+        """Run every held-out task ``n`` times (one batch) with the policy's model; one JSON line per task."""
+        from leanlm.common.models import load_model
+        from leanlm.wideseek.rollout import TransformersBackend, rollout_group
+        from leanlm.wideseek.train import score_rollout
+
+        cfg = self.config
+        path = self.out / "evals" / f"{policy}-seed{seed}-w{width}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done = {json.loads(x)["task"] for x in path.read_text().splitlines()} if path.exists() else set()
+        tasks = [t for t in eval_tasks(cfg) if t.instance_id not in done]
+        if not tasks:
+            return path
+        if policy == "base":
+            spec: Any = "embedded"
+        elif policy == "sft":
+            spec = self.sft("multi")
+        elif policy == "marl":
+            spec = self.marl(seed)
+        elif policy == "single":
+            spec = self.marl(seed, "single")
+        else:
+            raise ValueError(f"unknown policy {policy!r}")
+        t0 = time.perf_counter()
+        loaded = load_model(str(spec))
+        tok = loaded.tokenizer or load_model("embedded").tokenizer
+        agent_cfg = _train_config(cfg, self.out, "", seed, mode).agent_config()
+        agent_cfg.max_subagents_per_call = agent_cfg.max_subagents_per_turn = agent_cfg.max_concurrency = width
+        backend = TransformersBackend(loaded.model, tok, max_new_tokens=cfg["max_new_tokens"],
+                                      max_context=cfg["max_context"])
+        for task in tasks:
+            torch.manual_seed(1000 * seed + sum(map(ord, task.instance_id)))
+            t1 = time.perf_counter()
+            rolls = rollout_group(backend, self.tools, agent_cfg, [task.query], ["table"], cfg["n"], mode)
+            scores = [score_rollout(task, r.result) for r in rolls]
+            line = {"task": task.instance_id, "policy": policy, "seed": seed, "width": width, "mode": mode,
+                    "f1": [s[0] for s in scores], "format_ok": [s[1] for s in scores],
+                    "success": [s[2] for s in scores], "subagents": [len(r.result.subagents) for r in rolls],
+                    "lead_turns": [r.result.lead.turns for r in rolls], "tokens": backend.tokens,
+                    "seconds": round(time.perf_counter() - t1, 1)}
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+        self._timed(f"eval-{policy}", t0)
+        return path
+
+    def run(self) -> dict[str, Any]:
+        """Every stage in an order that yields comparable partial results early (seed 0 first)."""
+        cfg = self.config
+        top = max(cfg["widths"]) if cfg["max_subagents"] not in cfg["widths"] else cfg["max_subagents"]
+        for seed in cfg["seeds"]:
+            for policy in ("base", "sft", "marl"):
+                self.evaluate(policy, seed, top)
+            if cfg["single_agent"]:
+                self.evaluate("single", seed, 1, mode="single")
+            if seed == cfg["seeds"][0]:
+                for width in cfg["widths"]:
+                    self.evaluate("marl", seed, width)
+        return summarize(self.out)
+
+
+def _ci95(xs: list[float]) -> float | None:
+    """Half width of the 95% t interval of the mean (None below two values)."""
+    if len(xs) < 2:
+        return None
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(len(xs), 2.0)
+    return t * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def summarize(out: str | Path) -> dict[str, Any]:
+    """Metrics from ``<out>/evals``: ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
+    ``success_<policy>``, ``marl_minus_sft`` / ``marl_minus_single`` (paired by seed) with ``*_ci95``,
+    ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows)."""
+    out = Path(out)
+    per: dict[tuple[str, int, int], dict[str, float]] = {}
+    for path in sorted((out / "evals").glob("*.jsonl")) if (out / "evals").exists() else []:
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if not lines:
+            continue
+        f1 = [statistics.mean(x["f1"]) for x in lines]
+        succ = [statistics.mean(x["success"]) for x in lines]
+        subs = [statistics.mean(x["subagents"]) for x in lines]
+        first = lines[0]
+        per[(first["policy"], first["seed"], first["width"])] = {
+            "f1": 100 * statistics.mean(f1), "success": 100 * statistics.mean(succ),
+            "subagents": statistics.mean(subs), "tasks": len(lines)}
+    metrics: dict[str, Any] = {"runs": {f"{p}-seed{s}-w{w}": v for (p, s, w), v in per.items()}}
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    top = max(cfg.get("widths", [1])) if cfg.get("max_subagents") not in cfg.get("widths", []) else cfg["max_subagents"]
+    for policy, width in (("base", top), ("sft", top), ("marl", top), ("single", 1)):
+        seeds = {s: v for (p, s, w), v in per.items() if p == policy and w == width}
+        if seeds:
+            metrics[f"f1_{policy}"] = round(statistics.mean(v["f1"] for v in seeds.values()), 2)
+            metrics[f"success_{policy}"] = round(statistics.mean(v["success"] for v in seeds.values()), 2)
+            metrics[f"f1_{policy}_seeds"] = [round(seeds[s]["f1"], 2) for s in sorted(seeds)]
+    for other in ("sft", "single"):
+        ow = 1 if other == "single" else top
+        diffs = [per[("marl", s, top)]["f1"] - per[(other, s, ow)]["f1"] for (p, s, w) in per
+                 if p == "marl" and w == top and (other, s, ow) in per]
+        if diffs:
+            metrics[f"marl_minus_{other}"] = round(statistics.mean(diffs), 2)
+            ci = _ci95(diffs)
+            if ci is not None:
+                metrics[f"marl_minus_{other}_ci95"] = round(ci, 2)
+    widths = sorted(w for (p, s, w) in per if p == "marl" and s == min((s for (p, s, _) in per), default=0))
+    seed0 = min((s for (p, s, _) in per if p == "marl"), default=None)
+    if seed0 is not None:
+        curve = [(w, per[("marl", seed0, w)]["f1"]) for w in widths if ("marl", seed0, w) in per]
+        for w, f in curve:
+            metrics[f"f1_width_{w}"] = round(f, 2)
+        if len(curve) >= 2:
+            metrics["width_nondecreasing"] = int(all(b[1] >= a[1] - 1.0 for a, b in itertools.pairwise(curve)))
+    atomic_write_json(out / "summary.json", metrics)
+    return metrics
