@@ -226,10 +226,12 @@ def bench_cmd(
 def train_cmd(
     inputs: list[Path] = typer.Argument(..., help="Training rollouts (files or directories, VisualPRM400K layout)."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (step-<n>/ and final/)."),
-    backbone: str = typer.Option("tiny", help="'tiny' (a small Llama from a config, char tokenizer), 'embedded' "
+    backbone: str = typer.Option("tiny", help="'tiny' (a small Llama from a config), 'embedded' "
                                               "(SmolLM2-135M), a local HF directory or a .gguf file."),
-    hidden: int = typer.Option(128, help="tiny backbone: hidden size."),
+    hidden: int = typer.Option(64, help="tiny backbone: hidden size."),
     layers: int = typer.Option(2, help="tiny backbone: layers."),
+    tokenizer: str = typer.Option("step", help="tiny backbone: 'step' (one hashed token per step), 'word' or "
+                                               "'char' (see docs/bis.md for why 'step' is the default)."),
     max_len: int = typer.Option(512, help="Tokens per rollout (later steps are truncated)."),
     lora: bool = typer.Option(False, help="Train LoRA adapters (peft) instead of all weights (non-tiny backbones)."),
     lr: float = typer.Option(1e-3),
@@ -251,7 +253,8 @@ def train_cmd(
         torch.set_num_threads(threads)
     try:
         examples = load_examples(inputs)
-        spec = ModelSpec(backbone=backbone, hidden=hidden, layers=layers, max_len=max_len, lora=lora, seed=seed)
+        spec = ModelSpec(backbone=backbone, hidden=hidden, layers=layers, tokenizer=tokenizer, max_len=max_len,
+                         lora=lora, seed=seed)
         cfg = TrainConfig(model=spec, lr=lr, batch=batch, soft=soft, seed=seed, checkpoint_every=checkpoint_every,
                           device=device)
         res = train(examples, out, cfg, resume=resume)
@@ -309,12 +312,14 @@ def study_cmd(
                                   help="Comma-separated: random, bis-0, bis-0.05, bis-0.1, bis-0.2, mixture-only, "
                                        "reliability-only, mixed-only, low-mc, uncertainty, loss (proxy PRM on a random 5%)."),
     seeds: int = typer.Option(3),
-    hidden: int = typer.Option(128),
+    hidden: int = typer.Option(64),
     layers: int = typer.Option(2),
+    tokenizer: str = typer.Option("step", help="tiny backbone tokenizer: step | word | char."),
     lr: float = typer.Option(3e-3),
     batch: int = typer.Option(32),
     threads: int = typer.Option(1),
     match: str = typer.Option("rollouts", help="Budgets matched in 'rollouts' (as the paper) or 'steps' (control)."),
+    keep_checkpoints: bool = typer.Option(False, help="Keep each cell's trained PRM (default: delete once evaluated)."),
 ) -> None:
     """Budgets x selectors x seeds of PRM training; paired Student-t differences vs random and vs full data."""
     from leanlm.bis.prm.study import SELECTORS, StudyConfig, plot, run_study, summarize, to_markdown
@@ -326,8 +331,11 @@ def study_cmd(
     bad = [s for s in sels if s not in SELECTORS]
     if bad:
         raise typer.BadParameter(f"unknown selector(s) {', '.join(bad)}; choose from {', '.join(SELECTORS)}")
+    if tokenizer not in ("step", "word", "char"):
+        raise typer.BadParameter(f"--tokenizer must be step, word or char, got {tokenizer!r}")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, hidden=hidden, layers=layers, lr=lr, batch=batch, threads=threads, match=match)
+                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, lr=lr, batch=batch,
+                      threads=threads, match=match, keep_checkpoints=keep_checkpoints)
     rows = run_study(cfg)
     summary = summarize(rows)
     md = f"budgets matched in {match}\n\n" + to_markdown(summary)

@@ -237,8 +237,9 @@ class Interval(Rule):
     """An interval ``estimate ± half_width`` (both metric keys, e.g. a difference and its 95% CI half-width)
     against a value (default 0).
 
-    - ``expect="contains"`` (no difference claimed): reproduced when the interval contains ``value``, else
-      not reproduced.
+    - ``expect="contains"`` (no difference claimed): reproduced when the interval contains ``value``, or when
+      the whole interval lies within ``value ± tolerance`` (a difference too small to matter), else not
+      reproduced.
     - ``expect="above"`` (a gain claimed): reproduced when the whole interval is above ``value``, partly when
       only the estimate is, not reproduced otherwise. ``"below"`` mirrors it."""
 
@@ -246,6 +247,7 @@ class Interval(Rule):
     half_width: str
     expect: Literal["contains", "above", "below"] = "contains"
     value: float = 0.0
+    tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.expect not in ("contains", "above", "below"):
@@ -265,8 +267,11 @@ class Interval(Rule):
         shown = f"[{_fmt(lo)}, {_fmt(hi)}]"
         if self.expect == "contains":
             inside = lo <= self.value <= hi
-            return Judgement(REPRODUCED if inside else NOT_REPRODUCED,
-                             f"{shown} {'contains' if inside else 'excludes'} {_fmt(self.value)}")
+            near = self.tolerance > 0 and self.value - self.tolerance <= lo and hi <= self.value + self.tolerance
+            reason = f"{shown} {'contains' if inside else 'excludes'} {_fmt(self.value)}"
+            if self.tolerance > 0 and not inside:
+                reason += f" and {'lies' if near else 'does not lie'} within {_fmt(self.value)} ± {_fmt(self.tolerance)}"
+            return Judgement(REPRODUCED if inside or near else NOT_REPRODUCED, reason)
         if self.expect == "above":
             verdict = REPRODUCED if lo > self.value else PARTLY if est > self.value else NOT_REPRODUCED
         else:
@@ -276,7 +281,8 @@ class Interval(Rule):
     def describe(self) -> str:
         interval = f"{self.estimate} ± {self.half_width}"
         if self.expect == "contains":
-            return f"reproduced if {interval} contains {_fmt(self.value)}"
+            near = f" or lies within {_fmt(self.value)} ± {_fmt(self.tolerance)}" if self.tolerance > 0 else ""
+            return f"reproduced if {interval} contains {_fmt(self.value)}{near}"
         side = ">" if self.expect == "above" else "<"
         return f"reproduced if all of {interval} {side} {_fmt(self.value)}; partly if only the estimate is"
 

@@ -14,6 +14,8 @@ or any local causal LM via :func:`leanlm.common.models.load_model` (``embedded``
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,73 @@ class CharTokenizer:
         return [self.vocab.get(ch, self.unk) for ch in text]
 
 
+class WordTokenizer:
+    """Whole numbers, words and single punctuation marks as tokens (a step is ~10 tokens instead of ~20 characters).
+
+    The vocabulary is fixed, not learnt from data: the specials, the integers 0-999, and 256 hash buckets
+    (CRC-32) for every other word or symbol, so two corpora always share ids. Signs are separate tokens.
+    """
+
+    specials = ("<pad>", "<bos>", PRM_TOKEN, "Yes", "No", "\n")
+    _pattern = re.compile(r"\d+|[A-Za-z]+|\n|\S")
+    buckets = 256
+    numbers = 1000
+
+    def __init__(self) -> None:
+        self.vocab = {t: i for i, t in enumerate(self.specials)}
+        self._num0 = len(self.vocab)
+        self._hash0 = self._num0 + self.numbers
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hash0 + self.buckets
+
+    def _id(self, tok: str) -> int:
+        if tok in self.vocab:
+            return self.vocab[tok]
+        if tok.isdigit() and int(tok) < self.numbers:
+            return self._num0 + int(tok)
+        return self._hash0 + zlib.crc32(tok.encode()) % self.buckets
+
+    def ids(self, text: str) -> list[int]:
+        return [self._id(t) for t in self._pattern.findall(text)]
+
+
+class StepTokenizer(WordTokenizer):
+    """The question as :class:`WordTokenizer` tokens, and each whole step as ONE token: a hashed id (CRC-32 of
+    the whitespace-normalised step text, ``step_buckets`` ids), so a step's validity is a lookup the PRM learns
+    from the labelled data, and a wrong prefix is a pattern over earlier step tokens.
+
+    Why: a 2-layer transformer trained for a few hundred steps does not learn to verify even one-step mod-3
+    additions from their digits (test loss stays at ln 2; docs/results/bis.md), so with the char or word
+    tokenizers a CPU-sized PRM only learns position heuristics. With one token per step, what the PRM can learn
+    depends on how many distinct steps the training data covers and how reliable their labels are, which is
+    what data selection changes. Distinct steps that share an id (hash collisions) share a token.
+    """
+
+    step_buckets = 1 << 15
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step0 = super().vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self._step0 + self.step_buckets
+
+    def step_id(self, step: str) -> int:
+        return self._step0 + zlib.crc32(" ".join(step.split()).encode()) % self.step_buckets
+
+
+TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer, "step": StepTokenizer}
+
+
 @dataclass
 class ModelSpec:
-    """What to build: ``backbone`` = "tiny" or a :func:`load_model` spec; tiny sizes; LoRA settings."""
+    """What to build: ``backbone`` = "tiny" or a :func:`load_model` spec; tiny sizes and tokenizer; LoRA settings."""
 
     backbone: str = "tiny"
+    tokenizer: str = "char"  # tiny backbone only: "char", "word" or "step" (see WordTokenizer, StepTokenizer)
     hidden: int = 128
     layers: int = 2
     heads: int = 4
@@ -71,8 +135,12 @@ class PRM(torch.nn.Module):
     def encode(self, question: str, steps: list[str]) -> list[int]:
         """[bos] question "\\n" step_1 " " <prm> "\\n" step_2 " " <prm> ... truncated to ``max_len`` tokens."""
         tok = self.tokenizer
-        enc = tok.ids if isinstance(tok, CharTokenizer) else (lambda t: tok.encode(t, add_special_tokens=False))
+        enc = tok.ids if isinstance(tok, (CharTokenizer, WordTokenizer)) else (lambda t: tok.encode(t, add_special_tokens=False))
         ids = ([self.bos_id] if self.bos_id is not None else []) + enc(question + "\n")
+        if isinstance(tok, StepTokenizer):
+            for s in steps:
+                ids += [tok.step_id(s), self.prm_id]
+            return ids[: self.spec.max_len]
         for s in steps:
             ids += [*enc(s + " "), self.prm_id, *enc("\n")]
         return ids[: self.spec.max_len]
@@ -96,7 +164,9 @@ def build(spec: ModelSpec) -> PRM:
     if spec.backbone == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        tok = CharTokenizer()
+        if spec.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tiny tokenizer {spec.tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
+        tok = TOKENIZERS[spec.tokenizer]()
         cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
                           num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
                           num_key_value_heads=spec.heads, max_position_embeddings=spec.max_len,

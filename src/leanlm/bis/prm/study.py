@@ -40,12 +40,14 @@ class StudyConfig:
     budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
     selectors: tuple[str, ...] = ("random", "bis-0.2", "mixed-only", "low-mc")
     seeds: int = 3
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 2
+    tokenizer: str = "step"  # tiny backbone: "step" (one token per step), "word" or "char" (see prm/model.py)
     lr: float = 3e-3
     batch: int = 32
     threads: int = 1
     match: str = "rollouts"  # or "steps": budgets matched in annotated steps per source
+    keep_checkpoints: bool = False  # each cell's PRM is deleted once evaluated (about 27 MB each with its optimizer)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,7 +120,7 @@ def proxy_scores(cfg: StudyConfig, seed: int) -> Path:
     subset = d / "subset.jsonl"
     select([cfg.corpus / "train"], subset, SelectConfig(ratio=PROXY_BUDGET, scorer=make_scorer("random", seed=seed),
                                                          hash_input=False, workers=1))
-    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, seed=seed)
+    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
     res = train(load_examples([subset]), d / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
     model = load_prm(res["checkpoint"])
     cols: dict[str, list[Any]] = {"file": [], "row": [], "uncertainty": [], "loss": []}
@@ -171,11 +173,15 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
             select([cfg.corpus / "train"], data, SelectConfig(ratio=budget, scorer=scorer, hash_input=False,
                                                               workers=1))
     examples = load_examples([data])
-    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, seed=seed)
+    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
     res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
     model = load_prm(res["checkpoint"])
     m = evaluate(truth_arrays(model, load_examples([cfg.corpus / "test"])),
                  truth_arrays(model, load_examples([cfg.corpus / "val"])))
+    if not cfg.keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(cell / "ckpt")
     return {"key": _cell_key(selector, budget, seed), "selector": selector, "budget": budget, "seed": seed,
             "match": cfg.match,
             "rollouts": len(examples), "steps": sum(len(e.steps) for e in examples), "auc": m["auc"],
@@ -185,7 +191,7 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
 
 
 def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """Every (selector, budget, seed) cell plus full data per seed; resumes from ``out/cells.jsonl``."""
+    """Every (selector, budget, seed) cell plus full data per seed, seed by seed; resumes from ``out/cells.jsonl``."""
     from leanlm.common.progress import progress
 
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -195,8 +201,9 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
         for line in log.read_text().splitlines():
             row = json.loads(line)
             done[row["key"]] = row
-    plan = [("full", 1.0, s) for s in range(cfg.seeds)]
-    plan += [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors for s in range(cfg.seeds)]
+    # seed by seed, so that a study stopped early has complete paired comparisons for its first seeds
+    plan = [c for s in range(cfg.seeds)
+            for c in [("full", 1.0, s)] + [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors]]
     rows = []
     for sel, b, s in progress(plan, desc="bis study", unit="cell"):
         key = _cell_key(sel, b, s)

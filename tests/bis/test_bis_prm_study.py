@@ -1,0 +1,75 @@
+"""Issue #16: the step tokenizer, the interval-with-tolerance verdict and the registered PRM study experiment."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from leanlm.bis.prm.model import ModelSpec, StepTokenizer, WordTokenizer, build  # noqa: E402
+from leanlm.common.verdicts import NOT_REPRODUCED, PARTLY, REPRODUCED, Interval  # noqa: E402
+
+
+def test_word_tokenizer_numbers_words_and_signs() -> None:
+    tok = WordTokenizer()
+    ids = tok.ids("12 +7 = 19 (mod 23)\n")
+    assert len(ids) == 10  # 12 + 7 = 19 ( mod 23 ) and the newline
+    assert ids[0] == tok._num0 + 12 and ids[2] == tok._num0 + 7 and ids[4] == tok._num0 + 19
+    assert ids[-1] == tok.vocab["\n"]
+    assert tok.ids("1000")[0] >= tok._hash0  # beyond the number range: a hash bucket
+    assert max(tok.ids("zebra ! 999")) < tok.vocab_size
+
+
+def test_step_tokenizer_one_token_per_step_and_marker() -> None:
+    model = build(ModelSpec(hidden=16, layers=1, heads=2, tokenizer="step"))
+    tok = model.tokenizer
+    assert isinstance(tok, StepTokenizer)
+    steps = ["3 +4 = 0 (mod 7)", "0  +2 =  2 (mod 7)", "2 +1 = 4 (mod 7)"]
+    ids = model.encode("Start at 3.", steps)
+    q = [model.bos_id, *tok.ids("Start at 3.\n")]
+    assert ids[: len(q)] == q
+    tail = ids[len(q):]
+    assert tail[1::2] == [model.prm_id] * 3
+    assert tail[0::2] == [tok.step_id(s) for s in steps]
+    assert tok.step_id("0 +2 = 2 (mod 7)") == tok.step_id(steps[1])  # whitespace-normalised
+    assert len({tok.step_id(f"{a} +{d} = {(a + d) % 11} (mod 11)") for a in range(11) for d in range(1, 11)}) >= 105
+    assert all(tok._step0 <= t < tok.vocab_size for t in tail[0::2])
+    logits = model.step_logits(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert logits.shape == (3, 2)
+    with pytest.raises(ValueError, match="unknown tiny tokenizer"):
+        build(ModelSpec(hidden=16, layers=1, heads=2, tokenizer="bpe"))
+
+
+def test_interval_contains_or_within_tolerance() -> None:
+    rule = Interval("d", "h", expect="contains", tolerance=0.01)
+    assert rule.evaluate({"d": -0.02, "h": 0.03}).verdict == REPRODUCED  # contains 0
+    assert rule.evaluate({"d": 0.004, "h": 0.003}).verdict == REPRODUCED  # [0.001, 0.007]: within 1 point
+    assert rule.evaluate({"d": -0.008, "h": 0.003}).verdict == NOT_REPRODUCED  # [-0.011, -0.005]: pokes out
+    assert rule.evaluate({"d": -0.05, "h": 0.01}).verdict == NOT_REPRODUCED
+    assert "± 0.01" in rule.describe()
+    plain = Interval("d", "h", expect="contains")
+    assert plain.evaluate({"d": 0.004, "h": 0.003}).verdict == NOT_REPRODUCED  # no tolerance: as before
+    above = Interval("d", "h", expect="above")
+    assert above.evaluate({"d": 0.01, "h": 0.02}).verdict == PARTLY
+
+
+def test_prm_study_experiment_tiny(tmp_path) -> None:
+    """The registered experiment end to end on a tiny corpus: paired differences equal the cells' own."""
+    import json
+
+    from leanlm.bis.experiments import run_prm_study
+    from leanlm.reproduce import RunContext
+
+    torch.set_num_threads(1)
+    cfg = {"train": 300, "val": 60, "test": 100, "seeds": 2, "budget": 0.1, "alpha_selector": "bis-0.2"}
+    res = run_prm_study(cfg, RunContext(out_dir=tmp_path, mode="quick"))
+    rows = [json.loads(x) for x in (tmp_path / "study" / "cells.jsonl").read_text().splitlines()]
+    assert sorted((r["selector"], r["seed"]) for r in rows) == sorted(
+        (s, k) for s in ("full", "random", "bis-0.2") for k in range(2))
+    f1 = {(r["selector"], r["seed"]): r["f1_val_tuned"] for r in rows}
+    want = sum(f1["bis-0.2", k] - f1["full", k] for k in range(2)) / 2
+    assert res.metrics["bis10_minus_full"] == pytest.approx(want, abs=1e-4)
+    assert res.metrics["seeds"] == 2 and res.metrics["bis10_minus_random_ci95"] > 0
+    assert {r["rollouts"] for r in rows if r["selector"] != "full"} <= {29, 30, 31, 32, 33}
+    again = run_prm_study(cfg, RunContext(out_dir=tmp_path, mode="quick"))  # resumes: no retraining
+    assert again.metrics == res.metrics
