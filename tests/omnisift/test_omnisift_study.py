@@ -202,3 +202,20 @@ def test_loud_irrelevant_audio_defeats_an_energy_ranking_and_leaks_nothing():
         assert torch.equal(runs[0].inputs_embeds[b, other], runs[1].inputs_embeds[b, other])
     with pytest.raises(ValueError, match="loud_per_chunk"):
         AVTask(TaskConfig(hidden_size=64, frames=8, audio_per_chunk=16, loud_per_chunk=13), model.config)
+
+
+def test_gradient_diagnostics_per_ste_formulation(tmp_path):
+    """``leanlm omnisift ste-check``'s core: dropped tokens get no gradient with the paper's formulation and a
+    non-zero one with mask/mean; the cosines to the directly supervised gradient are proper cosines."""
+    from leanlm.omnisift.curves import gradient_diagnostics
+
+    cfg = StudyConfig(batch_size=4, pretrain_steps=2, task=SMALL)
+    out = gradient_diagnostics(cfg, 0, tmp_path, batches=2, batch_size=16)
+    assert set(out) == {"remove", "mask", "mean"}
+    for ste, row in out.items():
+        assert len(row["cosine_to_direct"]) == 2 and all(-1 <= c <= 1 for c in row["cosine_to_direct"])
+        g = row["groups"]
+        assert sum(x["n"] for x in g.values()) == 2 * 16 * 2 * 4  # every audio token of every chunk
+        dropped = g["other dropped"]["mean_abs"]
+        assert (dropped == 0.0) if ste == "remove" else (dropped > 0.0)
+    assert list(tmp_path.glob("seed0-pretrain-*.pt"))  # stage A saved for reuse

@@ -152,6 +152,52 @@ def curves(
     run_curves(StudyConfig.from_dict(settings), seed, out, steps, eval_every, modes=chosen)
 
 
+@app.command("ste-check")
+def ste_check(
+    out: Path = typer.Option(Path("reports/omnisift-curves"), help="directory of the curves run (its checkpoints are reused)"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds"),
+    config: Optional[Path] = typer.Option(None, help="JSON file overriding study settings (as for `curves`)"),
+) -> None:
+    """Per STE formulation: the LM-loss gradient on kept/dropped answer and other sounds, and its cosine
+    with the directly supervised gradient, on the stage-A thinkers (writes ste-check.json and .md)."""
+    import statistics
+
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+    from leanlm.omnisift.curves import gradient_diagnostics
+    from leanlm.omnisift.experiments import FULL
+    from leanlm.omnisift.study import StudyConfig
+
+    settings = dict(FULL["study"])
+    settings.update(_load_config(config))
+    chosen = [int(s) for s in seeds.split(",") if s.strip()]
+    result = {}
+    lines = ["| seed | STE | cos(STE, direct) per batch | answer dropped: mean ∂L/∂s (share < 0) | mean abs | "
+             "answer kept: mean (share < 0) | mean abs | other audio: mean (share < 0) | mean abs |", "|---" * 9 + "|"]
+    for seed in chosen:
+        settings["seeds"] = [seed]
+        result[seed] = gradient_diagnostics(StudyConfig.from_dict(settings), seed, out / "checkpoints")
+        for ste, row in result[seed].items():
+            gr = row["groups"]
+
+            def cell(name: str, gr: dict = gr) -> str:
+                if name not in gr:
+                    return "– | –"
+                x = gr[name]
+                return f"{x['mean']:+.1e} ({x['share_negative']:.2f}) | {x['mean_abs']:.1e}"
+
+            other = [v for k, v in gr.items() if k.startswith("other")]
+            n = sum(o["n"] for o in other)
+            om = sum(o["mean"] * o["n"] for o in other) / n
+            on = sum(o["share_negative"] * o["n"] for o in other) / n
+            oa = sum(o["mean_abs"] * o["n"] for o in other) / n
+            cos = row["cosine_to_direct"]
+            lines.append(f"| {seed} | {ste} | {' '.join(f'{c:+.2f}' for c in cos)} (mean {statistics.mean(cos):+.2f}) | "
+                         f"{cell('answer dropped')} | {cell('answer kept')} | {om:+.1e} ({on:.2f}) | {oa:.1e} |")
+    atomic_write_json(out / "ste-check.json", result)
+    atomic_write_text(out / "ste-check.md", "\n".join(lines) + "\n")
+    typer.echo("\n".join(lines))
+
+
 @app.command()
 def run(
     model: Path = typer.Option(..., help="checkpoint directory (Qwen2.5-Omni, OmniSIFT-7B, or one saved by leanlm)"),

@@ -161,6 +161,7 @@ def curves_report(out_dir: Path) -> str:
             cells.append(f"{statistics.mean(rand):.3f} ± {statistics.stdev(rand) if len(rand) > 1 else 0:.3f}")
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += final_comparison(runs, retentions)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,3 +185,98 @@ def curves_report(out_dir: Path) -> str:
     fig.savefig(Path(out_dir) / "curves.png", dpi=110)
     plt.close(fig)
     return "\n".join(lines)
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t interval of the mean (small n)."""
+    import statistics
+
+    from scipy import stats
+
+    m = statistics.mean(values)
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return m, m - half, m + half
+
+
+def final_comparison(runs: list[dict[str, Any]], retentions: list[str]) -> list[str]:
+    """Per mode, at its last evaluated step: answer sound kept (per seed, mean) and the paired difference to
+    uniform random selection on the same evaluation samples, with a 95% t interval over the seeds."""
+    lines = ["At each mode's last step (per seed; difference to random paired by seed, 95% t interval):", "",
+             "| mode | steps | retention | answer sound kept per seed | mean | − random: mean [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for mode in MODES:
+        done = [run for run in runs if mode in run["modes"] and run["modes"][mode]["steps"]]
+        if not done:
+            continue
+        for r in retentions:
+            vals = [run["modes"][mode][r]["target_audio_kept"][-1] for run in done]
+            diffs = [v - run["modes"]["random"][r]["target_audio_kept"] for v, run in zip(vals, done, strict=True)]
+            m, lo, hi = t_interval(diffs)
+            steps = sorted({run["modes"][mode]["steps"][-1] for run in done})
+            lines.append(f"| {mode} | {'/'.join(map(str, steps))} | {float(r):.0%} | "
+                         f"{' / '.join(f'{v:.3f}' for v in vals)} | {sum(vals) / len(vals):.3f} | "
+                         f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    lines.append("")
+    return lines
+
+
+def gradient_diagnostics(cfg: StudyConfig, seed: int, ckpt_dir: Path, formulations: tuple[str, ...] = ("remove", "mask", "mean"),
+                         batches: int = 4, batch_size: int = 64) -> dict[str, Any]:
+    """What the STE tells a fresh selector on the stage-A thinker of ``seed``, per formulation (§3.4 and our
+    options, :class:`~leanlm.omnisift.omnisift.OmniSIFT` ``ste``), at the reference training ratios:
+
+    * ∂L/∂s_j of the LM loss per group of audio tokens (answer sound / other audio × kept / dropped): mean,
+      share < 0 (a descent step raises the score) and mean |·|;
+    * the cosine between the selector's parameter gradient from the LM loss (through the STE) and from the
+      direct BCE on the answer sound (the diagnostic supervised target), per batch: > 0 means an STE step
+      moves the selector the way direct supervision would.
+    """
+    import statistics
+
+    torch.set_num_threads(cfg.threads)
+    base = pretrained(cfg, seed, ckpt_dir)
+    state = base.state_dict()
+    task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **cfg.task), base.config)
+    out: dict[str, Any] = {}
+    for ste in formulations:
+        model = build_model(cfg, seed)
+        torch.manual_seed(seed)  # the same fresh selector for every formulation
+        model.set_compressor(make_compressor(cfg, {"ste": ste}, seed))
+        model.load_state_dict(state, strict=False)
+        trainer = Trainer(cfg, task, model, seed)
+        model.train()
+        params = list(model.compressor.selector.parameters())
+        captured: list[torch.Tensor] = []
+        handle = model.compressor.selector.register_forward_hook(lambda mod, args, o, c=captured: c.append(o))
+        g = torch.Generator().manual_seed(5)
+        groups: dict[str, list[float]] = {"answer kept": [], "answer dropped": [], "other kept": [], "other dropped": []}
+        cosines = []
+        chunk_audio = torch.stack([c.audio for c in trainer.layout.chunks])  # [C, A]
+        try:
+            for _ in range(batches):
+                batch = task.sample(batch_size, g)
+                captured.clear()
+                out_lm = model(**trainer.inputs(batch))
+                scores = captured[0]
+                g_scores, *g_lm = torch.autograd.grad(out_lm.loss, [scores, *params], retain_graph=True,
+                                                      allow_unused=True)
+                g_direct = torch.autograd.grad(trainer._direct_loss(scores, batch), params, allow_unused=True)
+                a = torch.cat([x.flatten() for x in g_lm if x is not None])
+                b = torch.cat([y.flatten() for x, y in zip(g_lm, g_direct, strict=True) if x is not None])
+                cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+                n, (c, k) = batch.input_ids.shape[0], chunk_audio.shape
+                grad = g_scores.reshape(n, c, k)
+                kept = model.last_compression.keep[:, chunk_audio]
+                answer = chunk_audio.view(1, c, k) == batch.target_audio_index.view(n, 1, 1)
+                for name, mask in (("answer kept", answer & kept), ("answer dropped", answer & ~kept),
+                                   ("other kept", ~answer & kept), ("other dropped", ~answer & ~kept)):
+                    groups[name] += grad[mask].tolist()
+        finally:
+            handle.remove()
+        out[ste] = {"cosine_to_direct": cosines, "groups": {
+            name: {"n": len(v), "mean": statistics.mean(v), "share_negative": sum(x < 0 for x in v) / len(v),
+                   "mean_abs": statistics.mean(abs(x) for x in v)} for name, v in groups.items() if v}}
+        log.info("seed %d ste=%s: cos(STE, direct) %s", seed, ste, " ".join(f"{x:+.2f}" for x in cosines))
+    return out

@@ -45,8 +45,6 @@ log = get_logger("leanlm.omnisift.study")
 TRAINED: dict[str, dict[str, Any] | None] = {
     "full tokens": None,
     "OmniSIFT": {},
-    # the same, trained with the mask formulation of the STE (dropped audio kept at value 0 while training)
-    "OmniSIFT (mask STE)": {"ste": "mask"},
     "w/o spatial": {"spatial": False},
     "w/o temporal": {"temporal": False},
     "audio-only selector": {"audio": "self"},
