@@ -1,26 +1,19 @@
 #!/usr/bin/env bash
 # Issue #16 on a GPU: the SmolLM2-135M PRM (embedded backbone, full fine-tune) on BIS-10%, random-10% and
-# full data of the synthetic corpus with truth, one seed each. Writes OUT/*.json and OUT/summary.md.
-# CPU smoke run: OUT=/tmp/g N=60 VAL=20 TEST=20 BACKBONE=tiny DEVICE=cpu bench/gpu_bis.sh
-# NOT yet run on a GPU (none was lent when it was written); expected well under 8 minutes on one H200.
+# full data of the synthetic corpus with truth, SEEDS seeds, paired by seed (the same driver as the CPU study,
+# `leanlm bis study`, so the cells, the val-chosen threshold and the Student-t intervals are the same).
+# Writes OUT/study/cells.jsonl (resumable: rerun the script), OUT/study/report.md and OUT/summary.md.
+# CPU smoke run: OUT=/tmp/g N=60 VAL=20 TEST=20 SEEDS=2 BACKBONE=tiny DEVICE=cpu LR=3e-3 bench/gpu_bis.sh
+# NOT yet run on a GPU (none was lent when it was written). Expected on one H200: about 1-2 min per full-data
+# cell at N=10000 (625 steps of batch 16 with max 384 tokens), so well under 8 minutes for 3 seeds.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu_bis}
-N=${N:-20000}; VAL=${VAL:-2000}; TEST=${TEST:-4000}
-BACKBONE=${BACKBONE:-embedded}; DEVICE=${DEVICE:-cuda}
+N=${N:-10000}; VAL=${VAL:-1000}; TEST=${TEST:-2000}; SEEDS=${SEEDS:-3}
+BACKBONE=${BACKBONE:-embedded}; DEVICE=${DEVICE:-cuda}; LR=${LR:-2e-5}
 mkdir -p "$OUT"
 L=".venv/bin/leanlm bis"
-$L synth "$OUT/c" --with-truth --rollouts "$N" --val "$VAL" --test "$TEST" > "$OUT/synth.json"
-$L select "$OUT/c/train" -o "$OUT/bis10.jsonl" --ratio 0.1 --alpha 0.2 --no-hash
-$L select "$OUT/c/train" -o "$OUT/random10.jsonl" --ratio 0.1 --scorer random --no-hash
-for arm in bis10 random10 full; do
-  data="$OUT/$arm.jsonl"; [ "$arm" = full ] && data="$OUT/c/train"
-  /usr/bin/time -f "$arm train %e s" $L train "$data" --out "$OUT/ck-$arm" --backbone "$BACKBONE" --lr 2e-5 \
-    --batch 16 --max-len 384 --checkpoint-every 0 --device "$DEVICE"
-  $L eval "$OUT/ck-$arm/final" --test "$OUT/c/test" --val "$OUT/c/val" --json "$OUT/$arm.json" --device "$DEVICE" \
-    | tee "$OUT/$arm.txt"
-done
-{ echo "| arm | AUC | F1 @0.5 | F1 @val threshold |"; echo "|---|---|---|---|"
-  for arm in bis10 random10 full; do
-    .venv/bin/python -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"| $arm | {d['auc']:.4f} | {d['fixed_0.5']['overall_micro_f1']:.4f} | {d['val_tuned']['overall_micro_f1']:.4f} |\")" "$OUT/$arm.json"
-  done; } > "$OUT/summary.md"
+[ -d "$OUT/c/test" ] || $L synth "$OUT/c" --with-truth --rollouts "$N" --val "$VAL" --test "$TEST" > "$OUT/synth.json"
+/usr/bin/time -f "study %e s" $L study "$OUT/c" --out "$OUT/study" --budgets 0.1 --selectors random,bis-0.2 \
+  --seeds "$SEEDS" --backbone "$BACKBONE" --device "$DEVICE" --lr "$LR" --batch 16 --threads 0 > "$OUT/study.log" 2>&1
+cp "$OUT/study/report.md" "$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -315,6 +315,8 @@ def study_cmd(
     hidden: int = typer.Option(64),
     layers: int = typer.Option(2),
     tokenizer: str = typer.Option("step", help="tiny backbone tokenizer: step | word | char."),
+    backbone: str = typer.Option("tiny", help="'tiny', 'embedded' (SmolLM2-135M) or a local LM (as bis train)."),
+    device: str = typer.Option("cpu", help="'cpu' or 'cuda'."),
     lr: float = typer.Option(3e-3),
     batch: int = typer.Option(32),
     threads: int = typer.Option(1),
@@ -334,7 +336,8 @@ def study_cmd(
     if tokenizer not in ("step", "word", "char"):
         raise typer.BadParameter(f"--tokenizer must be step, word or char, got {tokenizer!r}")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, lr=lr, batch=batch,
+                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone,
+                      device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints)
     rows = run_study(cfg)
     summary = summarize(rows)

@@ -166,7 +166,7 @@ def _mean(rows: list[dict[str, Any]], sel: str, key: str) -> float:
               spread="bis10_minus_random_ci95", spread_label="95% CI half-width"),
     ],
     quick={"train": 5_000, "val": 500, "test": 1_000, "seeds": 5, "budget": 0.1, "alpha_selector": "bis-0.2"},
-    full={"train": 20_000, "val": 1_000, "test": 2_000, "seeds": 10, "budget": 0.1, "alpha_selector": "bis-0.2"},
+    full={"train": 10_000, "val": 1_000, "test": 2_000, "seeds": 10, "budget": 0.1, "alpha_selector": "bis-0.2"},
 )
 def run_prm_study(config: dict[str, Any], ctx: RunContext) -> ExperimentResult:
     """#16's comparison at one budget: full data, BIS and random subsets, paired by seed (``prm/study.py``)."""

@@ -43,9 +43,11 @@ class StudyConfig:
     hidden: int = 64
     layers: int = 2
     tokenizer: str = "step"  # tiny backbone: "step" (one token per step), "word" or "char" (see prm/model.py)
+    backbone: str = "tiny"  # or "embedded" (SmolLM2-135M) / a local LM, as in ``leanlm bis train``
+    device: str = "cpu"
     lr: float = 3e-3
     batch: int = 32
-    threads: int = 1
+    threads: int = 1  # torch threads per cell; 0 = torch's default
     match: str = "rollouts"  # or "steps": budgets matched in annotated steps per source
     keep_checkpoints: bool = False  # each cell's PRM is deleted once evaluated (about 27 MB each with its optimizer)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -120,9 +122,10 @@ def proxy_scores(cfg: StudyConfig, seed: int) -> Path:
     subset = d / "subset.jsonl"
     select([cfg.corpus / "train"], subset, SelectConfig(ratio=PROXY_BUDGET, scorer=make_scorer("random", seed=seed),
                                                          hash_input=False, workers=1))
-    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
-    res = train(load_examples([subset]), d / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
-    model = load_prm(res["checkpoint"])
+    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
+    res = train(load_examples([subset]), d / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
+                                                                 device=cfg.device))
+    model = load_prm(res["checkpoint"], device=cfg.device)
     cols: dict[str, list[Any]] = {"file": [], "row": [], "uncertainty": [], "loss": []}
     for f in discover_inputs([cfg.corpus / "train"]):
         exs = load_examples([f])
@@ -153,7 +156,8 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
     from leanlm.bis.score import make_scorer
     from leanlm.bis.select import SelectConfig, select
 
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     cell = cfg.out / "cells" / (_cell_key(selector, budget, seed).replace("|", "_") + f"_{cfg.match}")
     cell.mkdir(parents=True, exist_ok=True)
     if selector == "full":
@@ -173,9 +177,10 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
             select([cfg.corpus / "train"], data, SelectConfig(ratio=budget, scorer=scorer, hash_input=False,
                                                               workers=1))
     examples = load_examples([data])
-    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
-    res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed))
-    model = load_prm(res["checkpoint"])
+    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
+    res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
+                                                     device=cfg.device))
+    model = load_prm(res["checkpoint"], device=cfg.device)
     m = evaluate(truth_arrays(model, load_examples([cfg.corpus / "test"])),
                  truth_arrays(model, load_examples([cfg.corpus / "val"])))
     if not cfg.keep_checkpoints:
