@@ -461,3 +461,17 @@ def study(
 
     metrics = Study(QUICK if quick else FULL, out).run()
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "runs"}, indent=1))
+
+
+@app.command("rollout-bench")
+def rollout_bench(
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+    batch: int = typer.Option(8, help="subagent prompts generated together"),
+    max_tokens: int = typer.Option(64, help="new tokens per prompt at most"),
+    repeats: int = typer.Option(3, help="interleaved repeats"),
+    threads: int = typer.Option(2, help="CPU threads for both backends"),
+) -> None:
+    """Tokens/s of the in-process batched backend vs the llama.cpp server on the same prompts."""
+    from leanlm.wideseek.rollout_bench import run
+
+    _write_report(out, *run(batch=batch, max_tokens=max_tokens, repeats=repeats, threads=threads))

@@ -41,9 +41,9 @@ QUICK = {
     "widths": [1, 2], "single_agent": False, "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500,
 }
 FULL = {
-    "smoke": False, "train_max_rows": 18, "eval_max_rows": 4, "eval_tasks": 4, "n": 4, "seeds": [0, 1, 2],
-    "sft_examples": 400, "sft_max_len": 2048, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 8, "group_size": 4,
-    "max_new_tokens": 160, "max_context": 3072, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4,
+    "smoke": False, "train_max_rows": 18, "eval_max_rows": 4, "eval_tasks": 3, "n": 4, "seeds": [0, 1, 2],
+    "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 6, "group_size": 4,
+    "max_new_tokens": 128, "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4,
     "widths": [1, 2, 4, 8], "single_agent": True, "lr": 1e-6, "oracle_width": 4, "wiki_limit": 2000,
 }
 
