@@ -150,3 +150,30 @@ def test_sft_on_oracle_traces_learns_the_protocol(tokenizer, tmp_path, full_worl
         after = sum(float(example_loss(model, e)) for e in few)
     assert report["updates"] == 8 and after < 0.75 * before
     assert (tmp_path / "model" / "config.json").exists()
+
+
+def test_study_summary_pairs_seeds_and_reads_width(tmp_path):
+    from leanlm.wideseek.study import summarize
+
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"widths": [1, 2, 4], "max_subagents": 4}))
+
+    def put(policy, seed, width, f1s, mode="multi"):
+        line = {"task": "t", "policy": policy, "seed": seed, "width": width, "mode": mode, "f1": f1s,
+                "success": [0.0] * len(f1s), "subagents": [width] * len(f1s)}
+        (tmp_path / "evals" / f"{policy}-seed{seed}-w{width}.jsonl").write_text(json.dumps(line) + "\n")
+
+    for seed, (sft, marl) in enumerate([(0.1, 0.3), (0.2, 0.3), (0.0, 0.3)]):
+        put("sft", seed, 4, [sft, sft])
+        put("marl", seed, 4, [marl, marl])
+    put("marl", 0, 1, [0.1])
+    put("marl", 0, 2, [0.25])
+    m = summarize(tmp_path)
+    assert m["f1_sft"] == pytest.approx(10.0) and m["f1_marl"] == pytest.approx(30.0)
+    # paired differences 20, 10, 30 points: mean 20, sd 10, t(0.975, 2) = 4.303 -> half width 24.84
+    assert m["marl_minus_sft"] == pytest.approx(20.0)
+    assert m["marl_minus_sft_ci95"] == pytest.approx(4.303 * 10 / 3 ** 0.5, abs=0.01)
+    assert (m["f1_width_1"], m["f1_width_2"], m["f1_width_4"]) == (10.0, 25.0, 30.0)
+    assert m["width_nondecreasing"] == 1 and "marl_minus_single" not in m
+    put("marl", 0, 2, [0.5])
+    assert summarize(tmp_path)["width_nondecreasing"] == 0

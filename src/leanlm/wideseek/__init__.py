@@ -5,6 +5,7 @@ Public API::
 
     from leanlm.wideseek import WideSeek, AgentConfig, OpenAIBackend, WorldTools, build_corpus
     from leanlm.wideseek import generate_tasks, load_tasks, score_table, summarize
+    from leanlm.wideseek import TransformersBackend, GRPOConfig, TrainConfig, Trainer, DistributedTrainer  # torch
 
 See ``docs/wideseek.md``.
 """
@@ -78,3 +79,15 @@ __all__ = [
     "summarize",
     "write_tasks",
 ]
+
+_TRAINING = {"TransformersBackend": "rollout", "rollout_group": "rollout", "GRPOConfig": "grpo", "TurnSample": "grpo",
+             "TrainConfig": "train", "Trainer": "train", "DistributedTrainer": "distributed"}
+
+
+def __getattr__(name: str):
+    """The training API (issue 13) is imported on first use so that the runtime does not import torch."""
+    if name in _TRAINING:
+        import importlib
+
+        return getattr(importlib.import_module(f"leanlm.wideseek.{_TRAINING[name]}"), name)
+    raise AttributeError(f"module 'leanlm.wideseek' has no attribute {name!r}")
