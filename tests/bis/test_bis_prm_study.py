@@ -73,3 +73,13 @@ def test_prm_study_experiment_tiny(tmp_path) -> None:
     assert {r["rollouts"] for r in rows if r["selector"] != "full"} <= {29, 30, 31, 32, 33}
     again = run_prm_study(cfg, RunContext(out_dir=tmp_path, mode="quick"))  # resumes: no retraining
     assert again.metrics == res.metrics
+    from leanlm.common.verdicts import VERDICTS, judge
+    from leanlm.reproduce import REGISTRY
+
+    exp = REGISTRY["bis-prm-study"]
+    assert "bis-toy-prm" not in REGISTRY
+    assert all("smoke run" in c.setting for c in exp.claims)  # the quick config is not evidence
+    assert exp.config("full")["seeds"] >= 10
+    for claim in exp.claims:
+        assert set(claim.rule.metric_keys()) <= set(res.metrics)
+        assert judge(claim.rule, res.metrics).verdict in VERDICTS
