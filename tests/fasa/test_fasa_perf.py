@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from leanlm.fasa.bench import analytic_fraction
-from leanlm.fasa.perf import run_perf, step_bytes
+from leanlm.fasa.perf import PARTS, run_perf, step_bytes, step_profile
 
 
 def test_analytic_fraction_is_gqa_aware():
@@ -23,9 +23,12 @@ def test_analytic_fraction_is_gqa_aware():
 
 def test_tiny_perf_run_has_every_method_and_residency():
     config = {"attention_contexts": [600], "attention_repeats": 2, "decode_contexts": [300], "decode_steps": 1,
-              "decode_repeats": 1, "offload": True, "memory_contexts": [512], "budget": 32, "decode_layers": 2}
+              "decode_repeats": 1, "offload": True, "memory_contexts": [512], "budget": 32, "decode_layers": 2,
+              "profile_contexts": [600], "profile_repeats": 2}
     result = run_perf(config)
-    attention, decode, _, memory = result["tables"]
+    attention, decode, _, memory, profile = result["tables"]
+    assert profile.title.startswith("(e) Profile")
+    assert {row[2] for row in profile.rows} >= set(PARTS) | {"whole FASA-C step", "overhead (whole step - sum of parts)"}
     methods = {row[1] for row in attention.rows}
     assert {"dense SDPA, GQA folded into q_len", "FASA-C per head (paper rule)", "FASA-C pooled per KV group",
             "reference path (row-major gather + topk)"} <= methods
@@ -34,3 +37,18 @@ def test_tiny_perf_run_has_every_method_and_residency():
     # resident at 512 tokens: 29 label buffers (~24/128 of K+V), 64-row windows (64/512) and layer 0 in full
     assert 0.15 < float(memory.rows[0][4]) < 0.5
     assert result["metrics"]["fasa_m_reduction_longest"] > 2
+
+
+def test_profile_parts_reconcile_with_the_whole_step():
+    """The profile's rows: every part per mode, shares of the whole step, overhead = whole - sum of parts."""
+    rows = step_profile([1200], budget=64, repeats=3)
+    for mode in ("per head", "pooled"):
+        mine = {r["component"]: r for r in rows if r["mode"] == mode}
+        assert set(PARTS) <= set(mine)
+        whole = mine["whole FASA-C step"]["median_us"]
+        parts = sum(mine[name]["median_us"] for name in PARTS)
+        assert mine["overhead (whole step - sum of parts)"]["median_us"] == pytest.approx(whole - parts)
+        assert mine["whole FASA-C step"]["share"] == pytest.approx(1.0)
+        assert all(mine[name]["median_us"] > 0 for name in PARTS)
+    dense = [r for r in rows if r["mode"] == "dense"]
+    assert dense[0]["component"].startswith("SDPA") and dense[0]["share"] == pytest.approx(1.0)

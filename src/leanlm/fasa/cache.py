@@ -5,11 +5,14 @@ Per layer (:class:`FasaLayer`):
 - **K/V preallocated** ``(B, H_kv, capacity, d)``, grown by doubling when full (transformers'
   ``DynamicCache`` concatenates all of K and V at every step, which costs as much as dense attention at
   long context). ``update`` returns views ``[:, :, :t]`` of the buffers, so dense attention still works.
-- **Label buffer** ``(B, H_kv, capacity, U)``, token-major and contiguous: for each KV group, the union of
-  the dominant dims ``D`` (Eq. 6) of the group's query heads (``U`` = the largest union in the layer;
-  shorter unions are padded with a repeated dim that no query head reads). It is filled at append time, so
-  TIP reads ``t · U`` contiguous elements per KV group instead of scattering over every key row (a row of
-  64 fp32 dims spans four 64-byte cache lines; 16 scattered dims touch most of them).
+- **Label buffer** ``(B, H_kv, U, capacity)``, stored **dim-major** and contiguous: for each KV group, the
+  union of the dominant dims ``D`` (Eq. 6) of the group's query heads (``U`` = the largest union in the
+  layer; shorter unions are padded with a repeated dim that no query head reads), one contiguous row of
+  ``capacity`` tokens per label dim. It is filled at append time, so TIP reads ``t · U`` contiguous
+  elements per KV group instead of scattering over every key row (a row of 64 fp32 dims spans four 64-byte
+  cache lines; 16 scattered dims touch most of them). Dim-major makes TIP a plain ``(G, U) @ (U, t)``
+  matmul with the token axis contiguous in both operand and result (1.8x faster on CPU than the
+  token-major ``(G, U) @ (t, U)^T``, measured); :meth:`FasaLayer.label` still gives the token-major view.
 
 :class:`LabelSpec` holds the union dims and, per query head, which label columns are its own ``D``: TIP
 multiplies the label buffer by the query *masked to the head's own dims*, so every query head still ranks
@@ -86,12 +89,16 @@ class FasaLayer(CacheLayerMixin):
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
         self._label: torch.Tensor | None = None
+        self._flat_base: dict[tuple[int, int, int], torch.Tensor] = {}  # flat_index offsets, per (B, R, rows/KV)
+        self._query_gather: tuple[torch.Tensor, torch.Tensor] | None = None  # masked_queries' index and mask
+        self._rows: dict[int, torch.Tensor] = {}  # (2, R·k, d) gathered K/V rows reused between steps (gather)
 
     # -------------------------------------------------------------- storage
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         if self.spec is not None:
             self.spec = LabelSpec(self.spec.dims.to(self.device), self.spec.owned.to(self.device))
+            self._query_gather = None
         self.is_initialized = True
 
     def _allocate(self, batch: int, n_kv: int, head_dim: int, capacity: int) -> None:
@@ -104,8 +111,9 @@ class FasaLayer(CacheLayerMixin):
         self._keys = grow(self._keys, head_dim)
         self._values = grow(self._values, head_dim)
         if self.spec is not None:
-            self._label = grow(self._label, self.spec.width)
+            self._label = self._grow_label(self._label, batch, n_kv, capacity)
         self.capacity = capacity
+        self._flat_base.clear()
         _BY_KEY_BUFFER[self._keys.data_ptr()] = self
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
@@ -127,16 +135,30 @@ class FasaLayer(CacheLayerMixin):
         self.values = self._values[:, :, :end]
         return self.keys, self.values
 
+    def _grow_label(self, old: torch.Tensor | None, batch: int, n_kv: int, capacity: int) -> torch.Tensor:
+        """A dim-major ``(B, H_kv, U, capacity)`` label buffer in fast memory, keeping the first ``length`` tokens."""
+        new = torch.empty(batch, n_kv, self.spec.width, capacity, dtype=self.dtype, device=self.device)
+        if old is not None and self.length:
+            new[..., : self.length] = old[..., : self.length]
+        return new
+
     def _write_label(self, key_states: torch.Tensor, start: int, end: int) -> None:
         """Label columns of the new rows (filled once, at append time)."""
         b, n_kv, n, _ = key_states.shape
+        if n == 1:  # decode step: one token, U scalar columns
+            self._label[..., start] = key_states[:, :, 0].gather(-1, self.spec.dims[None].expand(b, n_kv, self.spec.width))
+            return
         index = self.spec.dims[None, :, None, :].expand(b, n_kv, n, self.spec.width)
-        self._label[:, :, start:end] = key_states.gather(-1, index)
+        self._label[..., start:end] = key_states.gather(-1, index).transpose(-1, -2)
 
     # -------------------------------------------------------------- what the decode path reads
     def label(self) -> torch.Tensor:
-        """``(B, H_kv, t, U)`` label columns of the cached tokens (a view)."""
-        return self._label[:, :, : self.length]
+        """``(B, H_kv, t, U)`` label columns of the cached tokens (a token-major view of the dim-major buffer)."""
+        return self._label[..., : self.length].transpose(-1, -2)
+
+    def label_columns(self) -> torch.Tensor:
+        """``(B, H_kv, U, t)`` dim-major label of the cached tokens (a view; the token axis is contiguous)."""
+        return self._label[..., : self.length]
 
     def flat_keys(self) -> torch.Tensor:
         """``(B·H_kv·capacity, d)`` view for ``index_select`` (row of token ``i`` of head ``h``: ``(b·H_kv+h)·cap+i``)."""
@@ -148,16 +170,48 @@ class FasaLayer(CacheLayerMixin):
     def flat_index(self, indices: torch.Tensor, rows_per_kv: int) -> torch.Tensor:
         """Rows of :meth:`flat_keys` for token ``indices (B, R, k)``; row ``r`` reads KV head ``r // rows_per_kv``."""
         b, r, _ = indices.shape
-        n_kv = r // rows_per_kv
-        kv_head = torch.arange(r, device=indices.device) // rows_per_kv
-        base = (torch.arange(b, device=indices.device)[:, None] * n_kv + kv_head[None, :]) * self.capacity
-        return (indices + base[..., None]).reshape(-1)
+        base = self._flat_base.get((b, r, rows_per_kv))
+        if base is None or base.device != indices.device:  # cached: offsets change only when the buffers do
+            n_kv = r // rows_per_kv
+            kv_head = torch.arange(r, device=indices.device) // rows_per_kv
+            base = ((torch.arange(b, device=indices.device)[:, None] * n_kv + kv_head[None, :]) * self.capacity)[..., None]
+            self._flat_base[(b, r, rows_per_kv)] = base
+        return (indices + base).view(-1)
 
-    def gather(self, indices: torch.Tensor, rows_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V rows of token ``indices (B, R, k)`` -> two ``(B, R, k, d)`` tensors (``index_select``)."""
+    def query_gather(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(flat index (H_kv·G·U,), mask (H_kv, G, U))``: a query ``(B, H_q·d)`` -> its label columns, each head
+        zeroed outside its own dims (:func:`leanlm.fasa.decode.masked_queries`); built once per layer."""
+        cached = self._query_gather
+        if cached is None or cached[1].dtype != dtype or cached[0].device != self.spec.dims.device:
+            n_kv, group, _ = self.spec.owned.shape
+            d = self._keys.shape[-1] if self._keys is not None else int(self.spec.dims.max()) + 1
+            head = torch.arange(n_kv * group, device=self.spec.dims.device).view(n_kv, group, 1)
+            index = (head * d + self.spec.dims[:, None, :]).reshape(-1)
+            cached = self._query_gather = (index, self.spec.owned.to(dtype))
+        return cached
+
+    def gather(self, indices: torch.Tensor, rows_per_kv: int, reuse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V rows of token ``indices (B, R, k)`` -> two ``(B, R, k, d)`` tensors (``index_select``).
+
+        ``reuse``: write into two per-layer buffers kept between calls (no allocation per step; the
+        result is overwritten by the next ``reuse`` call on this layer, so use it at once, as FASA-C does).
+        """
         flat = self.flat_index(indices, rows_per_kv)
         shape = (*indices.shape, self._keys.shape[-1])
-        return self.flat_keys().index_select(0, flat).view(shape), self.flat_values().index_select(0, flat).view(shape)
+        if not reuse:
+            return (self.flat_keys().index_select(0, flat).view(shape),
+                    self.flat_values().index_select(0, flat).view(shape))
+        rows = self.row_buffer(flat.numel())
+        torch.index_select(self.flat_keys(), 0, flat, out=rows[0])
+        torch.index_select(self.flat_values(), 0, flat, out=rows[1])
+        return rows[0].view(shape), rows[1].view(shape)
+
+    def row_buffer(self, n: int) -> torch.Tensor:
+        """The ``(2, n, d)`` K/V row buffer :meth:`gather` reuses for ``n`` gathered rows (one per ``n``)."""
+        rows = self._rows.get(n)
+        if rows is None or rows.dtype != self.dtype or rows.device != self.device:
+            rows = self._rows[n] = torch.empty(2, n, self._keys.shape[-1], dtype=self.dtype, device=self.device)
+        return rows
 
     def owns(self, key: torch.Tensor) -> bool:
         """True when ``key`` is this layer's current key view (the attention function got our cache)."""
@@ -198,6 +252,7 @@ class FasaLayer(CacheLayerMixin):
         self._keys, self._values = fn(self._keys), fn(self._values)
         if self._label is not None:
             self._label = fn(self._label)
+        self._flat_base.clear()
         _BY_KEY_BUFFER[self._keys.data_ptr()] = self
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 

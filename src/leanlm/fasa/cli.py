@@ -154,6 +154,7 @@ def bench(
     perf: bool = typer.Option(True, "--perf/--no-perf", help="the speed benchmark (the only benchmark for now)"),
     quick: bool = typer.Option(False, "--quick", help="the reproduce quick config (~1-2 min idle) instead of full"),
     threads: int = typer.Option(1, help="torch intra-op threads (1: small decode ops lose from threading)"),
+    profile: bool = typer.Option(False, "--profile", help="only table (e): where one attention step's time goes"),
     evaluation: bool = typer.Option(False, "--eval", help="the accuracy evaluation (task suite, every baseline, "
                                     "perplexity; leanlm.fasa.evaluation) instead of the speed benchmark"),
     run_dir: Path = typer.Option(None, "--run-dir", help="--eval: checkpoint directory (resumes; default: "
@@ -177,18 +178,20 @@ def bench(
 
     from leanlm.common.atomic import atomic_write_text
     from leanlm.common.report import table_markdown
-    from leanlm.fasa.perf import FULL, QUICK, run_perf
+    from leanlm.fasa.perf import FULL, PROFILE, QUICK, run_perf
 
     if not perf:
         raise typer.BadParameter("nothing to run without --perf", param_hint="--perf")
     torch.set_num_threads(threads)
-    config = dict(QUICK if quick else FULL)
+    config = dict(PROFILE if profile else QUICK if quick else FULL)
     t0 = time.perf_counter()
     result = run_perf(config, log=log.info)
     seconds = time.perf_counter() - t0
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    head = (f"# FASA speed benchmark ({'quick' if quick else 'full'} config)\n\n"
-            f"Command: `leanlm fasa bench --perf{' --quick' if quick else ''} --threads {threads} --out {out}`; "
+    kind = "profile only" if profile else "quick" if quick else "full"
+    flags = " --profile" if profile else " --quick" if quick else ""
+    head = (f"# FASA speed benchmark ({kind} config)\n\n"
+            f"Command: `leanlm fasa bench --perf{flags} --threads {threads} --out {out}`; "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
             f"torch {torch.__version__}, load average at the end {load}; {seconds:.0f} s.\n\n")
     body = "\n\n".join(table_markdown(t) for t in result["tables"])

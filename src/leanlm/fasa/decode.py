@@ -27,27 +27,25 @@ from leanlm.fasa.topk import exact_topk
 
 def masked_queries(query: torch.Tensor, layer: FasaLayer, pooled: bool = False) -> torch.Tensor:
     """``q̃ (B, H_kv, G, U)``: each head's query on the label columns, zero outside its own ``D_h``
-    (``(B, H_kv, 1, U)``, the group's sum, when ``pooled``)."""
-    b, _, _, d = query.shape
-    spec = layer.spec
-    n_kv, group = spec.owned.shape[:2]
-    q = query.view(b, n_kv, group, d)
-    q_label = q.gather(-1, spec.dims[None, :, None, :].expand(b, n_kv, group, spec.width))
-    q_label = q_label * spec.owned.to(q_label.dtype)  # q̃: each head keeps only its own D_h
+    (``(B, H_kv, 1, U)``, the group's sum, when ``pooled``). One gather with a per-layer cached index."""
+    b = query.shape[0]
+    index, owned = layer.query_gather(query.dtype)
+    q_label = query.reshape(b, -1).index_select(1, index).view(b, *owned.shape) * owned  # q̃: own D_h only
     return q_label.sum(2, keepdim=True) if pooled else q_label
 
 
 def tip_scores(query: torch.Tensor, layer: FasaLayer, pooled: bool = False, kernel: bool = False) -> torch.Tensor:
     """Eq. 6 over the label buffer: ``(B, H_q, t)`` per-head scores (``(B, H_kv, t)`` when ``pooled``).
 
-    ``kernel``: the Triton kernel (:mod:`leanlm.fasa.kernels.label_tip`) instead of one batched matmul.
+    One batched ``(G, U) @ (U, t)`` matmul per layer over the dim-major label (token axis contiguous).
+    ``kernel``: the Triton kernel (:mod:`leanlm.fasa.kernels.label_tip`) instead.
     """
     q_label = masked_queries(query, layer, pooled)
     if kernel:
         from leanlm.fasa.kernels.label_tip import label_tip_scores
 
-        return label_tip_scores(q_label, layer._label, layer.length)
-    scores = q_label @ layer.label().transpose(-1, -2)  # (B, H_kv, G or 1, t)
+        return label_tip_scores(q_label, layer.label(), layer.length)
+    scores = q_label @ layer.label_columns()  # (B, H_kv, G or 1, t)
     return scores.view(query.shape[0], -1, scores.shape[-1])
 
 
@@ -81,6 +79,14 @@ def fasa_c_attention(
     n_kv = layer.spec.owned.shape[0]
     group = n_q // n_kv
     t = layer.length
+    if not (kernels or n_sink or n_recent or valid is not None or softcap is not None):
+        # the common case (no padding, nothing forced), with nothing but the five steps:
+        scores = (masked_queries(query, layer, pooled) @ layer.label_columns()).view(b, -1, t)  # TIP, Eq. 6
+        indices = exact_topk(scores, budget, block)  # T_t = TopK-I(S_t, N_fac)
+        keys, values = layer.gather(indices, 1 if pooled else group, reuse=True)  # index_select
+        q = query.view(b, n_kv, group, d) if pooled else query  # pooled: the group folds into q_len
+        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=scaling)  # FAC, Eq. 7
+        return out.view(b, n_q, 1, d), indices
     scores = tip_scores(query, layer, pooled, kernels)  # TIP, Eq. 6
     if n_sink:
         scores[..., :n_sink] = float("inf")

@@ -62,7 +62,7 @@ def correctness(device: str, t: int = 300, budget: int = 40) -> list[str]:
         _, layer, q, _, _ = _layer(shape, t, device, torch.float32, gen)
         for pooled in (False, True):
             ref = tip_scores(q, layer, pooled)
-            got = label_tip_scores(masked_queries(q, layer, pooled), layer._label, layer.length)
+            got = label_tip_scores(masked_queries(q, layer, pooled), layer.label(), layer.length)
             if not torch.allclose(got, ref, atol=1e-3, rtol=1e-3):
                 failures.append(f"{name} TIP pooled={pooled}: max err {(got - ref).abs().max():.2e}")
             idx = exact_topk(ref, budget)
@@ -137,7 +137,7 @@ def timing(contexts: list[int], budget: int = 256, iters: int = 50) -> str:
             group = shape["n_q"] // shape["n_kv"]
             qf = q.view(1, shape["n_kv"], group, shape["d"])
             q_label = masked_queries(q, layer)
-            scores = label_tip_scores(q_label, layer._label, t)
+            scores = label_tip_scores(q_label, layer.label(), t)
             idx = scores.topk(budget, dim=-1, sorted=False).indices
             row = {  # each lambda runs inside this iteration (timed at once), so late binding is harmless
                 "folded": _cuda_ms(lambda qf=qf, k=keys, v=values: sdpa(qf, k, v, scale=scale), iters),  # noqa: B023
@@ -146,7 +146,7 @@ def timing(contexts: list[int], budget: int = 256, iters: int = 50) -> str:
                 "triton": _cuda_ms(lambda q=q, f=layer: fasa_c_attention(q, f, budget, scale, kernels=True), iters),  # noqa: B023
                 "pooled": _cuda_ms(lambda q=q, f=layer: fasa_c_attention(q, f, budget, scale, pooled=True,  # noqa: B023
                                                                          kernels=True), iters),
-                "tip": _cuda_ms(lambda ql=q_label, f=layer: label_tip_scores(ql, f._label, t), iters),  # noqa: B023
+                "tip": _cuda_ms(lambda ql=q_label, f=layer: label_tip_scores(ql, f.label(), t), iters),  # noqa: B023
                 "topk": _cuda_ms(lambda s=scores: s.topk(budget, dim=-1, sorted=False), iters),
                 "fac": _cuda_ms(lambda q=q, f=layer, i=idx: fac_kernel(q, f._keys, f._values, i, scale), iters),  # noqa: B023
             }

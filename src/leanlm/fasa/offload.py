@@ -75,11 +75,12 @@ class OffloadedLayer(FasaLayer):
 
         self._keys = grow(self._keys, (batch, n_kv, capacity, head_dim), True)
         self._values = grow(self._values, (batch, n_kv, capacity, head_dim), True)
-        self._label = grow(self._label, (batch, n_kv, capacity, self.spec.width), False)
+        self._label = self._grow_label(self._label, batch, n_kv, capacity)  # dim-major, resident
         if self._win_k is None and self.window:
             self._win_k = torch.zeros(batch, n_kv, self.window, head_dim, dtype=self.dtype, device=self.device)
             self._win_v = torch.zeros_like(self._win_k)
         self.capacity = capacity
+        self._flat_base.clear()
         _BY_KEY_BUFFER[self._keys.data_ptr()] = self
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
@@ -101,8 +102,11 @@ class OffloadedLayer(FasaLayer):
     def _write_label(self, key_states: torch.Tensor, start: int, end: int) -> None:
         super()._write_label(key_states.to(self.device), start, end)  # the label stays in fast memory
 
-    def gather(self, indices: torch.Tensor, rows_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fetch only the selected rows from the tier (Algorithm 2); rows in the recent window come from it."""
+    def gather(self, indices: torch.Tensor, rows_per_kv: int, reuse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fetch only the selected rows from the tier (Algorithm 2); rows in the recent window come from it.
+
+        (``reuse`` is accepted for :meth:`FasaLayer.gather`'s signature; fetched rows are always new tensors.)
+        """
         idx = indices.to("cpu")
         flat = self.flat_index(idx, rows_per_kv)
         d = self._keys.shape[-1]

@@ -145,15 +145,6 @@ def attention_bench(contexts: list[int], budget: int = 256, repeats: int = 9, la
         if t <= reference_max:
             methods["reference path (row-major gather + topk)"] = lambda q=q, k=keys, v=values: focused_attention(
                 q, k, v, top_budget(selector.scores(q, k, layer), budget), scale)
-        from leanlm.fasa.decode import _gather_rows, tip_scores
-        from leanlm.fasa.topk import exact_topk
-
-        scores = tip_scores(q, fast)
-        idx = exact_topk(scores, budget)
-        methods["  part: TIP over label buffer"] = lambda q=q, f=fast: tip_scores(q, f)
-        methods["  part: exact block top-k"] = lambda s=scores: exact_topk(s, budget)
-        methods["  part: torch.topk (for comparison)"] = lambda s=scores: s.topk(budget, dim=-1, sorted=False)
-        methods["  part: gather + SDPA"] = lambda q=q, f=fast, i=idx: sdpa(q, *_gather_rows(f, i, group), scale=scale)
         with torch.inference_mode():
             times = interleaved(methods, repeats)
         base = times["dense SDPA, GQA folded into q_len"]
@@ -171,6 +162,123 @@ def attention_bench(contexts: list[int], budget: int = 256, repeats: int = 9, la
         del cache, keys, values, fast
     return rows, {"layer": layer, "label_width": spec.width, "mean_union_width": mean_union_width(dims, n_kv),
                   "n_dims": int(dims.shape[-1]), "budget": budget, "repeats": repeats}
+
+
+# ---------------------------------------------------------------------------------------------- (e)
+#: The profile's components, in the order :func:`leanlm.fasa.decode.fasa_c_attention` runs them.
+PARTS = ("masked queries q̃ (index_select + mask)", "TIP matmul over the label (G,U)@(U,t)",
+         "selection: exact top-k", "index: flat row offsets", "gather: index_select K and V",
+         "FAC: SDPA over the gathered rows")
+
+
+def step_profile(contexts: list[int], budget: int = 256, repeats: int = 15, layer: int = 15,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Where one decode attention step's time goes ("what limits it"), per head and pooled, vs dense.
+
+    Every component of :func:`~leanlm.fasa.decode.fasa_c_attention`'s common path (:data:`PARTS`) is timed
+    on its own, on the same tensors the step uses, interleaved with the whole step, the step through the
+    attention hook (:class:`~leanlm.fasa.integration.FasaAttention`, what ``generate()`` calls per layer),
+    the cache append of one token (K/V + label columns), ``torch.topk`` for comparison, and dense SDPA with
+    the GQA group folded into q_len (+ its append). ``overhead`` = whole step minus the sum of the parts'
+    medians (Python, dispatch, allocation; can be negative within noise). Rows: ``{context, mode,
+    component, median_us, q25_us, q75_us, share}`` (``share`` = of the whole FASA-C step; dense rows: of the
+    dense step).
+    """
+    dims, _ = calibration_dims(budget)
+    spec = LabelSpec.from_head_dims(dims[layer], SMOL["n_kv"])
+    gen = torch.Generator().manual_seed(seed)
+    return [row for t in contexts for row in _profile_one(t, dims, spec, budget, repeats, gen)]
+
+
+class _Module:
+    """What the attention hook reads from an attention module (a sparse layer)."""
+
+    layer_idx = 1
+
+
+def _profile_one(t: int, dims: torch.Tensor, spec: LabelSpec, budget: int, repeats: int,
+                 gen: torch.Generator) -> list[dict[str, Any]]:
+    """:func:`step_profile` at one context ``t``."""
+    from leanlm.fasa.decode import masked_queries
+    from leanlm.fasa.integration import FasaAttention
+    from leanlm.fasa.selectors import FASASelector
+    from leanlm.fasa.topk import exact_topk
+
+    n_q, n_kv, d = SMOL["n_q"], SMOL["n_kv"], SMOL["head_dim"]
+    group = n_q // n_kv
+    scale = d**-0.5
+    q = torch.randn(1, n_q, 1, d, generator=gen)
+    k_new, v_new = torch.randn(1, n_kv, 1, d, generator=gen), torch.randn(1, n_kv, 1, d, generator=gen)
+    cache, dense_cache = FasaCache(specs=[spec], capacity=t + 1), FasaCache(num_layers=1, capacity=t + 1)
+    k_all, v_all = torch.randn(1, n_kv, t, d, generator=gen), torch.randn(1, n_kv, t, d, generator=gen)
+    keys, values = cache.update(k_all, v_all, 0)
+    dense_cache.update(k_all, v_all, 0)
+    fast: FasaLayer = cache.layers[0]
+    plain: FasaLayer = dense_cache.layers[0]
+    q_folded = q.view(1, n_kv, group, d)
+
+    def append(lay: FasaLayer) -> None:
+        lay.update(k_new, v_new)
+        lay.crop(t)
+
+    methods: dict[str, Callable[[], Any]] = {
+        "dense: SDPA, GQA folded into q_len": lambda: sdpa(q_folded, keys, values, scale=scale),
+        "dense: cache append (1 token, K/V)": lambda: append(plain),
+    }
+    for pooled in (False, True):
+        mode = "pooled" if pooled else "per head"
+        rows_per_kv = 1 if pooled else group
+        handler = FasaAttention(selector=FASASelector(dims=dims, pooled=pooled), budget=budget, backend="torch")
+        q_label = masked_queries(q, fast, pooled)
+        scores = (q_label @ fast.label_columns()).view(1, -1, t)
+        idx = exact_topk(scores, budget)
+        flat = fast.flat_index(idx, rows_per_kv)
+        k_sel, v_sel = (x.clone() for x in fast.gather(idx, rows_per_kv))
+        q_fac = q_folded if pooled else q
+        parts = dict(zip(PARTS, (
+            lambda p=pooled: masked_queries(q, fast, p),
+            lambda ql=q_label: ql @ fast.label_columns(),
+            lambda s=scores: exact_topk(s, budget),
+            lambda i=idx, r=rows_per_kv: fast.flat_index(i, r),
+            lambda f=flat, b=fast.row_buffer(flat.numel()): (
+                torch.index_select(fast.flat_keys(), 0, f, out=b[0]),
+                torch.index_select(fast.flat_values(), 0, f, out=b[1])),
+            lambda qf=q_fac, ks=k_sel, vs=v_sel: sdpa(qf, ks, vs, scale=scale),
+        ), strict=True))
+        methods |= {f"{mode}: {name}": fn for name, fn in parts.items()}
+        methods[f"{mode}: whole FASA-C step (fasa_c_attention)"] = (
+            lambda p=pooled: fasa_c_attention(q, fast, budget, scale, pooled=p))
+        methods[f"{mode}: whole step via the attention hook"] = (
+            lambda h=handler: h(_Module, q, keys, values, None, scaling=scale))
+        methods[f"{mode}: (torch.topk over the same scores, for comparison)"] = (
+            lambda s=scores: s.topk(budget, dim=-1, sorted=False))
+    methods["FASA: cache append (1 token, K/V + label columns)"] = lambda: append(fast)
+    with torch.inference_mode():
+        times = interleaved(methods, repeats)
+    med = {name: _stats(v)[0] for name, v in times.items()}
+    out: list[dict[str, Any]] = []
+
+    def row(mode: str, component: str, key: str | None, total: float, value: float = 0.0) -> None:
+        m, lo, hi = (value, value, value) if key is None else _stats(times[key])
+        out.append({"context": t, "mode": mode, "component": component, "median_us": m * 1000,
+                    "q25_us": lo * 1000, "q75_us": hi * 1000, "share": m / total})
+
+    dense_total = med["dense: SDPA, GQA folded into q_len"]
+    row("dense", "SDPA, GQA folded into q_len (the step)", "dense: SDPA, GQA folded into q_len", dense_total)
+    row("dense", "cache append (1 token, K/V)", "dense: cache append (1 token, K/V)", dense_total)
+    for mode in ("per head", "pooled"):
+        whole = med[f"{mode}: whole FASA-C step (fasa_c_attention)"]
+        for name in PARTS:
+            row(mode, name, f"{mode}: {name}", whole)
+        row(mode, "overhead (whole step - sum of parts)", None, whole,
+            whole - sum(med[f"{mode}: {name}"] for name in PARTS))
+        row(mode, "whole FASA-C step", f"{mode}: whole FASA-C step (fasa_c_attention)", whole)
+        row(mode, "whole step via the attention hook", f"{mode}: whole step via the attention hook", whole)
+        row(mode, "(torch.topk over the same scores)", f"{mode}: (torch.topk over the same scores, for comparison)",
+            whole)
+    row("FASA", "cache append (1 token, K/V + label columns)", "FASA: cache append (1 token, K/V + label columns)",
+        med["per head: whole FASA-C step (fasa_c_attention)"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- (b)
@@ -324,10 +432,33 @@ def memory_bench(contexts: list[int], budget: int = 256, window: int = 64, seed:
 # ---------------------------------------------------------------------------------------------- report
 QUICK = {"attention_contexts": [2048, 8192, 32768], "attention_repeats": 7, "decode_contexts": [8192, 32768],
          "decode_steps": 3, "decode_repeats": 3, "offload": False, "memory_contexts": [32768], "budget": 256,
-         "static_max": 8192}
+         "static_max": 8192, "profile_contexts": [8192, 32768], "profile_repeats": 9}
 FULL = {"attention_contexts": [2048, 4096, 8192, 16384, 32768], "attention_repeats": 15,
         "decode_contexts": [4096, 8192, 16384, 32768], "decode_steps": 4, "decode_repeats": 5, "offload": True,
-        "memory_contexts": [8192, 32768], "budget": 256, "static_max": 16384}
+        "memory_contexts": [8192, 32768], "budget": 256, "static_max": 16384,
+        "profile_contexts": [2048, 8192, 16384, 32768], "profile_repeats": 21}
+#: ``leanlm fasa bench --profile``: only table (e), the profile (~20 s idle).
+PROFILE = {"profile_contexts": [2048, 8192, 16384, 32768], "profile_repeats": 21, "budget": 256, "only_profile": True}
+
+
+def profile_table(rows: list[dict[str, Any]], budget: int, repeats: int) -> Any:
+    """Table (e) from :func:`step_profile` rows."""
+    from leanlm.common.report import Table
+
+    def us(x: float) -> str:
+        return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}"
+
+    body = [[r["context"], r["mode"], r["component"], us(r["median_us"]), f"{us(r['q25_us'])}-{us(r['q75_us'])}",
+             f"{100 * r['share']:.0f}%"] for r in rows]
+    return Table(
+        "(e) Profile of one decode attention step (what limits it), SmolLM2 shapes, fp32",
+        ["context", "mode", "component", "median µs", "IQR µs", "share of the step"], body,
+        caption=f"budget {budget}, {repeats} interleaved repeats, one layer (9 q / 3 KV heads, d=64, label U = 24). "
+        "Parts are the steps of FASA-C's common path (leanlm.fasa.decode.fasa_c_attention), each timed alone on "
+        "the tensors the step uses; 'overhead' = whole step minus the sum of the parts' medians (Python, "
+        "dispatch, allocation; within noise it can be negative). 'via the attention hook' is the whole step as "
+        "generate() runs it per layer (FasaAttention). Shares: of the whole FASA-C step (dense rows: of the "
+        "dense step). The cache append runs once per layer and token in both dense and FASA decoding.")
 
 
 def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -336,6 +467,12 @@ def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -
 
     say = log or (lambda _msg: None)
     budget = config["budget"]
+    profile = step_profile(config["profile_contexts"], budget, config["profile_repeats"]) \
+        if config.get("profile_contexts") else []
+    say("profile done")
+    if config.get("only_profile"):
+        return {"tables": [profile_table(profile, budget, config["profile_repeats"])], "metrics": {},
+                "raw": {"profile": profile, "config": config}}
     attn, meta = attention_bench(config["attention_contexts"], budget, config["attention_repeats"])
     say("attention bench done")
     decode = decode_bench(config["decode_contexts"], config["decode_steps"], config["decode_repeats"], budget,
@@ -395,6 +532,8 @@ def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -
             f"layer + layer 0's full K/V; slow tier = memory-mapped file (CPU run). Budget {budget} rows fetched "
             "per layer and step (transient)."),
     ]
+    if profile:
+        tables.append(profile_table(profile, budget, config["profile_repeats"]))
 
     def pick(rows: list[Any], t: int, name: str, attr: str) -> float | None:
         row = next((r for r in rows if r.context == t and r.method == name), None)
@@ -414,5 +553,5 @@ def run_perf(config: dict[str, Any], log: Callable[[str], None] | None = None) -
         "longest_decode_context": longest_d,
     }
     raw = {"attention": [r.__dict__ for r in attn], "attention_meta": meta, "decode": [r.__dict__ for r in decode],
-           "memory": memory, "config": config}
+           "memory": memory, "profile": profile, "config": config}
     return {"tables": tables, "metrics": metrics, "raw": raw}
