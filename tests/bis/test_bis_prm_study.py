@@ -83,3 +83,45 @@ def test_prm_study_experiment_tiny(tmp_path) -> None:
     for claim in exp.claims:
         assert set(claim.rule.metric_keys()) <= set(res.metrics)
         assert judge(claim.rule, res.metrics).verdict in VERDICTS
+
+
+def test_epochs_resume_across_the_epoch_boundary(tmp_path) -> None:
+    import random
+
+    from leanlm.bis.prm.synth_truth import DEFAULT_SOURCES, rollout
+    from leanlm.bis.prm.train import Example, TrainConfig, train
+
+    torch.set_num_threads(1)
+    rng = random.Random(7)
+    rolls = [rollout(rng, DEFAULT_SOURCES[1], i) for i in range(20)]
+    data = [Example("m7", r["question"], [s["step"] for s in r["steps_with_score"]],
+                    [s["score"] for s in r["steps_with_score"]], r["truth"]) for r in rolls]
+    # batch 8: 3 steps per epoch, 6 in all
+    spec = ModelSpec(hidden=16, layers=1, heads=2, tokenizer="step")
+    cfg = TrainConfig(model=spec, batch=8, checkpoint_every=4, lr=3e-3, epochs=2)
+    full = train(data, tmp_path / "a", cfg)
+    assert (full["epoch_steps"], full["total_steps"], len(full["losses"])) == (3, 6, 6)
+    resumed = train(data, tmp_path / "b", cfg, resume=tmp_path / "a" / "step-4")  # step 4 is in epoch 2
+    assert resumed["losses"] == full["losses"]
+    with pytest.raises(ValueError, match="epochs"):
+        train(data, tmp_path / "c", TrainConfig(model=spec, batch=8, lr=3e-3), resume=tmp_path / "a" / "step-4")
+
+
+def test_study_equal_steps_control_reuses_full_cells(tmp_path) -> None:
+    import json
+
+    from leanlm.bis.prm.study import StudyConfig, run_study
+    from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+    torch.set_num_threads(1)
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=80, val=20, test=20))
+    base = dict(corpus=tmp_path / "c", out=tmp_path / "s", budgets=(0.25,), selectors=("random",), seeds=1,
+                hidden=16, layers=1, batch=8)
+    one = run_study(StudyConfig(**base))
+    eq = run_study(StudyConfig(**base, train_steps="equal"))
+    assert [r["key"] for r in eq] == [r["key"] for r in one]
+    assert eq[0] == one[0]  # full data: reused from cells.jsonl, not retrained
+    assert (one[1]["epochs"], eq[1]["epochs"]) == (1, 4)
+    assert eq[1]["optimizer_steps"] == 4 * one[1]["optimizer_steps"]
+    assert [json.loads(x)["selector"] for x in (tmp_path / "s" / "cells-equalsteps.jsonl").read_text().splitlines()] \
+        == ["random"]

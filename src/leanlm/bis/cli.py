@@ -322,6 +322,8 @@ def study_cmd(
     threads: int = typer.Option(1),
     match: str = typer.Option("rollouts", help="Budgets matched in 'rollouts' (as the paper) or 'steps' (control)."),
     keep_checkpoints: bool = typer.Option(False, help="Keep each cell's trained PRM (default: delete once evaluated)."),
+    train_steps: str = typer.Option("epoch", help="'epoch': one epoch per subset (the paper); 'equal': a subset "
+                                                  "trains 1/budget epochs, about full data's optimizer steps."),
 ) -> None:
     """Budgets x selectors x seeds of PRM training; paired Student-t differences vs random and vs full data."""
     from leanlm.bis.prm.study import SELECTORS, StudyConfig, plot, run_study, summarize, to_markdown
@@ -333,16 +335,20 @@ def study_cmd(
     bad = [s for s in sels if s not in SELECTORS]
     if bad:
         raise typer.BadParameter(f"unknown selector(s) {', '.join(bad)}; choose from {', '.join(SELECTORS)}")
+    if train_steps not in ("epoch", "equal"):
+        raise typer.BadParameter(f"--train-steps must be 'epoch' or 'equal', got {train_steps!r}")
     if tokenizer not in ("step", "word", "char"):
         raise typer.BadParameter(f"--tokenizer must be step, word or char, got {tokenizer!r}")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
                       seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone,
                       device=device, lr=lr, batch=batch,
-                      threads=threads, match=match, keep_checkpoints=keep_checkpoints)
+                      threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps)
     rows = run_study(cfg)
     summary = summarize(rows)
-    md = f"budgets matched in {match}\n\n" + to_markdown(summary)
-    tag = "" if match == "rollouts" else f"-{match}"
+    md = (f"budgets matched in {match}; subsets train "
+          + ("one epoch" if train_steps == "epoch" else "1/budget epochs (about full data's optimizer steps)")
+          + "\n\n" + to_markdown(summary))
+    tag = ("" if match == "rollouts" else f"-{match}") + ("" if train_steps == "epoch" else f"-{train_steps}steps")
     atomic_write_text(out / f"report{tag}.md", md)
     atomic_write_json(out / f"report{tag}.json", {"summary": summary, "cells": rows})
     plot(summary, out / f"f1_vs_budget{tag}.png")

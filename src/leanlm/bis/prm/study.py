@@ -49,6 +49,8 @@ class StudyConfig:
     batch: int = 32
     threads: int = 1  # torch threads per cell; 0 = torch's default
     match: str = "rollouts"  # or "steps": budgets matched in annotated steps per source
+    train_steps: str = "epoch"  # one epoch per subset (the paper), or "equal": a subset trains round(1/budget)
+    # epochs, about as many optimizer steps as full data (a control: is a small subset short of data or of steps?)
     keep_checkpoints: bool = False  # each cell's PRM is deleted once evaluated (about 27 MB each with its optimizer)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -147,7 +149,7 @@ def proxy_scores(cfg: StudyConfig, seed: int) -> Path:
 
 
 def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[str, Any]:
-    """Select (unless ``full``), train one epoch, evaluate; returns one result row."""
+    """Select (unless ``full``), train (one epoch, or ``train_steps="equal"``: 1/budget epochs), evaluate."""
     import torch
 
     from leanlm.bis.prm.metrics import evaluate
@@ -158,7 +160,9 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cell = cfg.out / "cells" / (_cell_key(selector, budget, seed).replace("|", "_") + f"_{cfg.match}")
+    epochs = 1 if selector == "full" or cfg.train_steps == "epoch" else max(1, round(1 / budget))
+    cell = cfg.out / "cells" / (_cell_key(selector, budget, seed).replace("|", "_") + f"_{cfg.match}"
+                                + ("" if epochs == 1 else f"_x{epochs}"))
     cell.mkdir(parents=True, exist_ok=True)
     if selector == "full":
         data = cfg.corpus / "train"
@@ -179,7 +183,7 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
     examples = load_examples([data])
     spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
     res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
-                                                     device=cfg.device))
+                                                     device=cfg.device, epochs=epochs))
     model = load_prm(res["checkpoint"], device=cfg.device)
     m = evaluate(truth_arrays(model, load_examples([cfg.corpus / "test"])),
                  truth_arrays(model, load_examples([cfg.corpus / "val"])))
@@ -188,7 +192,7 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
 
         shutil.rmtree(cell / "ckpt")
     return {"key": _cell_key(selector, budget, seed), "selector": selector, "budget": budget, "seed": seed,
-            "match": cfg.match,
+            "match": cfg.match, "epochs": epochs, "optimizer_steps": res["steps"],
             "rollouts": len(examples), "steps": sum(len(e.steps) for e in examples), "auc": m["auc"],
             "f1_val_tuned": m["val_tuned"]["overall_micro_f1"], "f1_fixed": m["fixed_0.5"]["overall_micro_f1"],
             "f1_test_tuned_optimistic": m["test_tuned_optimistic"]["overall_micro_f1"],
@@ -200,12 +204,15 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     from leanlm.common.progress import progress
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    log = cfg.out / ("cells.jsonl" if cfg.match == "rollouts" else f"cells-{cfg.match}.jsonl")
+    base = cfg.out / ("cells.jsonl" if cfg.match == "rollouts" else f"cells-{cfg.match}.jsonl")
+    log = base if cfg.train_steps == "epoch" else base.with_name(base.stem + f"-{cfg.train_steps}steps.jsonl")
     done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            done[row["key"]] = row
+    for path in {base, log}:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if path == log or row["selector"] == "full":  # full data trains one epoch in both modes
+                    done[row["key"]] = row
     # seed by seed, so that a study stopped early has complete paired comparisons for its first seeds
     plan = [c for s in range(cfg.seeds)
             for c in [("full", 1.0, s)] + [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors]]

@@ -1,4 +1,5 @@
-"""One-epoch PRM training with checkpoints and exact resume, and step scoring (brief §1.4).
+"""One-epoch PRM training (``epochs`` > 1 only for the study's equal-steps control) with checkpoints and exact
+resume, and step scoring (brief §1.4).
 
 Optimisation follows the official recipe scaled down: one epoch, AdamW, weight decay 0.05, cosine schedule
 with 5% warmup; the loss is cross-entropy of the (Yes, No) logits at each ``<prm>`` against [y, 1 - y] with
@@ -69,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
     max_steps: int | None = None  # stop early (tests); the schedule still spans the full epoch
+    epochs: int = 1  # the official recipe is one; the study's equal-steps control trains small subsets longer
     device: str = "cpu"  # or "cuda"
 
 
@@ -151,9 +153,13 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
     model = build(cfg.model).to(cfg.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = math.ceil(len(examples) / cfg.batch)
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    per_epoch = math.ceil(len(examples) / cfg.batch)
+    total = per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup))
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    gen = torch.Generator().manual_seed(cfg.seed)  # epoch e's order is the e-th permutation drawn from it
+    orders = [torch.randperm(len(examples), generator=gen).tolist() for _ in range(cfg.epochs)]
     start, losses = 0, []
     if resume is not None:
         state = torch.load(Path(resume) / "state.pt", weights_only=False, map_location=cfg.device)
@@ -164,8 +170,8 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
         meta = json.loads((Path(resume) / "train.json").read_text())
         now = asdict(cfg)
         now.pop("model")
-        differs = [k for k in ("lr", "batch", "weight_decay", "warmup", "soft", "seed")
-                   if meta["config"].get(k) != now[k]]
+        differs = [k for k in ("lr", "batch", "weight_decay", "warmup", "soft", "seed", "epochs")
+                   if meta["config"].get(k, 1 if k == "epochs" else None) != now[k]]
         if load_spec(Path(resume) / "model.json") != cfg.model:
             differs.append("model")
         if differs:
@@ -175,7 +181,8 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
     model.train()
     for step in progress(range(start, end), desc="bis train", unit="step"):
-        batch = [examples[i] for i in order[step * cfg.batch:(step + 1) * cfg.batch]]
+        e, k = divmod(step, per_epoch)
+        batch = [examples[i] for i in orders[e][k * cfg.batch:(k + 1) * cfg.batch]]
         loss = step_loss(model, batch, cfg.soft)
         opt.zero_grad()
         loss.backward()
@@ -186,7 +193,8 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
             _save(out / f"step-{step + 1}", model, opt, sched, step + 1, cfg, losses)
     _save(out / "final", model, opt, sched, end, cfg, losses)
-    return {"steps": end, "epoch_steps": total, "losses": losses, "checkpoint": str(out / "final")}
+    return {"steps": end, "epoch_steps": per_epoch, "total_steps": total, "losses": losses,
+            "checkpoint": str(out / "final")}
 
 
 @torch.no_grad()
