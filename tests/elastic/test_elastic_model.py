@@ -231,44 +231,101 @@ def test_moe_block_equals_transformers_ernie45_block():
     torch.testing.assert_close(block(x), peer(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch", [1, 8])
-def test_gather_decode_dispatch_gives_the_sorted_dispatch_logits(batch):
-    """Dispatch equality: the decode-time gather dispatch (the default for few tokens) gives the logits and the
-    greedy tokens of the sorted dispatch, under sub-networks, while decoding with a KV cache."""
+@pytest.mark.parametrize(("batch", "shared"), [(1, 1), (8, 1), (1, 2)])
+def test_gather_decode_dispatch_gives_the_sorted_dispatch_logits(batch, shared):
+    """Dispatch equality: every decode path -- the fused decode step (fused q/k/v, rolled RoPE, routed and shared
+    experts in one gathered chain) with each dispatch, and the unfused step -- gives the logits and the greedy
+    tokens of the sorted dispatch through the plain modules, under sub-networks, while decoding with a KV cache
+    (``shared=2``: the shared SwiGLU split into two pseudo-experts)."""
     from transformers import DynamicCache
 
-    model = make_model()
+    model = make_model(num_shared_experts=shared)
     prompt = ids(batch, 6)
     for subnet in (None, SubNet(top_k=1), SubNet.make(layers=[0, 2, 3], experts={2: [0, 1, 3, 4, 6], 3: [1, 2, 5, 6, 7]}, top_k=2)):
         runs = {}
-        for dispatch in ("sorted", "gather", "grouped"):
-            for block in model.moe_blocks().values():
-                block.dispatch = dispatch
-            cache, tokens, logits = DynamicCache(), prompt, []
-            with torch.no_grad():
-                out = model(tokens, past_key_values=cache, use_cache=True, subnet=subnet)
-                for _ in range(5):
-                    tokens = out.logits[:, -1:].argmax(-1)
-                    logits.append(out.logits[:, -1])
+        for fused in (False, True):
+            for dispatch in ("sorted", "gather", "grouped"):
+                for block in model.moe_blocks().values():
+                    block.dispatch = dispatch
+                model.set_fused_decode(fused)
+                cache, tokens, logits = DynamicCache(), prompt, []
+                with torch.no_grad():
                     out = model(tokens, past_key_values=cache, use_cache=True, subnet=subnet)
-            runs[dispatch] = torch.stack(logits)
-        torch.testing.assert_close(runs["gather"], runs["sorted"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(runs["grouped"], runs["sorted"], rtol=0, atol=1e-5)
+                    for _ in range(5):
+                        tokens = out.logits[:, -1:].argmax(-1)
+                        logits.append(out.logits[:, -1])
+                        out = model(tokens, past_key_values=cache, use_cache=True, subnet=subnet)
+                runs[dispatch, fused] = torch.stack(logits)
+        reference = runs["sorted", False]
+        for key, run in runs.items():
+            torch.testing.assert_close(run, reference, rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+    model.set_fused_decode(True)
     block = next(iter(model.moe_blocks().values()))
     block.dispatch = "auto"
     calls = []
-    for name in ("grouped_experts", "gather_experts", "dispatch_experts"):
+    for name in ("grouped_experts", "gather_experts", "fused_gather_experts", "dispatch_experts"):
         original = getattr(block, name)
         setattr(block, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a))
     with torch.no_grad():
-        block(torch.randn(1, 32))  # one token, small experts: gather
+        block(torch.randn(1, 32))  # one token, small experts: gather (fused with the shared expert: no gradients)
         block(torch.randn(64, 32))  # a batch: grouped GEMM
-    block(torch.randn(1, 32))
+    block(torch.randn(1, 32))  # gradients: the unfused gather
     block(torch.randn(64, 32))  # gradients needed: no grouped GEMM (forward only), sorted
     block.GATHER_MAX_ELEMENTS = 0
     with torch.no_grad():
         block(torch.randn(1, 32))  # large experts: grouped even for one token
-    assert calls == ["gather_experts", "grouped_experts", "gather_experts", "dispatch_experts", "grouped_experts"]
+    assert calls == ["fused_gather_experts", "grouped_experts", "gather_experts", "dispatch_experts", "grouped_experts"]
+
+
+def test_fused_decode_step_runs_when_decoding_and_follows_weight_updates():
+    """The fused step is what a decoded token (and ``generate``) runs, never training or prefill; its fused weight
+    copies are rebuilt after an in-place update (an optimizer step, ``load_state_dict``), so decoding after the
+    update gives the unfused step's logits, not stale ones."""
+    from transformers import DynamicCache
+
+    from leanlm.elastic.model import Attention, DecoderLayer
+
+    model = make_model()
+    hits = []
+    original = DecoderLayer.decode
+    DecoderLayer.decode = lambda self, *a: hits.append(self.index) or original(self, *a)
+    try:
+        x = ids(1, 6)
+        model.train()
+        model(x[:, :1], labels=x[:, :1])  # one token with gradients: plain modules
+        model.eval()
+        with torch.no_grad():
+            cache = DynamicCache()
+            model(x, past_key_values=cache, use_cache=True)  # prefill: plain modules
+            assert hits == []
+            model(x[:, :1], past_key_values=cache, use_cache=True)
+            assert hits == [0, 1, 2, 3]
+            model.generate(x, max_new_tokens=3, do_sample=False)  # generate passes position_ids: still fused
+            assert len(hits) == 4 + 2 * 4
+    finally:
+        DecoderLayer.decode = original
+
+    def decode_logits(fused: bool) -> torch.Tensor:
+        model.set_fused_decode(fused)
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(x, past_key_values=cache, use_cache=True)
+            return model(x[:, :1], past_key_values=cache, use_cache=True).logits
+
+    before = decode_logits(True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for block in model.moe_blocks().values():
+            block.w_up.mul_(-2.0)
+            block.shared.down_proj.weight.add_(0.1)
+        for layer in model.model.layers:
+            layer.attn.k_proj.weight.mul_(0.5)
+    changed = decode_logits(True)
+    assert (changed - before).abs().max() > 1e-2
+    torch.testing.assert_close(changed, decode_logits(False), rtol=0, atol=1e-5)
+    model.load_state_dict(state)
+    torch.testing.assert_close(decode_logits(True), before, rtol=0, atol=0)
+    assert isinstance(model.model.layers[0].attn, Attention)
 
 
 def test_rope_cache_equals_direct_computation():
@@ -280,3 +337,16 @@ def test_rope_cache_equals_direct_computation():
         ref_cos, ref_sin = rope_cos_sin(positions, 16, 10000.0, torch.float32)
         assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
     assert cache.cos.shape[0] >= 302
+
+
+def test_rolled_rope_equals_apply_rope():
+    """The decode step's RoPE (cos, signed sin, ``roll``) gives :func:`apply_rope` on the same positions."""
+    from leanlm.elastic.model import RopeCache, apply_rope, apply_rope_rolled
+
+    cache = RopeCache(16, 10000.0)
+    x = torch.randn(2, 6, 1, 16)
+    for start in (0, 7, 400):
+        cos, sin = cache(torch.full((2, 1), start), torch.float32)
+        ref = apply_rope(x, cos, sin)
+        torch.testing.assert_close(apply_rope_rolled(x, *cache.span(start, 1, x.device, torch.float32)), ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(apply_rope_rolled(x, *cache.rolled(torch.full((2, 1), start), torch.float32)), ref, rtol=0, atol=1e-6)

@@ -187,6 +187,8 @@ def decode_bench(
     repeats: int = typer.Option(7, help="interleaved repeats per variant"),
     new_tokens: int = typer.Option(32, help="tokens decoded per repeat"),
     quick: bool = typer.Option(False, help="only the small (study) model, 3 repeats"),
+    only_study: bool = typer.Option(False, "--only-study", help="only the small (study) model, the given repeats"),
+    clock: str = typer.Option("wall", help="'wall' (idle machine, of record) or 'cpu' (thread CPU time: under load)"),
 ) -> None:
     """ms per decoded token vs top-k and extracted depth/width, batch 1 and 8, against the ideal FLOP ratio."""
     import platform
@@ -197,11 +199,12 @@ def decode_bench(
     from leanlm.elastic.decode_bench import CONFIGS, markdown, run_decode_benchmark
 
     torch.set_num_threads(threads)
-    configs = dict(list(CONFIGS.items())[:1]) if quick else CONFIGS
-    rows = run_decode_benchmark(configs, repeats=3 if quick else repeats, new_tokens=new_tokens)
+    configs = dict(list(CONFIGS.items())[:1]) if quick or only_study else CONFIGS
+    rows = run_decode_benchmark(configs, repeats=3 if quick else repeats, new_tokens=new_tokens, clock=clock)
     header = (f"Command: `leanlm elastic decode-bench --out {out} --threads {threads} --repeats {repeats}"
-              f"{' --quick' if quick else ''}`; torch {torch.__version__}, {threads} thread(s), {platform.processor() or platform.machine()}, "
-              f"random-init weights (speed does not depend on training).\n")
+              f"{' --quick' if quick else ''}{' --only-study' if only_study else ''} --clock {clock}`; torch {torch.__version__}, "
+              f"{threads} thread(s), {platform.processor() or platform.machine()}, random-init weights (speed does not "
+              f"depend on training); {'wall-clock' if clock == 'wall' else 'thread CPU'} time.\n")
     atomic_write_text(out, markdown(rows, header))
     atomic_write_json(out.with_suffix(".json"), rows)
     typer.echo(markdown(rows))

@@ -7,6 +7,9 @@
   correction bias of auxiliary-loss-free balancing; the combine weights are the *unbiased* probabilities of the
   chosen experts renormalised to sum 1 (denominator clamped at ``moe_norm_min``) -- as ERNIE 4.5 /
   ``Ernie4_5_Moe``. No capacity limit, so no token is ever dropped (§2, "training never drops tokens").
+- Decoding: a single new position without gradients runs a fused step (:meth:`DecoderLayer.decode`: one q/k/v
+  projection, RoPE in 3 ops from cached cos / signed-sin tables, fused RMSNorm, routed and shared experts in one
+  gathered matmul chain, no per-module call overhead); training, evaluation and prefill run the plain modules.
 - Elastic execution (§3.3): a :class:`~leanlm.elastic.subnet.SubNet` skips layers (identity on the residual),
   masks removed experts with -inf *before* the softmax and top-k (they can never receive a token), and sets k.
 - MTP (§2, next-group prediction for text): one DeepSeek-V3-style module, ``h' = W [norm(h_t); norm(E(x_{t+1}))]``,
@@ -64,22 +67,72 @@ class RopeCache:
         self.head_dim, self.theta = head_dim, theta
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
+        self.signed_sin: torch.Tensor | None = None
+
+    def _ensure(self, need: int, device: torch.device, dtype: torch.dtype) -> None:
+        if self.cos is None or self.cos.shape[0] < need or self.cos.device != device or self.cos.dtype != dtype:
+            size = max(need, 2 * self.cos.shape[0] if self.cos is not None else 256)
+            table = torch.arange(size, device=device)[None]
+            cos, sin = rope_cos_sin(table, self.head_dim, self.theta, dtype)
+            self.cos, self.sin = cos[0, 0], sin[0, 0]
+            self.signed_sin = None
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``length`` (an upper bound of the positions, known on the host) avoids reading ``positions.max()``."""
         need = length if length is not None else (int(positions.max()) + 1 if positions.numel() else 1)
-        if self.cos is None or self.cos.shape[0] < need or self.cos.device != positions.device or self.cos.dtype != dtype:
-            size = max(need, 2 * self.cos.shape[0] if self.cos is not None else 256)
-            table = torch.arange(size, device=positions.device)[None]
-            cos, sin = rope_cos_sin(table, self.head_dim, self.theta, dtype)
-            self.cos, self.sin = cos[0, 0], sin[0, 0]
+        self._ensure(need, positions.device, dtype)
         return self.cos[positions][:, None], self.sin[positions][:, None]
+
+    def _signed(self) -> torch.Tensor:
+        if self.signed_sin is None:
+            half = self.head_dim // 2
+            self.signed_sin = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
+        return self.signed_sin
+
+    def span(self, start: int, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and *signed* sin of positions ``start .. start+length-1`` for every sequence (``[1, 1, length,
+        head_dim]``, views of the tables, no index gather), for :func:`apply_rope_rolled`: the sin table's first
+        half negated, so that ``rotate_half(x) * sin == x.roll(half) * signed_sin`` exactly."""
+        self._ensure(start + length, device, dtype)
+        return self.cos[start:start + length][None, None], self._signed()[start:start + length][None, None]
+
+    def rolled(self, positions: torch.Tensor, dtype: torch.dtype, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`span` for explicit ``positions`` ``[B, T]`` (e.g. from ``generate``): ``[B, 1, T, head_dim]``."""
+        need = length if length is not None else (int(positions.max()) + 1 if positions.numel() else 1)
+        self._ensure(need, positions.device, dtype)
+        return self.cos[positions][:, None], self._signed()[positions][:, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def apply_rope_rolled(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in 3 ops instead of 7: ``rotate_half(x) = cat(-x2, x1)``, so ``rotate_half(x) * sin ==
+    cat(x2, x1) * cat(-sin1, sin2) == x.roll(half) * signed_sin`` (sign flips are exact)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
+
+
+def _weights_key(tensors: tuple[torch.Tensor, ...]) -> tuple:
+    """Identity of a set of weights' current values: in-place version counter, storage address, dtype (a new
+    device, dtype or shape means new storage). Cheap enough to check on every decoded token."""
+    return tuple((w._version, w.data_ptr(), w.dtype) for w in tensors)
+
+
+def _weight(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>.weight`` by plain dict lookups (``nn.Module.__getattr__`` costs ~0.5 us per access, which
+    adds up over the few hundred accesses of a decoded token)."""
+    return module._modules[name]._parameters["weight"]
+
+
+def _rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` through the fused ``F.rms_norm`` kernel where that is the same computation (fp32)."""
+    weight = norm._parameters["weight"]
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, norm.eps)
+    return norm(x)
 
 
 class Attention(nn.Module):
@@ -94,6 +147,34 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self._qkv: tuple[tuple, torch.Tensor] | None = None
+
+    def fused_qkv_weight(self) -> torch.Tensor:
+        """``[q; k; v]`` weights stacked for one projection per decoded token; rebuilt whenever a source weight
+        changes (its storage or in-place version counter), so training or loading weights never leaves it stale."""
+        srcs = (_weight(self, "q_proj"), _weight(self, "k_proj"), _weight(self, "v_proj"))
+        key = _weights_key(srcs)
+        if self._qkv is None or self._qkv[0] != key:
+            self._qkv = (key, torch.cat([w.detach() for w in srcs], 0))
+        return self._qkv[1]
+
+    def decode(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: Cache | None, cache_index: int) -> torch.Tensor:
+        """One decoded position (``x``: ``[B, 1, d]``, no gradients): one fused q/k/v projection, RoPE applied to q
+        and k together (``rope`` = :meth:`RopeCache.span`: cos, signed sin), cache append, attention, output
+        projection. Same maths as :meth:`forward`."""
+        b = x.shape[0]
+        nq, nkv = self.n_heads, self.n_kv
+        qkv = F.linear(x, self.fused_qkv_weight()).view(b, nq + 2 * nkv, 1, self.head_dim)  # t = 1: heads-major
+        cos, sin = rope
+        qk = apply_rope_rolled(qkv[:, :nq + nkv], cos, sin)
+        q, k, v = qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv:]
+        if cache is not None:
+            k, v = cache.update(k, v, cache_index)
+        if nkv != nq:
+            k = k.repeat_interleave(nq // nkv, dim=1)
+            v = v.repeat_interleave(nq // nkv, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return F.linear(out.reshape(b, 1, nq * self.head_dim), _weight(self, "o_proj"))
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: Cache | None, cache_index: int,
@@ -170,7 +251,8 @@ class ElasticMoe(nn.Module):
     Dispatch (``config.moe_dispatch``): ``"auto"`` (default) uses ``"gather"`` when the call's (token, expert)
     pairs are few and their weights small (at most ``GATHER_MAX_PAIRS`` pairs and ``GATHER_MAX_ELEMENTS``
     copied weights: decoding a small model), else ``"grouped"`` (``torch._grouped_mm``) for inference where torch
-    has it, else ``"gather"`` up to ``GATHER_MAX_PAIRS`` pairs and ``"sorted"`` beyond.
+    has it, else ``"gather"`` up to ``GATHER_MAX_PAIRS`` pairs and ``"sorted"`` beyond. Without gradients,
+    ``"gather"`` runs :meth:`fused_gather_experts` (routed and shared experts in one chain) unless ``fused`` is off.
     """
 
     GATHER_MAX_PAIRS = 64
@@ -192,6 +274,8 @@ class ElasticMoe(nn.Module):
         self.shared = SwiGLU(d, f * config.num_shared_experts) if config.num_shared_experts else None
         self._last_indices: torch.Tensor | None = None
         self._last_counts: torch.Tensor | None = None
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.fused = True  # inference "gather" runs fused_gather_experts (see ElasticMoeForCausalLM.set_fused_decode)
 
     @property
     def last_counts(self) -> torch.Tensor | None:
@@ -231,6 +315,8 @@ class ElasticMoe(nn.Module):
                 mode = "grouped"
             else:
                 mode = "gather" if pairs <= self.GATHER_MAX_PAIRS else "sorted"
+        if mode == "gather" and self.fused and not torch.is_grad_enabled():
+            return self.fused_gather_experts(flat, choice).reshape(shape)  # shared experts included
         if mode == "grouped":
             out = self.grouped_experts(flat, choice)
         elif mode == "gather":
@@ -286,6 +372,55 @@ class ElasticMoe(nn.Module):
         h = F.silu(x @ take(self.w_gate)) * (x @ take(self.w_up))  # [N, k, 1, f]
         y = (h @ take(self.w_down)).squeeze(2)  # [N, k, d]
         return (y * choice.weights.to(flat.dtype)[..., None]).sum(1)
+
+    def fused_expert_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inference copies of the expert weights for :meth:`fused_gather_experts`: gate and up side by side
+        (``[E + S, d, 2f]``), down (``[E + S, f, d]``), with the shared expert's hidden units appended as ``S``
+        always-chosen pseudo-experts of width f (a SwiGLU of width S*f is exactly the sum of S SwiGLUs of width f
+        over its slices), and the pseudo-experts' ids ``[S]``. Rebuilt whenever a source weight changes (storage
+        or in-place version counter), so training or loading weights never leaves it stale."""
+        params, shared = self._parameters, self._modules["shared"]
+        srcs: tuple[torch.Tensor, ...] = (params["w_gate"], params["w_up"], params["w_down"])
+        if shared is not None:
+            srcs += (_weight(shared, "gate_proj"), _weight(shared, "up_proj"), _weight(shared, "down_proj"))
+        key = _weights_key(srcs)
+        if self._fused is None or self._fused[0] != key:
+            e, d, f = self.w_gate.shape
+            gate_up = torch.cat([self.w_gate.detach(), self.w_up.detach()], dim=2)
+            down = self.w_down.detach()
+            n_shared = 0
+            if self.shared is not None:
+                n_shared = self.shared.gate_proj.weight.shape[0] // f
+                sg = self.shared.gate_proj.weight.detach().view(n_shared, f, d).transpose(1, 2)
+                su = self.shared.up_proj.weight.detach().view(n_shared, f, d).transpose(1, 2)
+                sd = self.shared.down_proj.weight.detach().view(d, n_shared, f).permute(1, 2, 0)
+                gate_up = torch.cat([gate_up, torch.cat([sg, su], dim=2)], dim=0)
+                down = torch.cat([down, sd], dim=0)
+            ids = torch.arange(e, e + n_shared, device=down.device)
+            self._fused = (key, gate_up.contiguous(), down.contiguous(), ids)
+        return self._fused[1], self._fused[2], self._fused[3]
+
+    def fused_gather_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
+        """Inference form of :meth:`gather_experts` (no gradients), routed *and* shared experts in one chain:
+        gather each token's k chosen experts plus the shared pseudo-experts from :meth:`fused_expert_weights`,
+        one batched matmul for gate and up together, the combine weights applied to the hidden activations, and
+        the down projection of all k + S experts as one matmul whose inner sum is the weighted sum over experts.
+        Per token: 2 weight gathers and 2 matmuls whatever k is, against 3 gathers, 3 matmuls and 3 shared-expert
+        projections unfused; the FLOPs are the same."""
+        gate_up, down, shared_ids = self.fused_expert_weights()
+        idx = choice.indices
+        self._last_indices, self._last_counts = idx.detach(), None
+        n, k = idx.shape
+        d, f = flat.shape[1], down.shape[1]
+        if shared_ids.numel():
+            idx = torch.cat([idx, shared_ids.expand(n, -1)], dim=1)
+        m = idx.shape[1]
+        flat_idx = idx.view(-1)
+        h = flat.view(n, 1, 1, d) @ gate_up.index_select(0, flat_idx).view(n, m, d, 2 * f)  # [N, m, 1, 2f]
+        a = F.silu(h[..., :f]) * h[..., f:]  # [N, m, 1, f], a fresh tensor
+        a[:, :k] *= choice.weights.view(n, k, 1, 1).to(a.dtype)  # combine weights; shared experts weigh 1
+        out = a.view(n, 1, m * f) @ down.index_select(0, flat_idx).view(n, m * f, d)  # sums over the m experts
+        return out.view(n, d)
 
     def dispatch_experts(self, flat: torch.Tensor, choice: RouterChoice) -> torch.Tensor:
         """Sort the (token, expert) pairs by expert and run each expert once on its contiguous block.
@@ -361,6 +496,17 @@ class DecoderLayer(nn.Module):
         h = self.post_attn_norm(x)
         return x + (self.mlp(h, expert_mask, top_k) if self.is_moe else self.mlp(h))
 
+    def decode(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: Cache | None, cache_index: int,
+        expert_mask: torch.Tensor | None, top_k: int | None,
+    ) -> torch.Tensor:
+        """:meth:`forward` for one decoded position without gradients, calling the submodules' computations
+        directly (no per-module call overhead, no hooks) with fused norms and the fused q/k/v projection."""
+        mods = self._modules
+        x = x + mods["attn"].decode(_rms_norm(mods["input_norm"], x), rope, cache, cache_index)
+        h = _rms_norm(mods["post_attn_norm"], x)
+        return x + (mods["mlp"].forward(h, expert_mask, top_k) if self.is_moe else mods["mlp"].forward(h))
+
 
 class MTPModule(nn.Module):
     """DeepSeek-V3-style MTP depth 1: combine h_t with the embedding of x_{t+1} to predict x_{t+2}."""
@@ -423,6 +569,7 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rope = RopeCache(config.head_dim, config.rope_theta)
         self._checked: dict[tuple[SubNet, str], dict[int, torch.Tensor]] = {}  # validated sub-network -> masks
+        self.fused_decode = True  # see forward; False runs every decoded token through the plain modules
         self.post_init()
 
     def expert_masks(self, subnet: SubNet | None, device: torch.device) -> dict[int, torch.Tensor]:
@@ -451,26 +598,41 @@ class ElasticMoeModel(ElasticMoePreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        positions: torch.Tensor,
+        positions: torch.Tensor | None,
         cache: Cache | None = None,
         subnet: SubNet | None = None,
         length: int | None = None,
         want_counts: bool = True,
+        start: int | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """``length``: an upper bound of ``positions`` known on the host (no device read for the RoPE table);
-        ``want_counts``: also return the tokens routed to each expert per MoE layer."""
+        ``want_counts``: also return the tokens routed to each expert per MoE layer; ``start``: the positions are
+        ``start, start+1, ...`` for every sequence (known on the host).
+
+        A single decoded position without gradients (``T = 1``, the step of ``generate``) runs the fused decode
+        step (:meth:`DecoderLayer.decode`, RoPE as a view of the table) unless ``fused_decode`` is off; training,
+        evaluation and prefill always run the plain modules."""
         x = self.embed_tokens(input_ids)
         masks = self._prepare(subnet, x.device) if subnet is not None else {}
         top_k = subnet.top_k if subnet is not None else None
         run = subnet.layers if subnet is not None and subnet.layers is not None else range(len(self.layers))
-        rope = self.rope(positions, x.dtype, length)
+        decode = self.fused_decode and input_ids.shape[1] == 1 and not torch.is_grad_enabled()
+        if decode:
+            rope = self.rope.span(start, 1, x.device, x.dtype) if start is not None else self.rope.rolled(positions, x.dtype, length)
+        else:
+            if positions is None:
+                positions = torch.arange(start, start + input_ids.shape[1], device=x.device).expand(input_ids.shape)
+            rope = self.rope(positions, x.dtype, length)
         counts: dict[int, torch.Tensor] = {}
         for slot, i in enumerate(run):
             layer = self.layers[i]
-            x = layer(x, rope, cache, slot, masks.get(i), top_k)
+            if decode:
+                x = layer.decode(x, rope, cache, slot, masks.get(i), top_k)
+            else:
+                x = layer(x, rope, cache, slot, masks.get(i), top_k)
             if layer.is_moe and want_counts:
                 counts[i] = layer.mlp.last_counts
-        return self.norm(x), counts
+        return (_rms_norm(self.norm, x) if decode else self.norm(x)), counts
 
 
 class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
@@ -496,6 +658,14 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def set_fused_decode(self, enabled: bool) -> None:
+        """Turn the fused decode step (one decoded token without gradients: fused q/k/v, fused norms, routed and
+        shared experts in one gathered chain) on (default) or off (every token through the plain modules and
+        the unfused gather, the previous decode path; same logits up to float rounding, tested)."""
+        self.model.fused_decode = enabled
+        for block in self.moe_blocks().values():
+            block.fused = enabled
 
     def moe_blocks(self) -> dict[int, ElasticMoe]:
         """Layer index -> its :class:`ElasticMoe`."""
@@ -525,12 +695,11 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
         # checked on the prompt only: a decoding step appends ones to the mask (no device read per token)
         if attention_mask is not None and past == 0 and not bool(attention_mask.all()):
             raise ValueError("ElasticMoeForCausalLM does not support padding: attention_mask must be all ones")
-        b, t = input_ids.shape
-        length = None
-        if position_ids is None:
-            position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
-            length = past + t
-        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length, return_expert_counts)
+        t = input_ids.shape[1]
+        length = start = None
+        if position_ids is None:  # positions past, past+1, ...: built by the decoder only where it needs them
+            length, start = past + t, past
+        hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length, return_expert_counts, start)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(kept)
         loss = lm_loss = mtp_loss = None
