@@ -77,15 +77,15 @@ def exact_topk(scores: torch.Tensor, k: int, block: int | None = None, backend: 
 
 
 # ---------------------------------------------------------------------------------------------- numba (CPU)
-_NUMBA: Any = None  # the compiled row routine (leanlm.fasa.numba_topk.rows), False without numba
+_NUMBA: Any = None  # the compiled row routine (leanlm.fasa.numba_kernels.rows), False without numba
 
 
 def _numba_rows() -> Any:
-    """The compiled per-row selection (:mod:`leanlm.fasa.numba_topk`; machine code cached on disk by numba)."""
+    """The compiled per-row selection (:mod:`leanlm.fasa.numba_kernels`; machine code cached on disk by numba)."""
     global _NUMBA
     if _NUMBA is None:
         try:
-            from leanlm.fasa.numba_topk import rows
+            from leanlm.fasa.numba_kernels import rows
         except ImportError:
             _NUMBA = False
         else:

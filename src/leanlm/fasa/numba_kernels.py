@@ -1,4 +1,4 @@
-"""The numba (CPU) routine behind :func:`leanlm.fasa.topk.numba_topk`: exact top-k with a group-maxima bound.
+"""CPU kernel (numba) for FASA-C: the exact top-k behind :func:`leanlm.fasa.topk.numba_topk`.
 
 Imported lazily (only when ``numba`` is installed and a CPU top-k runs); compiled once and cached on disk
 by numba (``cache=True``). See :mod:`leanlm.fasa.topk` for why the pre-filter is exact and the tie rule.
@@ -90,3 +90,4 @@ def rows(scores, k, nb, out):
         if m < k:  # NaN compares false everywhere: only reachable through NaN
             return False
     return True
+
