@@ -347,7 +347,8 @@ def study_cmd(
     summary = summarize(rows)
     md = (f"budgets matched in {match}; subsets train "
           + ("one epoch" if train_steps == "epoch" else "1/budget epochs (about full data's optimizer steps)")
-          + "\n\n" + to_markdown(summary))
+          + "\n\n" + to_markdown(summary)
+          + "".join("\n" + to_markdown(summarize(rows, m)) for m in ("f1_fixed", "auc")))
     tag = ("" if match == "rollouts" else f"-{match}") + ("" if train_steps == "epoch" else f"-{train_steps}steps")
     atomic_write_text(out / f"report{tag}.md", md)
     atomic_write_json(out / f"report{tag}.json", {"summary": summary, "cells": rows})
