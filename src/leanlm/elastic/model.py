@@ -128,10 +128,10 @@ def _weight(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def _rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` through the fused ``F.rms_norm`` kernel where that is the same computation (fp32)."""
+    """``norm(x)`` through the fused ``torch.rms_norm`` kernel where that is the same computation (fp32)."""
     weight = norm._parameters["weight"]
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, norm.eps)
+        return torch.rms_norm(x, (x.shape[-1],), weight, norm.eps)
     return norm(x)
 
 
@@ -701,7 +701,10 @@ class ElasticMoeForCausalLM(ElasticMoePreTrainedModel, GenerationMixin):
             length, start = past + t, past
         hidden, counts = self.model(input_ids, position_ids, past_key_values, subnet, length, return_expert_counts, start)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        logits = self.lm_head(kept)
+        if t == 1 and self.model.fused_decode and not torch.is_grad_enabled():
+            logits = F.linear(kept, _weight(self, "lm_head"))  # decoding: no module-call overhead
+        else:
+            logits = self.lm_head(kept)
         loss = lm_loss = mtp_loss = None
         if labels is not None:
             lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
