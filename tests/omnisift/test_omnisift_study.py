@@ -219,3 +219,17 @@ def test_gradient_diagnostics_per_ste_formulation(tmp_path):
         dropped = g["other dropped"]["mean_abs"]
         assert (dropped == 0.0) if ste == "remove" else (dropped > 0.0)
     assert list(tmp_path.glob("seed0-pretrain-*.pt"))  # stage A saved for reuse
+
+
+def test_cli_selection_check_on_the_loud_geometry(tmp_path):
+    from leanlm.omnisift.cli import app
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"task": {"frames": 8, "audio_per_chunk": 16, "loud_per_chunk": 10}}))
+    res = CliRunner().invoke(app, ["selection-check", "--config", str(cfg), "--samples", "32"])
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("| 25%") or line.startswith("| 35%")]
+    assert len(rows) == 2 * 5  # 3 training-free baselines, STVP + random audio, loudest audio; 2 retentions
+    assert all(line.endswith("| 0.000 | – |") for line in rows if "loudest" in line)
+    stvp = [line for line in rows if "STVP" in line]
+    assert all(line.split("|")[-2].strip() == "1.000" for line in stvp)  # STVP always keeps the moving object

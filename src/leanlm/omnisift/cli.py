@@ -198,6 +198,59 @@ def ste_check(
     typer.echo("\n".join(lines))
 
 
+@app.command("selection-check")
+def selection_check(
+    config: Optional[Path] = typer.Option(None, help="JSON file of study settings (its task is used)"),
+    samples: int = typer.Option(512, help="samples drawn"),
+) -> None:
+    """Model-free check of a study geometry: how often each training-free selector (and keeping the loudest
+    audio) keeps the answer's sound and the object, at 35% / 25% with the study's calibrated ratios."""
+    import torch
+
+    from leanlm.omnisift.experiments import FULL
+    from leanlm.omnisift.omnisift import OmniSIFT
+    from leanlm.omnisift.presets import paper_ratios, solve_rho_v
+    from leanlm.omnisift.study import TRAINING_FREE, StudyConfig, Trainer, build_model
+    from leanlm.omnisift.synth import AVTask, TaskConfig
+
+    settings = dict(FULL["study"])
+    settings.update(_load_config(config))
+    cfg = StudyConfig.from_dict(settings)
+    model = build_model(cfg, 0)
+    task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **cfg.task), model.config)
+    layout = Trainer(cfg, task, model, 0).layout
+    batch = task.sample(samples, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        embeds = task.model_inputs(model, batch)["inputs_embeds"]
+    sizes, audio = task.frame_sizes()
+    rows = ["| retention | selector | ρv / ρa | kept | answer sound kept | object kept |", "|---|---|---|---|---|---|"]
+    av = torch.cat([task.video_index, task.audio_index])
+    for r in cfg.retentions:
+        for name, (cls, row) in TRAINING_FREE.items():
+            rho_a = paper_ratios(row, r)[1]
+            rho_v = solve_rho_v(sizes, audio, rho_a, r)
+            keep = cls(rho_v, rho_a, seed=0)(embeds, [layout] * samples).keep
+            ans = float(keep[torch.arange(samples), batch.target_audio_index].float().mean())
+            obj = sum(bool(keep[i, batch.object_index[i]].any()) for i in range(samples)) / samples
+            rows.append(f"| {r:.0%} | {name} | {rho_v:.3f} / {rho_a:.2f} | {float(keep[:, av].float().mean()):.3f} | "
+                        f"{ans:.3f} | {obj:.3f} |")
+        rho_a = paper_ratios("omnisift", r)[1]
+        rho_v = solve_rho_v(sizes, audio, rho_a, r)
+        keep = OmniSIFT(rho_v, rho_a, audio="random")(embeds, [layout] * samples).keep  # STVP + random audio
+        ans = float(keep[torch.arange(samples), batch.target_audio_index].float().mean())
+        obj = sum(bool(keep[i, batch.object_index[i]].any()) for i in range(samples)) / samples
+        rows.append(f"| {r:.0%} | STVP + random audio (VGAS→random) | {rho_v:.3f} / {rho_a:.2f} | "
+                    f"{float(keep[:, av].float().mean()):.3f} | {ans:.3f} | {obj:.3f} |")
+        a_per = task.cfg.audio_per_chunk
+        n_keep = a_per - int(a_per * paper_ratios("omnisift", r)[1])
+        norms = embeds[:, task.audio_index].norm(dim=-1).view(samples, -1, a_per)
+        top = torch.zeros_like(norms, dtype=torch.bool).scatter_(2, norms.topk(n_keep, dim=-1).indices, True)
+        target = (task.audio_index.view(1, -1) == batch.target_audio_index.view(-1, 1)).view_as(top)
+        rows.append(f"| {r:.0%} | loudest audio (top {n_keep} per chunk by norm) | – | – | "
+                    f"{float(top[target].float().mean()):.3f} | – |")
+    typer.echo("\n".join(rows))
+
+
 @app.command()
 def run(
     model: Path = typer.Option(..., help="checkpoint directory (Qwen2.5-Omni, OmniSIFT-7B, or one saved by leanlm)"),
