@@ -233,3 +233,13 @@ def test_cli_selection_check_on_the_loud_geometry(tmp_path):
     assert all(line.endswith("| 0.000 | – |") for line in rows if "loudest" in line)
     stvp = [line for line in rows if "STVP" in line]
     assert all(line.split("|")[-2].strip() == "1.000" for line in stvp)  # STVP always keeps the moving object
+
+
+def test_new_task_fields_at_their_defaults_keep_old_checkpoint_fingerprints():
+    """Checkpoints written before ``loud_per_chunk``/``loud_scale`` existed still resume: the fingerprint of
+    a config that leaves them at their defaults is the one those runs wrote (golden value: §2b's stage A)."""
+    base = {"pretrain_steps": 1000, "lr": 3e-3, "finetune_lr": 1e-3, "task": {}}
+    old = StudyConfig(**base).fingerprint("pretrain")
+    assert old == "bc06bf1e45d7"
+    assert StudyConfig(**{**base, "task": {"loud_per_chunk": 0, "loud_scale": 3.0}}).fingerprint("pretrain") == old
+    assert StudyConfig(**{**base, "task": {"loud_per_chunk": 2}}).fingerprint("pretrain") != old
