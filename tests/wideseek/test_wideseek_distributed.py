@@ -13,6 +13,7 @@ pytestmark = pytest.mark.distributed
 
 def test_two_workers_two_learners_match_single_process(tmp_path):
     ray = pytest.importorskip("ray")
+    threads = torch.get_num_threads()
     from ray import cloudpickle
     from transformers import AutoTokenizer
 
@@ -24,6 +25,7 @@ def test_two_workers_two_learners_match_single_process(tmp_path):
 
     if not embedded_cached():
         pytest.skip("the embedded SmolLM2 tokenizer is not cached")
+    torch.set_num_threads(1)  # restored below; the actors run one thread each as well
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the toy tools/reward below travel by value
     tok = AutoTokenizer.from_pretrained(str(embedded_cache_path()))
     model = tiny_llama(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -50,6 +52,7 @@ def test_two_workers_two_learners_match_single_process(tmp_path):
     finally:
         trainer.shutdown()
         ray.shutdown()
+        torch.set_num_threads(threads)
 
 
 class ToyTools:

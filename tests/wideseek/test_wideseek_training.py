@@ -15,6 +15,15 @@ from leanlm.wideseek.tasks import Task
 from leanlm.wideseek.train import TrainConfig, Trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU thread sync costs minutes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
