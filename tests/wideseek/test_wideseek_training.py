@@ -186,3 +186,6 @@ def test_study_summary_pairs_seeds_and_reads_width(tmp_path):
     assert m["width_nondecreasing"] == 1 and "marl_minus_single" not in m
     put("marl", 0, 2, [0.5])
     assert summarize(tmp_path)["width_nondecreasing"] == 0
+    for w in (1, 2, 4):
+        put("marl", 0, w, [0.0])
+    assert "width_nondecreasing" not in summarize(tmp_path)  # a flat curve at F1 0 is not evidence

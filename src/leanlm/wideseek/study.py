@@ -203,7 +203,8 @@ def _ci95(xs: list[float]) -> float | None:
 def summarize(out: str | Path) -> dict[str, Any]:
     """Metrics from ``<out>/evals``: ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
     ``success_<policy>``, ``marl_minus_sft`` / ``marl_minus_single`` (paired by seed) with ``*_ci95``,
-    ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows)."""
+    ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
+    out when every width scores at most 1 point, where a flat curve at the floor proves nothing)."""
     out = Path(out)
     per: dict[tuple[str, int, int], dict[str, float]] = {}
     for path in sorted((out / "evals").glob("*.jsonl")) if (out / "evals").exists() else []:
@@ -241,7 +242,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
         curve = [(w, per[("marl", seed0, w)]["f1"]) for w in widths if ("marl", seed0, w) in per]
         for w, f in curve:
             metrics[f"f1_width_{w}"] = round(f, 2)
-        if len(curve) >= 2:
+        if len(curve) >= 2 and max(f for _, f in curve) > 1.0:  # all at ~0 F1 (chance) proves nothing
             metrics["width_nondecreasing"] = int(all(b[1] >= a[1] - 1.0 for a, b in itertools.pairwise(curve)))
     atomic_write_json(out / "summary.json", metrics)
     return metrics
