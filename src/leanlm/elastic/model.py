@@ -166,8 +166,8 @@ class Attention(nn.Module):
         nq, nkv = self.n_heads, self.n_kv
         qkv = F.linear(x, self.fused_qkv_weight()).view(b, nq + 2 * nkv, 1, self.head_dim)  # t = 1: heads-major
         cos, sin = rope
-        qk = apply_rope_rolled(qkv[:, :nq + nkv], cos, sin)
-        q, k, v = qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv:]
+        qk, v = qkv.split([nq + nkv, nkv], dim=1)
+        q, k = apply_rope_rolled(qk, cos, sin).split([nq, nkv], dim=1)
         if cache is not None:
             k, v = cache.update(k, v, cache_index)
         if nkv != nq:
@@ -418,7 +418,7 @@ class ElasticMoe(nn.Module):
         flat_idx = idx.view(-1)
         h = flat.view(n, 1, 1, d) @ gate_up.index_select(0, flat_idx).view(n, m, d, 2 * f)  # [N, m, 1, 2f]
         a = F.silu(h[..., :f]) * h[..., f:]  # [N, m, 1, f], a fresh tensor
-        a[:, :k] *= choice.weights.view(n, k, 1, 1).to(a.dtype)  # combine weights; shared experts weigh 1
+        a[:, :k].mul_(choice.weights.view(n, k, 1, 1))  # combine weights (in place); shared experts weigh 1
         out = a.view(n, 1, m * f) @ down.index_select(0, flat_idx).view(n, m * f, d)  # sums over the m experts
         return out.view(n, d)
 
