@@ -135,3 +135,14 @@ def test_checkpoints_resume_and_refuse_other_settings(tmp_path):
     with pytest.raises(ValueError, match=r"answers\.jsonl:1"):
         read_jsonl(path)
     assert FULL["n_per_task"] >= 30 and FULL["budgets"] == [64, 128, 256, 512]
+
+
+def test_agreement_compares_the_answer_span_only():
+    from leanlm.fasa.evaluation.report import answer_span, with_agreement
+
+    assert answer_span("584261. This is the") == answer_span("584261.\n\nBr") == "584261"
+    assert answer_span(" CJYSC, GNFYT and REQWM. Done") == "CJYSC, GNFYT and REQWM"
+    rows = [{"id": "a", "method": "full KV", "text": "584261. This is the"},
+            {"id": "a", "method": "m", "text": "584261. This number"}, {"id": "a", "method": "n", "text": "5842."},
+            {"id": "b", "method": "m", "text": "1"}]
+    assert [r["agree"] for r in with_agreement(rows, rows)] == [True, True, False, False]

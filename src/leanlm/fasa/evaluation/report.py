@@ -20,6 +20,19 @@ def _acc_cell(e: dict[str, Any] | None) -> str:
     return f"{100 * e['acc']:.0f} [{100 * e['acc_lo']:.0f}, {100 * e['acc_hi']:.0f}] ({e['correct']}/{e['n']})"
 
 
+def answer_span(text: str) -> str:
+    """The answer part of a reply: its first line, cut at the first sentence end (``". "``), without the final
+    period. Replies run on past the answer for a fixed number of tokens; agreement compares only this part."""
+    first = text.strip().split("\n")[0].split(". ")[0]
+    return first.strip().rstrip(".").strip()
+
+
+def with_agreement(rows: list[dict[str, Any]], full_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with ``agree`` = the answer span equals full KV's on the same prompt (recomputed from the texts)."""
+    full = {r["id"]: answer_span(r["text"]) for r in full_rows if r["method"] == "full KV"}
+    return [{**r, "agree": r["id"] in full and answer_span(r["text"]) == full[r["id"]]} for r in rows]
+
+
 def overlap(a: Any, b: Any, k: int) -> float:
     """Mean fraction of a head's dominant FCs shared by two calibrations, ``|A ∩ B| / N_tip`` (Table 10)."""
     sa, sb = a.dominant_sets(k), b.dominant_sets(k)
@@ -30,6 +43,7 @@ def overlap(a: Any, b: Any, k: int) -> float:
 def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], ppl_rows: list[dict[str, Any]],
              offline: Offline, config: dict[str, Any]) -> tuple[list[Table], dict[str, Any], dict[str, Any]]:
     """Tables, claim metrics and a JSON summary from the checkpointed rows."""
+    answers, press_rows = with_agreement(answers, answers), with_agreement(press_rows, answers)
     tables: list[Table] = []
     metrics: dict[str, Any] = {}
     summary: dict[str, Any] = {"lengths": {}}
@@ -49,7 +63,7 @@ def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], pp
             table_rows.append([m, *cells, " / ".join(f"{e['agree']}/{e['n']}" if e else "-" for e in agree)])
         tables.append(Table(
             f"Task accuracy at {length} tokens: % correct [95% Wilson interval] (correct/prompts)",
-            ["method", *[f"budget {b}" for b in budgets], "answers identical to full KV (per budget)"], table_rows,
+            ["method", *[f"budget {b}" for b in budgets], "answer identical to full KV's (per budget)"], table_rows,
             caption=f"{n_prompts} prompts ({', '.join(sorted({r['task'] for r in rows_l}))}); layer 0 dense for every "
                     "per-step method; kvpress rows evict at prefill (other protocol), budget = kept tokens."))
         tasks = list(dict.fromkeys(r["task"] for r in rows_l))
@@ -135,6 +149,7 @@ def plot(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], ppl_ro
 
     from leanlm.fasa.plots import ca_heatmap
 
+    answers, press_rows = with_agreement(answers, answers), with_agreement(press_rows, answers)
     figures = []
     budgets = list(config["budgets"])
     lengths = [n for n in config["lengths"] if any(r["length"] == n for r in answers)]
