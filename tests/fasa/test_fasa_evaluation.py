@@ -146,3 +146,28 @@ def test_agreement_compares_the_answer_span_only():
             {"id": "a", "method": "m", "text": "584261. This number"}, {"id": "a", "method": "n", "text": "5842."},
             {"id": "b", "method": "m", "text": "1"}]
     assert [r["agree"] for r in with_agreement(rows, rows)] == [True, True, False, False]
+
+
+def test_report_from_checkpoints_tabulates_a_partial_run_without_a_model(tmp_path):
+    import shutil
+
+    from leanlm.fasa.calibration import resolve_calibration
+    from leanlm.fasa.evaluation.bench import report_from_checkpoints
+
+    run = tmp_path / "run"
+    check_resume(run, dict(QUICK))
+    shutil.copy(resolve_calibration("embedded"), run / "calibration-wiki.json")
+    layers = [None] + [0.5] * 29
+    rows = [{"id": f"niah_single/1536/{i}", "task": "niah_single", "length": 1536, "method": m, "budget": b,
+             "text": t, "correct": c, "recall": layers, "mass": layers, "rel_err": layers}
+            for i in range(3) for m, b, t, c in [("full KV", 0, "123. x", True), ("FASA", 64, "123. y", True),
+                                                 ("FASA", 256, "12.", False), ("SparQ", 64, "9.", False),
+                                                 ("SparQ", 256, "123.", True)]]
+    (run / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = report_from_checkpoints(run, tmp_path / "r.md")
+    m = result["metrics"]
+    assert m["fasa_minus_full_256"] == -100.0 and m["fasa_agree_256"] == "0/3"
+    assert m["fasa_margin_over_best_baseline"] == -100.0  # at 256 SparQ is right and FASA is not
+    text = (tmp_path / "r.md").read_text()
+    assert "| FASA | 100 [44, 100] (3/3) | 0 [0, 56] (0/3) | 3/3 / 0/3 |" in text
+    assert (tmp_path / "r-contextual-agreement--ca--heatmap--k-256.png").exists()
