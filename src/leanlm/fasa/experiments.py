@@ -23,7 +23,7 @@ from leanlm.fasa.evaluation.run import FULL as EVAL_FULL
 from leanlm.fasa.evaluation.run import QUICK as EVAL_QUICK
 from leanlm.reproduce import AtLeast, AtMost, Claim, RunContext, register
 
-_SETTING = ("quick: a smoke run (4 prompts of ~1.5K tokens, 16 perplexity tokens), not evidence; full: 7 tasks x "
+_SETTING = ("quick: a smoke run (3 prompts of ~1K tokens, 8 perplexity tokens), not evidence; full: 7 tasks x "
             "30 prompts at 4K/8K (partial run recorded in docs/results/fasa.md)")
 
 

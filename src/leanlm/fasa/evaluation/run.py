@@ -30,25 +30,29 @@ from leanlm.fasa.evaluation.methods import METHODS, Offline, presses, transfer_m
 from leanlm.fasa.evaluation.metrics import score_answer
 from leanlm.fasa.evaluation.tasks import TASKS, Trial, build_suite, build_trial
 
+MAIN_METHODS = ["full KV", "oracle top-k", "FASA", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
+                "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"]
+#: the reproduce --quick smoke run: 3 prompts of ~1K tokens, no ablations (a few CPU-minutes)
 QUICK: dict[str, Any] = {
-    "lengths": [1536], "tasks": ["niah_single", "niah_multikey", "variable_tracking", "qa_article"], "n_per_task": 1,
-    "budgets": [64, 256], "methods": [m for m in METHODS if m != "FASA adjacent pairing"],
-    "transfer": ["code", "task"], "transfer_budgets": [256], "transfer_task": "niah_multikey",
-    "presses": ["SnapKV", "StreamingLLM"], "press_budgets": [256],
+    "lengths": [1024], "tasks": ["niah_single", "variable_tracking", "qa_article"], "n_per_task": 1,
+    "budgets": [64, 256], "methods": MAIN_METHODS,
+    "transfer": ["code"], "transfer_budgets": [256], "transfer_task": "niah_multikey",
+    "presses": ["SnapKV"], "press_budgets": [256],
     "calib_tokens": 1024, "calib_decode_steps": 16, "calib_stride": 64,
-    "ppl_texts": ["wiki"], "ppl_prefill": 1024, "ppl_predict": 17,
-    "ppl_methods": ["FASA", "oracle top-k", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
-                    "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
+    "ppl_texts": ["wiki"], "ppl_prefill": 768, "ppl_predict": 9, "ppl_methods": MAIN_METHODS[1:],
     "order": ["ppl", "tasks", "presses"], "seed": 0,
 }
+#: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method and ablation (2-3 CPU-days)
 FULL: dict[str, Any] = {
-    **QUICK,
     "lengths": [4096, 7936], "tasks": list(TASKS), "n_per_task": 30, "budgets": [64, 128, 256, 512],
-    "methods": list(METHODS), "transfer_budgets": [256],
+    "methods": list(METHODS), "transfer": ["code", "task"], "transfer_budgets": [256],
+    "transfer_task": "niah_multikey",
     "presses": ["SnapKV", "StreamingLLM", "TOVA", "KNorm", "ExpectedAttention"], "press_budgets": [256],
     "calib_tokens": 2048, "calib_decode_steps": 32, "calib_stride": 32,
     "ppl_texts": ["wiki", "code"], "ppl_prefill": 4000, "ppl_predict": 65,
-    "order": ["ppl:wiki", "tasks:4096", "ppl:code", "tasks:7936", "presses"],
+    "ppl_methods": ["FASA", "oracle top-k", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
+                    "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
+    "order": ["ppl:wiki", "tasks:4096", "ppl:code", "tasks:7936", "presses"], "seed": 0,
 }
 #: settings a resumed run must share with the first one (sizes may grow: prompts are seeded by index)
 FIXED = ("tasks", "budgets", "methods", "transfer", "transfer_budgets", "transfer_task", "presses", "press_budgets",
