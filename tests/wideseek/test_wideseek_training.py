@@ -189,3 +189,14 @@ def test_study_summary_pairs_seeds_and_reads_width(tmp_path):
     for w in (1, 2, 4):
         put("marl", 0, w, [0.0])
     assert "width_nondecreasing" not in summarize(tmp_path)  # a flat curve at F1 0 is not evidence
+
+
+def test_train_cli_rejects_a_bad_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from leanlm.wideseek.cli import app
+
+    bad = tmp_path / "marl.toml"
+    bad.write_text("steps = 2\nclip_c = 0.5\n")
+    result = CliRunner().invoke(app, ["train", "--config", str(bad)])
+    assert result.exit_code != 0 and "clip_c must be > 1" in result.output

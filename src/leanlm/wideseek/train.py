@@ -106,6 +106,7 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "group_size", "ppo_epochs", "max_new_tokens", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.grpo()  # validates the clip and KL settings before any model is loaded
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(max_lead_turns=self.max_lead_turns, max_sub_turns=self.max_sub_turns,
