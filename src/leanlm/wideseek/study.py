@@ -165,6 +165,7 @@ class Study:
         for task in tasks:
             torch.manual_seed(1000 * seed + sum(map(ord, task.instance_id)))
             t1 = time.perf_counter()
+            backend.tokens = 0
             rolls = rollout_group(backend, self.tools, agent_cfg, [task.query], ["table"], cfg["n"], mode)
             scores = [score_rollout(task, r.result) for r in rolls]
             line = {"task": task.instance_id, "policy": policy, "seed": seed, "width": width, "mode": mode,
