@@ -42,6 +42,25 @@ async def _many(backend: Any, convs: list[list[dict[str, Any]]], tools: list[dic
     return list(await asyncio.gather(*(backend.complete(c, tools, agent=f"sub-{i + 1}") for i, c in enumerate(convs))))
 
 
+async def _timed(backend: Any, convs: list[list[dict[str, Any]]], tools: list[dict[str, Any]]) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    outs = await _many(backend, convs, tools)
+    return sum(o.completion_tokens or 0 for o in outs), time.perf_counter() - t0
+
+
+async def _interleaved(inproc: Any, client: Any, convs: list[list[dict[str, Any]]], tools: list[dict[str, Any]],
+                       repeats: int, rows: list[dict[str, Any]]) -> None:
+    """Each repeat runs the in-process backend, then (if present) the server, appending one row per run."""
+    backends = [("in-process (transformers, batched)", inproc)]
+    if client is not None:
+        backends.append(("llama.cpp server (1 slot, Q4_1)", client))
+    for r in range(repeats):
+        for name, backend in backends:
+            tokens, wall = await _timed(backend, convs, tools)
+            rows.append({"repeat": r, "backend": name, "tokens": tokens, "wall_s": round(wall, 2),
+                         "tokens_per_s": round(tokens / wall, 2)})
+
+
 def run(batch: int = 8, max_tokens: int = 64, repeats: int = 3, threads: int = 2, seed: int = 0) -> tuple[str, dict]:
     """Interleaved repeats of both backends; returns (Markdown report, data)."""
     from leanlm.common.models import load_embedded
@@ -60,20 +79,9 @@ def run(batch: int = 8, max_tokens: int = 64, repeats: int = 3, threads: int = 2
     try:
         client = (OpenAIBackend(server.base_url, model="embedded", tool_mode="text", max_tokens=max_tokens,
                                 temperature=1.0, timeout=900, retries=0) if server else None)
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            outs = asyncio.run(_many(inproc, convs, tools))
-            wall = time.perf_counter() - t0
-            tokens = sum(o.completion_tokens for o in outs)
-            rows.append({"repeat": r, "backend": "in-process (transformers, batched)", "tokens": tokens,
-                         "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2)})
-            if client is not None:
-                t0 = time.perf_counter()
-                outs = asyncio.run(_many(client, convs, tools))
-                wall = time.perf_counter() - t0
-                tokens = sum(o.completion_tokens or 0 for o in outs)
-                rows.append({"repeat": r, "backend": "llama.cpp server (1 slot, Q4_1)", "tokens": tokens,
-                             "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2)})
+        # One event loop for every repeat: the OpenAI AsyncClient (httpx) is bound to the loop it first ran on,
+        # so a fresh ``asyncio.run`` per repeat would fail with "Event loop is closed".
+        asyncio.run(_interleaved(inproc, client, convs, tools, repeats, rows))
     finally:
         if server is not None:
             server.stop()
