@@ -135,7 +135,7 @@ def render(result: dict[str, Any], out: Path) -> ExperimentResult:
     claims=[
         Claim("Elasticity leaves the full model's loss unchanged (axes where the rule holds)", paper="1.941 vs 1.945",
               metric="full_claim_axes_holding", rule=AtLeast("full_claim_axes_holding", 1.0, partly=0.25),
-              setting="full: byte-level 0.19M-param MoE, 2.2M tokens, 5 seeds (partial: docs/results/elastic.md); "
+              setting="full: byte-level 0.19M-param MoE, 2.2M tokens, 5 seeds (recorded in docs/results/elastic.md: holds on top-k only); "
                       "quick: 30 steps x 3 seeds, a smoke run, not evidence"),
         Claim("Elastic sub-models beat same-size models trained from scratch at equal total FLOPs (axes holding)",
               paper="not reported (OFA/MatFormer claim)", metric="sub_claim_axes_holding",
