@@ -151,8 +151,18 @@ def test_study_cli_tiny_and_resumes(tmp_path) -> None:
                          "--match", "steps"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(c) for c in (tmp_path / "s" / "cells-steps.jsonl").read_text().splitlines()]
-    assert [r_["match"] for r_ in rows] == ["steps", "steps"]
+    assert [(r_["selector"], r_["match"]) for r_ in rows] == [("bis-0.2", "steps")]  # full data reused
     assert (tmp_path / "s" / "report-steps.md").exists()
+    # --report-only trains nothing and reports only the recorded cells among those asked for
+    r = run.invoke(app, [*args[:6], "--budgets", "0.5,0.25", "--selectors", "random,bis-0.2,low-mc", "--seeds", "3",
+                         "--report-only"])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "s" / "cells.jsonl").read_text().splitlines()) == 6
+    rep = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert sorted(c["key"] for c in rep["cells"]) == sorted(json.loads(c)["key"] for c in cells)
+    assert "low-mc" not in (tmp_path / "s" / "report.md").read_text()
+    r = run.invoke(app, ["study", str(tmp_path / "c"), "--out", str(tmp_path / "empty"), "--report-only"])
+    assert r.exit_code != 0 and "no recorded cells" in r.output
 
 
 def test_study_model_based_baselines(tmp_path) -> None:

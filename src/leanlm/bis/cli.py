@@ -324,6 +324,8 @@ def study_cmd(
     keep_checkpoints: bool = typer.Option(False, help="Keep each cell's trained PRM (default: delete once evaluated)."),
     train_steps: str = typer.Option("epoch", help="'epoch': one epoch per subset (the paper); 'equal': a subset "
                                                   "trains 1/budget epochs, about full data's optimizer steps."),
+    report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write the reports from the "
+                                                                  "cells already recorded (missing cells left out)."),
 ) -> None:
     """Budgets x selectors x seeds of PRM training; paired Student-t differences vs random and vs full data."""
     from leanlm.bis.prm.study import SELECTORS, StudyConfig, plot, run_study, summarize, to_markdown
@@ -343,7 +345,9 @@ def study_cmd(
                       seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone,
                       device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps)
-    rows = run_study(cfg)
+    rows = run_study(cfg, train_missing=not report_only)
+    if not rows:
+        raise typer.BadParameter(f"no recorded cells in {out} match these selectors, budgets and seeds")
     summary = summarize(rows)
     md = (f"budgets matched in {match}; subsets train "
           + ("one epoch" if train_steps == "epoch" else "1/budget epochs (about full data's optimizer steps)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    t0 = time.process_time()
     epochs = 1 if selector == "full" or cfg.train_steps == "epoch" else max(1, round(1 / budget))
     cell = cfg.out / "cells" / (_cell_key(selector, budget, seed).replace("|", "_") + f"_{cfg.match}"
                                 + ("" if epochs == 1 else f"_x{epochs}"))
@@ -200,18 +202,23 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
             "rollouts": len(examples), "steps": sum(len(e.steps) for e in examples), "auc": m["auc"],
             "f1_val_tuned": m["val_tuned"]["overall_micro_f1"], "f1_fixed": m["fixed_0.5"]["overall_micro_f1"],
             "f1_test_tuned_optimistic": m["test_tuned_optimistic"]["overall_micro_f1"],
-            "per_source_val_tuned": {s: v["macro_f1"] for s, v in m["val_tuned"]["per_source"].items()}}
+            "per_source_val_tuned": {s: v["macro_f1"] for s, v in m["val_tuned"]["per_source"].items()},
+            "cpu_s": round(time.process_time() - t0, 2)}  # this process's CPU time for the cell (proxy PRM included)
 
 
-def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """Every (selector, budget, seed) cell plus full data per seed, seed by seed; resumes from ``out/cells.jsonl``."""
+def run_study(cfg: StudyConfig, train_missing: bool = True) -> list[dict[str, Any]]:
+    """Every (selector, budget, seed) cell plus full data per seed, seed by seed; resumes from ``out/cells.jsonl``.
+
+    ``train_missing=False`` trains nothing: it returns the planned cells already recorded (a report of a study
+    still running, or of a grid whose parts were run by separate invocations)."""
     from leanlm.common.progress import progress
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     base = cfg.out / ("cells.jsonl" if cfg.match == "rollouts" else f"cells-{cfg.match}.jsonl")
     log = base if cfg.train_steps == "epoch" else base.with_name(base.stem + f"-{cfg.train_steps}steps.jsonl")
     done = {}
-    for path in {base, log}:
+    # full data is the same cell whatever the matching or the subsets' epochs: reuse it from any log
+    for path in {base, log, cfg.out / "cells.jsonl"}:
         if path.exists():
             for line in path.read_text().splitlines():
                 row = json.loads(line)
@@ -223,6 +230,8 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     rows = []
     for sel, b, s in progress(plan, desc="bis study", unit="cell"):
         key = _cell_key(sel, b, s)
+        if key not in done and not train_missing:
+            continue
         if key not in done:
             done[key] = run_cell(cfg, sel, b, s)
             with open(log, "a", encoding="utf-8") as fh:
