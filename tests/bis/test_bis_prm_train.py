@@ -147,6 +147,8 @@ def test_study_cli_tiny_and_resumes(tmp_path) -> None:
     assert r.exit_code == 0 and len((tmp_path / "s" / "cells.jsonl").read_text().splitlines()) == 6
     bad = run.invoke(app, [*args[:6], "--selectors", "nope"])
     assert bad.exit_code != 0 and "unknown selector" in bad.output
+    bad = run.invoke(app, [*args, "--lora"])
+    assert bad.exit_code != 0 and "--lora needs a pretrained backbone" in bad.output
     r = run.invoke(app, [*args[:6], "--selectors", "bis-0.2", "--seeds", "1", "--hidden", "16", "--layers", "1",
                          "--match", "steps"])
     assert r.exit_code == 0, r.output

@@ -316,6 +316,7 @@ def study_cmd(
     layers: int = typer.Option(2),
     tokenizer: str = typer.Option("step", help="tiny backbone tokenizer: step | word | char."),
     backbone: str = typer.Option("tiny", help="'tiny', 'embedded' (SmolLM2-135M) or a local LM (as bis train)."),
+    lora: bool = typer.Option(False, help="Non-tiny backbones: train LoRA adapters (peft) instead of all weights."),
     device: str = typer.Option("cpu", help="'cpu' or 'cuda'."),
     lr: float = typer.Option(3e-3),
     batch: int = typer.Option(32),
@@ -341,8 +342,10 @@ def study_cmd(
         raise typer.BadParameter(f"--train-steps must be 'epoch' or 'equal', got {train_steps!r}")
     if tokenizer not in ("step", "word", "char"):
         raise typer.BadParameter(f"--tokenizer must be step, word or char, got {tokenizer!r}")
+    if lora and backbone == "tiny":
+        raise typer.BadParameter("--lora needs a pretrained backbone (--backbone embedded or a local LM)")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone,
+                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
                       device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps)
     rows = run_study(cfg, train_missing=not report_only)

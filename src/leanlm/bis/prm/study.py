@@ -9,7 +9,9 @@ intervals (small n: 1.96 would be too narrow).
 
 ``match="steps"`` is the control the brief asks for (BIS may favour long rollouts): each source keeps its
 highest-scored rollouts until their steps reach ``budget`` x the source's steps, instead of ``budget`` x its
-rollouts. Not built yet (see docs/results/bis.md, "Status of issue #16"): the model-based baseline (loss/uncertainty from a proxy PRM on a random 5%), the SmolLM2 run.
+rollouts. ``train_steps="equal"`` trains a subset round(1/budget) epochs (about full data's optimizer steps). The
+model-based baselines ``uncertainty`` / ``loss`` rank rollouts by a proxy PRM trained on a random 5%
+(:func:`proxy_scores`). Results of record: docs/results/bis.md, "PRM evidence (issue #16)".
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class StudyConfig:
     layers: int = 2
     tokenizer: str = "step"  # tiny backbone: "step" (one token per step), "word" or "char" (see prm/model.py)
     backbone: str = "tiny"  # or "embedded" (SmolLM2-135M) / a local LM, as in ``leanlm bis train``
+    lora: bool = False  # non-tiny backbones: train LoRA adapters (and the <prm> row) instead of all weights
     device: str = "cpu"
     lr: float = 3e-3
     batch: int = 32
@@ -129,7 +132,8 @@ def proxy_scores(cfg: StudyConfig, seed: int) -> Path:
     subset = d / "subset.jsonl"
     select([cfg.corpus / "train"], subset, SelectConfig(ratio=PROXY_BUDGET, scorer=make_scorer("random", seed=seed),
                                                          hash_input=False, workers=1))
-    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
+    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer,
+                     lora=cfg.lora, seed=seed)
     res = train(load_examples([subset]), d / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
                                                                  device=cfg.device))
     model = load_prm(res["checkpoint"], device=cfg.device)
@@ -187,7 +191,8 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
             select([cfg.corpus / "train"], data, SelectConfig(ratio=budget, scorer=scorer, hash_input=False,
                                                               workers=1))
     examples = load_examples([data])
-    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer, seed=seed)
+    spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer,
+                     lora=cfg.lora, seed=seed)
     res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
                                                      device=cfg.device, epochs=epochs))
     model = load_prm(res["checkpoint"], device=cfg.device)
@@ -248,7 +253,9 @@ def summarize(rows: list[dict[str, Any]], metric: str = "f1_val_tuned") -> dict[
     full = by.get(("full", 1.0), {})
     out: dict[str, Any] = {"metric": metric, "cells": [], "vs_random": [], "vs_full": []}
     for (sel, b), vals in sorted(by.items()):
-        out["cells"].append({"selector": sel, "budget": b, "n": len(vals), "mean": float(np.mean(list(vals.values())))})
+        v = list(vals.values())
+        out["cells"].append({"selector": sel, "budget": b, "n": len(v), "mean": float(np.mean(v)),
+                             "sd": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")})
         if sel == "full":
             continue
         rnd = by.get(("random", b), {})
@@ -274,23 +281,39 @@ def to_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """F1 vs budget per selector (full data as a horizontal line)."""
+    """F1 vs budget, one line per selector, bars = Student-t 95% interval of the mean over seeds; full data as a
+    horizontal line with its interval as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy.stats import t as student_t
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sels = sorted({c["selector"] for c in summary["cells"]} - {"full"})
+    def half(c: dict[str, Any]) -> float:
+        sd = c.get("sd", float("nan"))
+        return float(student_t.ppf(0.975, c["n"] - 1) * sd / math.sqrt(c["n"])) if c["n"] > 1 and sd == sd else 0.0
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sels = [s for s in SELECTORS if any(c["selector"] == s for c in summary["cells"])]
+    sels += sorted({c["selector"] for c in summary["cells"]} - {"full"} - set(sels))
+    markers = "osD^v<>phX*8"
+    palette = [plt.get_cmap("tab10")(k) for k in range(10)] + ["#555555", "#b8860b"]
     for sel in sels:
-        pts = sorted((c["budget"], c["mean"]) for c in summary["cells"] if c["selector"] == sel)
-        ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=sel)
+        i = list(SELECTORS).index(sel) if sel in SELECTORS else len(SELECTORS)  # same colour in every plot
+        pts = sorted((c["budget"], c["mean"], half(c)) for c in summary["cells"] if c["selector"] == sel)
+        ax.errorbar([p[0] * 100 for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=markers[i % 12],
+                    ms=4, capsize=2, lw=1, label=sel, color=palette[i % len(palette)])
     for c in summary["cells"]:
         if c["selector"] == "full":
-            ax.axhline(c["mean"], color="k", ls="--", label="full data")
+            ax.axhline(c["mean"], color="k", ls="--", lw=1, label=f"full data ({c['n']} seeds)")
+            ax.axhspan(c["mean"] - half(c), c["mean"] + half(c), color="k", alpha=0.1)
     ax.set_xscale("log")
-    ax.set_xlabel("budget (% of rollouts per source)")
-    ax.set_ylabel("overall micro-F1 (val threshold)")
-    ax.legend(fontsize=8)
+    ticks = sorted({c["budget"] * 100 for c in summary["cells"]})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("budget (% of rollouts per source; full data = 100)")
+    ax.set_ylabel(METRIC_LABELS.get(summary["metric"], summary["metric"]))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
