@@ -243,3 +243,83 @@ def test_new_task_fields_at_their_defaults_keep_old_checkpoint_fingerprints():
     assert old == "bc06bf1e45d7"
     assert StudyConfig(**{**base, "task": {"loud_per_chunk": 0, "loud_scale": 3.0}}).fingerprint("pretrain") == old
     assert StudyConfig(**{**base, "task": {"loud_per_chunk": 2}}).fingerprint("pretrain") != old
+
+
+def test_untrained_selector_row_is_the_trained_variants_starting_point(tmp_path):
+    """The diagnostic row "OmniSIFT (untrained selector)" uses the selector the OmniSIFT variant starts its
+    fine-tuning from (same weights), on the full-token backbone; its keep-set is recomputed here by hand."""
+    from leanlm.omnisift.presets import paper_ratios, solve_rho_v
+    from leanlm.omnisift.study import initial_compressor, run_study
+
+    cfg = StudyConfig(seeds=[1], batch_size=4, eval_samples=8, pretrain_steps=2, finetune_steps=2, task=SMALL,
+                      variants=["OmniSIFT", "OmniSIFT (untrained selector)"])
+    result = run_study(cfg, tmp_path)
+    rows = {(r["method"], r["target"]): r for r in result["records"]}
+    assert {m for m, _ in rows} == {"OmniSIFT", "OmniSIFT (untrained selector)"}  # full tokens trained, not reported
+    # the starting point of the trained variant: a fresh build_model then the compressor, as in trained_model
+    model = build_model(cfg, 1)
+    start = make_compressor(cfg, {}, 1)
+    again = initial_compressor(cfg, {}, 1)
+    for (n, a), (_, b) in zip(start.selector.state_dict().items(), again.selector.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    trained = torch.load(next(tmp_path.glob("checkpoints/seed1-OmniSIFT-*.pt")), weights_only=True)
+    moved = [k for k, v in start.selector.state_dict().items() if not torch.equal(v, trained[f"compressor.selector.{k}"])]
+    assert moved  # fine-tuning changed the selector, so the two rows are different selectors
+    task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **SMALL), model.config)
+    trainer = Trainer(cfg, task, model, 1)
+    sizes, audio = task.frame_sizes()
+    start.eval()
+    for target in cfg.retentions:
+        rho_a = paper_ratios("omnisift", target)[1]
+        start.set_ratios(solve_rho_v(sizes, audio, rho_a, target), rho_a)
+        batch = task.sample(cfg.eval_samples, torch.Generator().manual_seed(99_000 + 1))
+        kw = trainer.inputs(batch)
+        with torch.no_grad():
+            keep = start.compress(kw["inputs_embeds"], kw["av_layouts"]).keep
+        kept = sum(int(keep[b, batch.target_audio_index[b]]) for b in range(cfg.eval_samples)) / cfg.eval_samples
+        assert rows[("OmniSIFT (untrained selector)", target)]["target_audio_kept"] == kept
+
+
+def test_unknown_study_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown study variant.*Bogus.*known: full tokens"):
+        StudyConfig(variants=["OmniSIFT", "Bogus"])
+
+
+def _run_file(path, seed, rows, **config):
+    recs = [{"seed": seed, "method": m, "target": t, "accuracy": acc, "target_audio_kept": kept, "object_kept": 1.0,
+             "retention": t, "rho_v": 0.9, "rho_a": 0.5, "accuracy_sound_dropped": None, "sound_dropped": 0}
+            for m, t, acc, kept in rows]
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"pretrain_steps": 4000, "task": {"frames": 8}, **config}
+    (path / "results.json").write_text(json.dumps({"records": recs, "config": cfg}))
+    return path
+
+
+def test_merge_pairs_by_seed_with_student_t_intervals(tmp_path):
+    from leanlm.omnisift.cli import app
+    from leanlm.omnisift.merge import load_runs, paired, report
+
+    # seed s: OmniSIFT beats Random by 0.1, 0.2, 0.3 at 25%; seed 2's backbone is at chance
+    runs = [_run_file(tmp_path / f"s{s}", s, [("full tokens", 1.0, full, 1.0), ("OmniSIFT", 0.25, 0.5 + d, 0.7),
+                                                 ("Random", 0.25, 0.5, 0.5)])
+            for s, d, full in ((0, 0.1, 1.0), (1, 0.2, 0.9), (2, 0.3, 0.12))]
+    records, settings = load_runs(runs)
+    assert settings["pretrain_steps"] == 4000 and len(records) == 9
+    d = paired(records, "OmniSIFT", "Random", "accuracy", 0.25)
+    assert d["seeds"] == [0, 1, 2] and d["per_seed"] == pytest.approx([0.1, 0.2, 0.3])
+    half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t(0.975, df 2) · sd / √n, sd of (0.1, 0.2, 0.3) = 0.1
+    assert (d["mean"], d["low"], d["high"]) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+    text, data = report(records, chance=0.125)
+    assert data["not_learned"] == [2] and "Seed 2's backbone did not learn" in text
+    assert "| OmniSIFT − Random | accuracy | 25% | +0.200 |" in text and "(excludes 0)" in text
+    assert "| OmniSIFT − Random | answer sound kept | 25% | +0.200 | [+0.200, +0.200] **(excludes 0)**" in text
+    res = CliRunner().invoke(app, ["merge", *map(str, runs), "--out", str(tmp_path / "m.md")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["paired"][0]["mean"] == pytest.approx(0.2)
+    # the same seed twice, runs with different settings, and a missing run are clear errors
+    with pytest.raises(ValueError, match="seed 0 OmniSIFT at 25% is also in"):
+        load_runs([runs[0], _run_file(tmp_path / "dup", 0, [("OmniSIFT", 0.25, 0.4, 0.5)])])
+    with pytest.raises(ValueError, match="pretrain_steps=2000 vs 4000"):
+        load_runs([runs[0], _run_file(tmp_path / "s9", 9, [("OmniSIFT", 0.25, 0.4, 0.5)], pretrain_steps=2000)])
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["merge", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")])
+    assert res.exit_code != 0 and "no results.json" in res.output

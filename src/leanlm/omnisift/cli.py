@@ -53,6 +53,28 @@ def study(
 
 
 @app.command()
+def merge(
+    runs: list[Path] = typer.Argument(..., help="study output directories (each with results.json), one per seed"),
+    out: Path = typer.Option(Path("reports/omnisift-study/merged.md"), help="Markdown report (JSON written beside it)"),
+) -> None:
+    """Merge per-seed study runs: mean ± sd, per-seed numbers and paired differences with t intervals."""
+    from leanlm.common.atomic import atomic_write_json, atomic_write_text
+    from leanlm.omnisift.merge import load_runs, report
+    from leanlm.omnisift.synth import TaskConfig
+
+    try:
+        records, settings = load_runs(runs)
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    chance = 1.0 / TaskConfig(**(settings.get("task") or {})).classes
+    text, data = report(records, chance=chance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    atomic_write_json(out.with_suffix(".json"), {"runs": [str(r) for r in runs], "settings": settings, **data})
+    typer.echo(text)
+
+
+@app.command()
 def ratios(
     n_p: int = typer.Option(320, help="video tokens per LLM frame"),
     audio: int = typer.Option(50, help="audio tokens per 2-s chunk"),

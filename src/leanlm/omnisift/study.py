@@ -10,7 +10,9 @@ Protocol, following OmniSIFT §4.1 / Appendix B on a tiny random-init Qwen2.5-Om
    w/o temporal, audio-only selector, VGAS→random, STVP→random), at the reference code's training ratios
    ρv = 0.7, ρa = 0.3;
 3. evaluate at 35% and 25% retention: each method uses its Table 6 audio ratio, and ρv is solved so that
-   every method keeps the same number of tokens in this geometry (paper Table 6 note).
+   every method keeps the same number of tokens in this geometry (paper Table 6 note). A diagnostic row,
+   "OmniSIFT (untrained selector)", applies OmniSIFT with the selector the trained variant *starts* from to
+   the full-token backbone: paired with the trained row, it measures what the STE fine-tuning taught VGAS.
 
 Checkpoints of every stage are saved under the output directory and reused when the run is repeated with
 the same configuration (resume at stage granularity).
@@ -56,6 +58,12 @@ TRAINED: dict[str, dict[str, Any] | None] = {
 #: Training-free baselines applied to the full-token fine-tuned backbone: name -> (class, Table 6 row).
 TRAINING_FREE = {"Random": (RandomPruning, "random"), "DyCoke-style": (DyCokeTTM, "dycoke"),
                  "OmniZip-style": (OmniZipStyle, "omnizip")}
+#: Diagnostic rows: OmniSIFT with its *freshly initialised* selector (the same init as the trained variant's
+#: starting point, ``make_compressor(cfg, flags, seed)``), applied without training to the full-token backbone.
+#: In the synthetic study the selector sees only the task's features (encoders bypassed), so its keep-set does
+#: not depend on the backbone; the paired difference trained − untrained in "answer sound kept" measures what
+#: the STE fine-tuning taught the selector.
+UNTRAINED: dict[str, dict[str, Any]] = {"OmniSIFT (untrained selector)": {}}
 
 
 @dataclass
@@ -79,6 +87,12 @@ class StudyConfig:
     threads: int = 1
     variants: list[str] = field(default_factory=lambda: list(TRAINED) + list(TRAINING_FREE))
     task: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = list(TRAINED) + list(TRAINING_FREE) + list(UNTRAINED)
+        unknown = [v for v in self.variants if v not in known]
+        if unknown:
+            raise ValueError(f"unknown study variant(s): {', '.join(unknown)}; known: {', '.join(known)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
@@ -117,6 +131,14 @@ def make_compressor(cfg: StudyConfig, flags: dict[str, Any], seed: int) -> AVCom
     if flags.get("method") == "random":
         return RandomPruning(DEFAULT_RHO_V, DEFAULT_RHO_A, seed=seed)
     return OmniSIFT(DEFAULT_RHO_V, DEFAULT_RHO_A, cfg.hidden_size, selector_dim=cfg.selector_dim, seed=seed, **flags)
+
+
+def initial_compressor(cfg: StudyConfig, flags: dict[str, Any], seed: int) -> AVCompressor:
+    """The compressor a trained variant starts from, bit for bit: VGAS draws its initial weights from torch's
+    global generator, which :func:`build_model` seeds, so it is built right after a fresh ``build_model``
+    (as in :func:`trained_model` and the curves)."""
+    build_model(cfg, seed)
+    return make_compressor(cfg, flags, seed)
 
 
 def selector_optim(cfg: StudyConfig) -> SelectorOptim:
@@ -292,7 +314,8 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
         base_state = base.state_dict()
         models: dict[str, Any] = {}
         for name in TRAINED:
-            if name in cfg.variants or (name == "full tokens" and set(TRAINING_FREE) & set(cfg.variants)):
+            needs_full = set(TRAINING_FREE) | set(UNTRAINED)  # rows applied to the full-token fine-tuned backbone
+            if name in cfg.variants or (name == "full tokens" and needs_full & set(cfg.variants)):
                 models[name], losses = trained_model(cfg, task, seed, name, base_state, ckpt_dir)
                 if losses:
                     curves[f"seed {seed} {name}"] = losses
@@ -310,6 +333,10 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
                     row = "omnisift"
                     model = models[name]
                     comp = model.compressor
+                elif name in UNTRAINED:
+                    row = "omnisift"
+                    model = models["full tokens"]
+                    comp = initial_compressor(cfg, UNTRAINED[name], seed).eval()
                 else:
                     cls, row = TRAINING_FREE[name]
                     model = models["full tokens"]
