@@ -156,8 +156,8 @@ def _mean(rows: list[dict[str, Any]], sel: str, key: str) -> float:
               paper="within noise of full data (Fig. 1)", metric="bis10_minus_full",
               rule=Interval("bis10_minus_full", "bis10_minus_full_ci95", expect="contains", tolerance=0.01),
               setting="tiny Llama PRM (one token per step) on a synthetic corpus with ground truth; "
-                      "quick: 5k rollouts x 5 seeds, a smoke run, not evidence (the 10-seed study is in "
-                      "docs/results/bis.md)",
+                      "quick: 5k rollouts x 5 seeds, a smoke run, not evidence; full: the 10-seed study of record "
+                      "(its cells are the 10% column of the selector x budget grid in docs/results/bis.md)",
               spread="bis10_minus_full_ci95", spread_label="95% CI half-width"),
         Claim("BIS-10% beats random-10%: paired difference (BIS-10% minus random-10%), interval above 0",
               paper="+4.1% relative", metric="bis10_minus_random",
