@@ -35,7 +35,8 @@ def test_oracle_width_sweep_is_correct_and_faster_when_wider(world):
     assert narrow.item_f1 == wide.item_f1 == 1.0 and narrow.success == 1.0
     # width 1: lead 3 calls (enumerate, fan out, answer) + enumerator 3 (search, read the list, report)
     # + one subagent with 5 searches, 5 accesses, 1 report = 17 calls, all on the critical path
-    assert narrow.llm_calls == 17 and 17 * 0.05 <= narrow.ideal_s < 17 * 0.05 + 1.0  # + measured tool time
+    # + the measured tool time: under 0.5 s idle, 1.6 s at load 11 on 2 cores (the bound leaves room for load)
+    assert narrow.llm_calls == 17 and 17 * 0.05 <= narrow.ideal_s < 17 * 0.05 + 5.0
     # width 4 (rows split 2/1/1/1): 3 + 3 + 5 + 3 x 3 = 20 calls; critical path 3 + 3 + 5 calls
     assert wide.llm_calls == 20 and 11 * 0.05 <= wide.ideal_s < narrow.ideal_s
     assert narrow.wall_s >= narrow.ideal_s - 0.01 and wide.wall_s >= wide.ideal_s - 0.01

@@ -52,7 +52,7 @@ class ToyTools:
 
 def test_batched_logprobs_equal_teacher_forced_pass_and_tags(tokenizer):
     model = tiny(tokenizer)
-    backend = TransformersBackend(model, tokenizer, max_new_tokens=10, temperature=0.7)
+    backend = TransformersBackend(model, tokenizer, max_new_tokens=10, temperature=0.7, max_pad_waste=10.0)
     convs = {(0, "lead"): "List two cities.", (0, "sub-1"): "Find Paris.", (0, "sub-2"): "Find a much longer thing "
              "with many more words in it.", (1, "lead"): "List two cities.", (1, "sub-1"): "x"}
 
@@ -75,6 +75,101 @@ def test_batched_logprobs_equal_teacher_forced_pass_and_tags(tokenizer):
         assert len(s.logprobs) == len(s.completion_ids) > 0
         assert torch.allclose(torch.tensor(s.logprobs), t, atol=1e-4)
     assert all(o.token_ids and o.completion_tokens == len(o.token_ids) for o in outs)
+
+
+def test_batches_are_cut_by_padding_waste_and_rows_stop_at_their_role_cap(tokenizer):
+    from leanlm.wideseek.rollout import _Request
+
+    backend = TransformersBackend(tiny(tokenizer), tokenizer, max_new_tokens=12, max_pad_waste=0.25,
+                                  role_max_new_tokens={"sub": 3, "lead": 12})
+    reqs = [_Request([1] * n, "sub-1", 0, None) for n in (100, 10, 90, 80, 12, 60)]
+    first, rest = backend.cut(reqs)
+    # longest first: 100, 90, 80, 60 pad to 400 <= 1.25 * 330; adding 12 would pad to 500 > 1.25 * 342
+    assert [len(r.ids) for r in first] == [100, 90, 80, 60] and [len(r.ids) for r in rest] == [10, 12]
+    assert [len(r.ids) for r in backend.cut(rest)[0]] == [12, 10]  # 24 <= 1.25 * 22
+    assert [len(r.ids) for r in backend.cut([reqs[0], reqs[1]])[0]] == [100]  # 200 > 1.25 * 110
+    assert backend.cut(reqs[:1]) == (reqs[:1], [])
+    assert backend.cap("sub-7") == 3 and backend.cap("lead") == 12 and backend.cap("single") == 12
+
+    async def main():
+        async def one(agent, text):
+            return await backend.complete([{"role": "user", "content": text}], [], agent=agent)
+        return await asyncio.gather(one("lead", "a"), one("sub-1", "b"), one("sub-2", "c"))
+
+    torch.manual_seed(0)
+    backend.eos_ids = {-1}  # a random model may stop at once: make every row run to its cap
+    backend.max_pad_waste = 10.0
+    lead, sub1, sub2 = asyncio.run(main())
+    assert backend.batches == [3]
+    assert len(lead.token_ids) == 12 and len(sub1.token_ids) == len(sub2.token_ids) == 3
+    assert sub1.finish_reason == "length" and len(sub1.logprobs) == 3
+    st = backend.stats
+    assert st["calls"] == 3 and st["generated_tokens"] == 18 and st["decoded_tokens"] == 36
+    assert st["padded_prompt_tokens"] >= st["prompt_tokens"] > 0
+
+
+def test_one_epoch_update_reuses_its_own_logprobs_as_old(tokenizer, tmp_path):
+    """With one PPO epoch, skipping the separate old-log-prob pass changes neither the loss nor the gradient."""
+    import copy
+
+    from leanlm.wideseek.train import prepare_batch, update
+
+    tr = _trainer(tokenizer, tmp_path)
+    rolls = tr.rollouts(tr.tasks[:1])
+    results = []
+    for recompute in (True, False):
+        cfg = TrainConfig(out=str(tmp_path), group_size=3, max_new_tokens=6, kl_beta=0.1, ppo_epochs=1, lr=1e-2,
+                          recompute_old_logprobs=recompute)
+        batch = prepare_batch(rolls, tr.tasks[:1], _reward, cfg)
+        model = copy.deepcopy(tr.model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss, sums, norm = update(model, tr.ref_logprobs, opt, batch, cfg)
+        results.append((loss, sums, norm, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (l1, s1, n1, g1), (l2, s2, n2, g2) = results
+    assert batch.samples and l1 == pytest.approx(l2, rel=1e-6, abs=1e-9) and n1 == pytest.approx(n2, rel=1e-6)
+    assert s1 == pytest.approx(s2, rel=1e-6, abs=1e-9)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(g1, g2, strict=True))
+
+
+def test_packed_turns_give_the_per_turn_logprobs_loss_and_gradient(tokenizer):
+    import copy
+
+    from leanlm.wideseek.grpo import TurnSample, chain_logprobs, turn_chains, turn_logprobs
+    from leanlm.wideseek.train import Batch, update
+
+    g = torch.Generator().manual_seed(3)
+
+    def ids(n):
+        return torch.randint(10, 5000, (n,), generator=g).tolist()
+
+    p1, c1 = ids(20), ids(5)
+    p2, c2 = p1 + c1 + ids(7), ids(4)
+    p3, c3 = p2 + c2 + ids(3), ids(6)
+    p4 = list(p3)
+    p4[len(p2) + 1] += 1  # this turn's prompt re-rendered an earlier reply differently: breaks the chain
+    c4 = ids(3)
+    samples = [TurnSample(traj=0, agent=1, turn=t, prompt_ids=p, completion_ids=c, logprobs=[0.0] * len(c))
+               for t, (p, c) in enumerate([(p1, c1), (p3, c3), (p2, c2), (p4, c4)], start=1)]
+    samples[1].turn, samples[2].turn = 3, 2  # listed out of turn order on purpose
+    samples.append(TurnSample(traj=1, agent=0, turn=1, prompt_ids=p1, completion_ids=c2, logprobs=[0.0] * 4))
+    assert sorted(map(sorted, turn_chains(samples))) == [[0, 1, 2], [3], [4]]
+    model = tiny(tokenizer)
+    with torch.no_grad():
+        packed = chain_logprobs(model, [samples[0], samples[2], samples[1]])
+        single = [turn_logprobs(model, s) for s in (samples[0], samples[2], samples[1])]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed, single, strict=True))
+    batch = Batch(samples, [0.5, -1.0, 0.25, 1.0, -0.5], [1 / len(s.completion_ids) / 3 for s in samples], {})
+    ref = tiny(tokenizer, seed=1)
+    results = []
+    for pack in (False, True):
+        cfg = TrainConfig(out="unused", kl_beta=0.1, ppo_epochs=2, pack_turns=pack)
+        m = copy.deepcopy(model)
+        loss, sums, _ = update(m, lambda ss, _p=pack: sequence_logprobs(ref, ss, pack=_p), torch.optim.SGD(
+            m.parameters(), lr=0.0), batch, cfg)
+        results.append((loss, sums, [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    (l1, s1, g1), (l2, s2, g2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5) and s1 == pytest.approx(s2, rel=1e-5, abs=1e-8)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2, strict=True))
 
 
 def test_rollout_group_indexes_trajectories(tokenizer):
@@ -203,3 +298,45 @@ def test_train_cli_rejects_a_bad_config(tmp_path):
     # compare without the box characters and any whitespace
     flat = "".join(result.output.replace("│", "").split())
     assert result.exit_code != 0 and "clip_cmustbe>1" in flat and "marl.toml" in flat
+
+
+def test_study_plan_orders_headline_first_and_gpu_script_dry_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from leanlm.wideseek.study import FULL, QUICK, plan
+
+    steps = plan(FULL)
+    assert steps[:3] == [("headline", ("base", 0, 4, "multi")), ("headline", ("sft", 0, 4, "multi")),
+                         ("headline", ("marl", 0, 4, "multi"))]
+    stages = [s for s, _ in steps]
+    assert stages == sorted(stages, key=["headline", "seeds", "width", "single", "ablations", "single-seeds"].index)
+    assert {w for s, (_, _, w, _) in steps if s == "width"} == {1, 2, 8}
+    assert {p for s, (p, _, _, _) in steps if s == "ablations"} == {"marl-lead", "marl-subagents", "marl-noagent"}
+    assert len(steps) == 3 + 6 + 3 + 1 + 3 + 2 and [s for s, _ in plan(QUICK)] == ["headline"] * 3 + ["width"]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
+    out = subprocess.run(["bash", str(root / "bench" / "gpu_wideseek.sh"), "--cpu"], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.count("headline: eval") == 3 and "width: eval marl seed 0 width 1" in out and "seeds:" not in out
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 2
+
+
+def test_study_cost_model_by_hand():
+    from leanlm.wideseek.study_cost import group_seconds, learner_seconds
+
+    units = {"prefill_tok_s": 100.0, "train_tok_s": 50.0, "decode_step_s": {"1": 0.1, "4": 0.2, "16": 0.5}}
+    shape = {"prompt_tokens": 1000.0, "reuse_prompt_tokens": 400.0, "reply_tokens": 100.0, "calls": 6.0,
+             "path_turns": 4.0, "path_lead": 2.0, "path_sub": 2.0, "max_reply": {"lead": 50, "sub": 20}}
+    caps = {"lead": 300, "sub": 60}
+    # 10 rollouts: prefill 10,000 tokens = 100 s; 6 * 10 / 4 = 15 rows per call -> step 0.2 + 0.3 * 11/12 s
+    step = 0.2 + (0.5 - 0.2) * (15 - 4) / (16 - 4)
+    assert group_seconds(shape, 10, units, caps, cap_bound=False) == pytest.approx(100 + (2 * 50 + 2 * 20) * step)
+    assert group_seconds(shape, 10, units, caps, cap_bound=True) == pytest.approx(100 + (2 * 300 + 2 * 60) * step)
+    assert group_seconds(shape, 10, units, caps, cap_bound=False, reuse=True) == pytest.approx(40 + 140 * step)
+    # learner: reference forward + forward/backward over prompt + reply tokens of every rollout
+    assert learner_seconds(shape, 2, units, pack=False) == pytest.approx(2200 / 100 + 2200 / 50)
+    assert learner_seconds(shape, 2, units) == pytest.approx(1000 / 100 + 1000 / 50)
+    assert learner_seconds(shape, 2, units, recompute_old=True, pack=False) == pytest.approx(2 * 22 + 44)

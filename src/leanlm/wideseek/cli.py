@@ -455,12 +455,62 @@ def train(
 def study(
     out: Path = typer.Option(Path("studies/wideseek-marl"), help="study directory (rerun to resume)"),
     quick: bool = typer.Option(False, help="the smoke configuration (minutes), not evidence"),
+    config: Optional[Path] = typer.Option(None, help="JSON file of settings overriding the full/quick ones"),
+    device: Optional[str] = typer.Option(None, help="torch device for every model (cpu, cuda)"),
+    stages: Optional[str] = typer.Option(None, help="comma-separated stages to run (default: all, in order): "
+                                         "headline, seeds, width, single, ablations, single-seeds"),
+    dry_run: bool = typer.Option(False, help="print the settings and the evaluation plan, load nothing"),
 ) -> None:
     """Base vs SFT vs SFT+MARL on held-out families, width ablation and single agent (resumable)."""
-    from leanlm.wideseek.study import FULL, QUICK, Study
+    from leanlm.wideseek.study import FULL, QUICK, STAGES, Study, plan
 
-    metrics = Study(QUICK if quick else FULL, out).run()
+    settings = dict(QUICK if quick else FULL)
+    if config is not None:
+        try:
+            extra = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"{config}: {exc}") from exc
+        unknown = sorted(set(extra) - set(settings)) if isinstance(extra, dict) else ["<not a JSON object>"]
+        if unknown:
+            raise typer.BadParameter(f"{config}: unknown setting(s) {', '.join(unknown)}; known: "
+                                     f"{', '.join(sorted(settings))}")
+        settings.update(extra)
+    if device:
+        settings["device"] = device
+    chosen = [x.strip() for x in stages.split(",") if x.strip()] if stages else None
+    bad = sorted(set(chosen or ()) - set(STAGES))
+    if bad:
+        raise typer.BadParameter(f"unknown stage(s) {', '.join(bad)}; known: {', '.join(STAGES)}")
+    if dry_run:
+        typer.echo(json.dumps(settings, indent=1))
+        for stage, (policy, seed, width, mode) in plan(settings):
+            if chosen is None or stage in chosen:
+                typer.echo(f"{stage}: eval {policy} seed {seed} width {width} ({mode})")
+        return
+    metrics = Study(settings, out).run(chosen)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "runs"}, indent=1))
+
+
+@app.command("study-cost")
+def study_cost(
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+    threads: int = typer.Option(1, help="CPU threads (the study runs with OMP_NUM_THREADS=1)"),
+    context: int = typer.Option(1024, help="prompt length for the unit-cost measurements"),
+    repeats: int = typer.Option(3, help="repeats per unit-cost measurement (median)"),
+    from_json: Optional[Path] = typer.Option(None, help="re-render a saved measurement (its JSON) under the "
+                                             "current study settings instead of measuring"),
+) -> None:
+    """Where the training study's CPU time goes: oracle-shaped token counts x measured unit costs, per stage."""
+    from leanlm.wideseek.study_cost import render, run
+
+    if from_json is not None:
+        try:
+            data = json.loads(from_json.read_text(encoding="utf-8"))
+            _write_report(out, *render(data))
+        except (OSError, ValueError, KeyError) as exc:
+            raise typer.BadParameter(f"{from_json}: not a study-cost measurement ({exc})") from exc
+        return
+    _write_report(out, *run(threads=threads, context=context, repeats=repeats))
 
 
 @app.command("rollout-bench")

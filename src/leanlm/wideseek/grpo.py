@@ -195,8 +195,59 @@ def turn_logprobs(model: Any, sample: TurnSample, temperature: float = 1.0) -> t
     return torch.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0]
 
 
+def turn_chains(samples: Sequence[TurnSample]) -> list[list[int]]:
+    """Indices of ``samples`` grouped into chains that one forward pass can score: the turns of one agent of
+    one rollout, in turn order, each of whose prompts starts with the previous turn's prompt + completion
+    tokens (the conversation grew only by appending). A turn that breaks the prefix (the runtime re-rendered
+    a reply differently from the sampled tokens) starts a new chain, so every sample is in exactly one."""
+    by: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(samples):
+        by.setdefault((s.traj, s.agent), []).append(i)
+    chains: list[list[int]] = []
+    for idx in by.values():
+        idx.sort(key=lambda i: samples[i].turn)
+        chain = [idx[0]]
+        for i in idx[1:]:
+            prev = samples[chain[-1]]
+            pre = prev.prompt_ids + prev.completion_ids
+            if samples[i].prompt_ids[: len(pre)] == pre:
+                chain.append(i)
+            else:
+                chains.append(chain)
+                chain = [i]
+        chains.append(chain)
+    return chains
+
+
+def chain_logprobs(model: Any, samples: Sequence[TurnSample], temperature: float = 1.0) -> list[torch.Tensor]:
+    """:func:`turn_logprobs` of each sample of one :func:`turn_chains` chain from ONE forward pass over the
+    last sample's prompt + completion (logits only at the completion positions). Causal attention makes each
+    token's log-prob depend only on its prefix, which is the same as in its own turn's sequence, so the values
+    equal the per-turn passes (verl's multi-turn layout) at a fraction of the prompt tokens."""
+    if len(samples) == 1:
+        return [turn_logprobs(model, samples[0], temperature)]
+    device = next(model.parameters()).device
+    last = samples[-1]
+    ids = torch.tensor([last.prompt_ids + last.completion_ids], device=device)
+    positions = [range(len(s.prompt_ids) - 1, len(s.prompt_ids) + len(s.completion_ids) - 1) for s in samples]
+    keep = torch.tensor([p for r in positions for p in r], dtype=torch.long, device=device)
+    if keep.numel() == 0:
+        return [torch.zeros(0, device=device) for _ in samples]
+    logits = model(input_ids=ids, logits_to_keep=keep).logits[0].float() / temperature
+    target = torch.tensor([t for s in samples for t in s.completion_ids], device=device)
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0]
+    return list(torch.split(lp, [len(s.completion_ids) for s in samples]))
+
+
 def sequence_logprobs(model: Any, samples: Sequence[TurnSample], temperature: float = 1.0,
-                      grad: bool = False) -> list[torch.Tensor]:
-    """:func:`turn_logprobs` of every sample (without autograd unless ``grad``)."""
+                      grad: bool = False, pack: bool = False) -> list[torch.Tensor]:
+    """:func:`turn_logprobs` of every sample (without autograd unless ``grad``); with ``pack`` the turns of
+    each :func:`turn_chains` chain share one forward pass (:func:`chain_logprobs`)."""
     with torch.enable_grad() if grad else torch.no_grad():
-        return [turn_logprobs(model, s, temperature) for s in samples]
+        if not pack:
+            return [turn_logprobs(model, s, temperature) for s in samples]
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        for chain in turn_chains(samples):
+            for i, lp in zip(chain, chain_logprobs(model, [samples[i] for i in chain], temperature), strict=True):
+                out[i] = lp
+        return [x for x in out if x is not None]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from leanlm.wideseek.agents import AgentConfig, RunResult, Toolbox, WideSeek
 from leanlm.wideseek.grpo import TurnSample
@@ -59,8 +60,14 @@ class TransformersBackend:
 
     ``max_context`` bounds prompt + completion tokens (longer prompts raise
     :class:`~leanlm.wideseek.llm.ContextOverflow`, which the agent loop handles as RLinf does).
-    ``max_batch`` caps the turns per ``generate`` call. ``samples`` collects every turn; ``tokens`` and
-    ``generate_s`` count generated tokens and time for throughput.
+    ``role_max_new_tokens`` (``{"lead": 256, "sub": 96}``) caps a turn's reply per role (``lead``, ``sub``,
+    ``single``) below ``max_new_tokens``; rows of one batch stop at their own cap.
+    ``max_batch`` caps the turns per ``generate`` call; the waiting turns are sorted by prompt length and cut
+    into batches whose left padding wastes at most ``max_pad_waste`` of the prefill (a batch's prefill costs
+    rows x longest prompt). Before cutting, the queue gets up to ``gather_s`` seconds to fill while agents
+    finish their tool calls. ``samples`` collects every turn; ``tokens`` and ``generate_s`` count generated
+    tokens and time for throughput; ``stats`` counts prompt, padded-prompt, generated and decoded
+    (rows x steps) tokens.
     """
 
     model: Any
@@ -70,10 +77,15 @@ class TransformersBackend:
     top_p: float = 1.0
     max_context: int = 8192
     max_batch: int = 64
+    role_max_new_tokens: dict[str, int] | None = None
+    max_pad_waste: float = 0.25
+    gather_s: float = 0.05
     samples: list[TurnSample] = field(default_factory=list)
     tokens: int = 0
     generate_s: float = 0.0
     batches: list[int] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("calls", "prompt_tokens", "padded_prompt_tokens", "generated_tokens", "decoded_tokens"), 0))
     _queue: list[_Request] = field(default_factory=list, repr=False)
     _worker: asyncio.Task | None = field(default=None, repr=False)
     _turns: dict[tuple[int, str], int] = field(default_factory=lambda: defaultdict(int), repr=False)
@@ -102,12 +114,35 @@ class TransformersBackend:
             self._worker = loop.create_task(self._drain())
         return await request.future
 
+    def cap(self, agent: str) -> int:
+        """The reply cap of ``agent``'s role (``role_max_new_tokens``, never above ``max_new_tokens``)."""
+        role = "sub" if agent.startswith("sub-") else agent
+        return min(self.max_new_tokens, (self.role_max_new_tokens or {}).get(role, self.max_new_tokens))
+
+    def cut(self, queue: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+        """The next batch and the rest: the longest prompts first, at most ``max_batch`` rows, and no more rows
+        than keep the padded prefill (rows x longest) within ``1 + max_pad_waste`` of the real prompt tokens."""
+        order = sorted(queue, key=lambda r: -len(r.ids))
+        longest, total, n = len(order[0].ids), 0, 0
+        for r in order[: self.max_batch]:
+            if n and (n + 1) * longest > (1 + self.max_pad_waste) * (total + len(r.ids)):
+                break
+            total, n = total + len(r.ids), n + 1
+        taken = {id(r) for r in order[:n]}
+        return order[:n], [r for r in queue if id(r) not in taken]
+
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
-            # let every runnable agent reach the model before the batch is cut
+            # let every runnable agent reach the model before the batch is cut: yield to the event loop, then
+            # wait (up to gather_s) while agents finishing tool calls in threads keep joining the queue
             for _ in range(20):
                 await asyncio.sleep(0)
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            deadline, size = loop.time() + self.gather_s, -1
+            while size != len(self._queue) and loop.time() < deadline:
+                size = len(self._queue)
+                await asyncio.sleep(self.gather_s / 5)
+            batch, self._queue = self.cut(self._queue)
             try:
                 outs = await asyncio.get_running_loop().run_in_executor(None, self._generate, batch)
             except Exception as exc:
@@ -130,13 +165,14 @@ class TransformersBackend:
         for i, r in enumerate(batch):
             ids[i, width - len(r.ids):] = torch.tensor(r.ids)
             mask[i, width - len(r.ids):] = 1
-        budget = min(self.max_new_tokens, self.max_context - width)
+        caps = [max(1, min(self.cap(r.agent), self.max_context - len(r.ids))) for r in batch]
+        stop = _RowCaps(width, torch.tensor(caps, device=device))
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=self.temperature,
-            top_p=self.top_p, top_k=0, max_new_tokens=max(1, budget), return_dict_in_generate=True, output_scores=True,
-            pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
+            top_p=self.top_p, top_k=0, max_new_tokens=max(caps), return_dict_in_generate=True, output_scores=True,
+            pad_token_id=pad, eos_token_id=sorted(self.eos_ids), stopping_criteria=StoppingCriteriaList([stop]),
         )
         if was_training:
             self.model.train()
@@ -145,8 +181,12 @@ class TransformersBackend:
         logps = torch.log_softmax(scores, dim=-1).gather(-1, seqs[:, : scores.shape[1], None].to(scores.device))[..., 0]
         elapsed = time.perf_counter() - t0
         completions = []
+        self.stats["calls"] += len(batch)
+        self.stats["prompt_tokens"] += sum(len(r.ids) for r in batch)
+        self.stats["padded_prompt_tokens"] += len(batch) * width
+        self.stats["decoded_tokens"] += len(batch) * seqs.shape[1]
         for i, r in enumerate(batch):
-            toks = seqs[i].tolist()
+            toks = seqs[i, : caps[i]].tolist()
             n = len(toks)
             for j, tok in enumerate(toks):
                 if tok in self.eos_ids:
@@ -155,6 +195,7 @@ class TransformersBackend:
             toks = toks[:n]
             lp = logps[i, :n].cpu().tolist()
             self.tokens += n
+            self.stats["generated_tokens"] += n
             self._turns[(r.traj, r.agent)] += 1
             self.samples.append(TurnSample(traj=r.traj, agent=agent_index(r.agent), turn=self._turns[(r.traj, r.agent)],
                                            prompt_ids=list(r.ids), completion_ids=toks, logprobs=lp,
@@ -168,6 +209,16 @@ class TransformersBackend:
         self.generate_s += elapsed
         self.batches.append(len(batch))
         return completions
+
+
+class _RowCaps(StoppingCriteria):
+    """Stops each row of a batch when it has generated its own cap of new tokens (per-role reply caps)."""
+
+    def __init__(self, prompt_width: int, caps: torch.Tensor):
+        self.prompt_width, self.caps = prompt_width, caps
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.caps
 
 
 @dataclass

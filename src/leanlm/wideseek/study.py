@@ -7,9 +7,14 @@ so the same command continues an interrupted study):
    ``single_agent`` also ``sft-single/`` on the single-agent oracle's traces.
 2. ``marl-seed{s}/``: multi-agent GRPO from the SFT model (:class:`leanlm.wideseek.train.Trainer`), one run
    per seed, exported to ``model/``; ``single-seed{s}/``: the SingleSeek baseline trained with the same
-   number of steps, group size and prompts from ``sft-single``.
-3. ``evals/<policy>-seed{s}-w{width}.jsonl``: each held-out task run ``n`` times in one batch with the
-   in-process backend (item F1 Avg@n, success Avg@n, subagents per rollout), one line per task.
+   number of steps, group size and prompts from ``sft-single``; ``marl-{lead,subagents,noagent}-seed0/``: the
+   paper's ablations (train the lead only, the subagents only, no agent-level reweighting).
+3. ``evals/<policy>-seed{s}-w{width}.jsonl``: every held-out task run ``n`` times, all in one batched rollout
+   group with the in-process backend (item F1 Avg@n, success Avg@n, subagents per rollout), one line per task.
+
+:data:`STAGES` orders the evaluations so that the headline comparison comes first (seed 0: base, SFT,
+SFT+MARL), then seeds 1-2, then the width ablation and the single agent, then the paper's ablations;
+``Study.run(stages=...)`` runs a prefix or any subset. Cost of each stage: docs/results/wideseek.md, "study".
 
 :func:`summarize` turns the eval files into the metrics the claims read (means over seeds, the paired
 MARL - SFT and MARL - single differences with their t-interval half widths, F1 per width).
@@ -22,6 +27,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +41,33 @@ from leanlm.wideseek.tasks import Task
 log = get_logger("leanlm.wideseek.study")
 
 QUICK = {
-    "smoke": True, "train_max_rows": 2, "eval_max_rows": 2, "eval_tasks": 1, "n": 1, "seeds": [0],
-    "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 1, "group_size": 2,
-    "max_new_tokens": 48, "max_context": 2048, "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2,
-    "widths": [1, 2], "single_agent": False, "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500,
+    "smoke": True, "train_max_rows": 2, "marl_max_rows": 2, "eval_max_rows": 2, "eval_tasks": 1, "n": 1,
+    "seeds": [0], "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 1,
+    "group_size": 2, "max_new_tokens": 48, "role_max_new_tokens": {"sub": 32}, "max_context": 2048,
+    "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2, "widths": [1, 2], "single_agent": False,
+    "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu",
 }
+"""The smoke configuration (minutes on a CPU): it checks that every stage runs, its numbers are not evidence."""
 FULL = {
-    "smoke": False, "train_max_rows": 18, "eval_max_rows": 4, "eval_tasks": 3, "n": 4, "seeds": [0, 1, 2],
-    "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 6, "group_size": 4,
-    "max_new_tokens": 128, "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4,
-    "widths": [1, 2, 4, 8], "single_agent": True, "lr": 1e-6, "oracle_width": 4, "wiki_limit": 2000,
+    "smoke": False, "train_max_rows": 18, "marl_max_rows": 8, "eval_max_rows": 4, "eval_tasks": 3, "n": 4,
+    "seeds": [0, 1, 2], "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 3, "sft_lr": 2e-5, "steps": 6,
+    "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
+    "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
+    "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-6, "oracle_width": 4,
+    "wiki_limit": 2000, "device": "cpu",
 }
+"""The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, GRPO prompts from those
+of up to ``marl_max_rows`` (the 17-18-row tasks cost four times the prefill per rollout and the oracle itself
+solves them only half the time under these turn limits). Reply caps per role from the oracle's longest replies
+(lead: final table and decomposition, at most 358 tokens on the training tasks; subagent at most 92;
+single agent at most 119); see docs/results/wideseek.md, "study", for the measurements."""
+
+ABLATIONS = {"lead": {"train_roles": "lead"}, "subagents": {"train_roles": "subagents"},
+             "noagent": {"agent_level": False}}
+"""The paper's ablations (Sec. 4.4): train the lead only, the subagents only, no agent-level reweighting."""
+
+STAGES = ("headline", "seeds", "width", "single", "ablations", "single-seeds")
+"""Study stages in run order (see :meth:`Study.plan`)."""
 
 
 def eval_tasks(config: dict[str, Any]) -> list[Task]:
@@ -62,15 +84,19 @@ def train_tasks(config: dict[str, Any]) -> list[Task]:
     return generate_wide_tasks("train", min_rows=2, max_rows=config["train_max_rows"])
 
 
-def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode: str = "multi") -> Any:
+def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode: str = "multi",
+                  ablation: str | None = None) -> Any:
     from leanlm.wideseek.train import TrainConfig
 
     return TrainConfig(out=str(out), init=init, steps=config["steps"], group_size=config["group_size"], seed=seed,
                        lr=config["lr"], max_new_tokens=config["max_new_tokens"], max_context=config["max_context"],
+                       role_max_new_tokens=config.get("role_max_new_tokens"),
                        max_lead_turns=config["max_lead_turns"], max_sub_turns=config["max_sub_turns"],
-                       max_subagents=config["max_subagents"], max_rows=config["train_max_rows"], mode=mode,
+                       max_subagents=config["max_subagents"],
+                       max_rows=config.get("marl_max_rows", config["train_max_rows"]), mode=mode,
                        max_single_turns=config["max_lead_turns"] * config["max_sub_turns"],
-                       checkpoint_every=1, wiki_limit=config["wiki_limit"])
+                       checkpoint_every=1, wiki_limit=config["wiki_limit"], device=config.get("device", "cpu"),
+                       **ABLATIONS.get(ablation or "", {}))
 
 
 class Study:
@@ -100,6 +126,7 @@ class Study:
         t0 = time.perf_counter()
         cfg = self.config
         model, tok = load_embedded()
+        model.to(cfg.get("device", "cpu"))
         # the oracle runs with the paper's turn limits so that its traces are complete, successful runs
         agent_cfg = AgentConfig(max_lead_turns=10, max_sub_turns=20, max_single_turns=50,
                                 max_subagents_per_call=cfg["oracle_width"], max_subagents_per_turn=cfg["oracle_width"],
@@ -116,16 +143,22 @@ class Study:
         self._timed(name, t0)
         return target
 
-    def marl(self, seed: int, mode: str = "multi") -> Path:
+    def marl(self, seed: int, mode: str = "multi", ablation: str | None = None) -> Path:
+        """Train (or find) the GRPO policy of ``seed``: multi-agent, ``single`` agent, or an :data:`ABLATIONS`
+        variant of the multi-agent run."""
         from leanlm.wideseek.train import Trainer
 
-        name = f"marl-seed{seed}" if mode == "multi" else f"single-seed{seed}"
+        if ablation is not None and ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+        name = (f"marl-{ablation}-seed{seed}" if ablation else f"marl-seed{seed}") if mode == "multi" \
+            else f"single-seed{seed}"
         target = self.out / name / "model"
         if (target / "config.json").exists():
             return target
         init = self.sft(mode)
         t0 = time.perf_counter()
-        trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode), tools=self.tools)
+        trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode, ablation),
+                          tools=self.tools)
         trainer.resume()
         trainer.train()
         trainer.export(target)
@@ -133,7 +166,9 @@ class Study:
         return target
 
     def evaluate(self, policy: str, seed: int, width: int, mode: str = "multi") -> Path:
-        """Run every held-out task ``n`` times (one batch) with the policy's model; one JSON line per task."""
+        """Run every held-out task ``n`` times with the policy's model, all tasks' rollouts in one batched group
+        (their turns share ``generate`` calls); one JSON line per task. ``policy`` is ``base``, ``sft``,
+        ``marl``, ``single`` or ``marl-<ablation>``."""
         from leanlm.common.models import load_model
         from leanlm.wideseek.rollout import TransformersBackend, rollout_group
         from leanlm.wideseek.train import score_rollout
@@ -141,7 +176,7 @@ class Study:
         cfg = self.config
         path = self.out / "evals" / f"{policy}-seed{seed}-w{width}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        done = {json.loads(x)["task"] for x in path.read_text().splitlines()} if path.exists() else set()
+        done = {json.loads(x)["task"] for x in path.read_text().splitlines() if x.strip()} if path.exists() else set()
         tasks = [t for t in eval_tasks(cfg) if t.instance_id not in done]
         if not tasks:
             return path
@@ -153,44 +188,71 @@ class Study:
             spec = self.marl(seed)
         elif policy == "single":
             spec = self.marl(seed, "single")
+        elif policy.startswith("marl-"):
+            spec = self.marl(seed, ablation=policy.removeprefix("marl-"))
         else:
             raise ValueError(f"unknown policy {policy!r}")
         t0 = time.perf_counter()
         loaded = load_model(str(spec))
         tok = loaded.tokenizer or load_model("embedded").tokenizer
+        model = loaded.model.to(cfg.get("device", "cpu"))
         agent_cfg = _train_config(cfg, self.out, "", seed, mode).agent_config()
         agent_cfg.max_subagents_per_call = agent_cfg.max_subagents_per_turn = agent_cfg.max_concurrency = width
-        backend = TransformersBackend(loaded.model, tok, max_new_tokens=cfg["max_new_tokens"],
-                                      max_context=cfg["max_context"])
-        for task in tasks:
-            torch.manual_seed(1000 * seed + sum(map(ord, task.instance_id)))
-            t1 = time.perf_counter()
-            backend.tokens = 0
-            rolls = rollout_group(backend, self.tools, agent_cfg, [task.query], ["table"], cfg["n"], mode)
-            scores = [score_rollout(task, r.result) for r in rolls]
-            line = {"task": task.instance_id, "policy": policy, "seed": seed, "width": width, "mode": mode,
-                    "f1": [s[0] for s in scores], "format_ok": [s[1] for s in scores],
-                    "success": [s[2] for s in scores], "subagents": [len(r.result.subagents) for r in rolls],
-                    "lead_turns": [r.result.lead.turns for r in rolls], "tokens": backend.tokens,
-                    "seconds": round(time.perf_counter() - t1, 1)}
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
+        backend = TransformersBackend(model, tok, max_new_tokens=cfg["max_new_tokens"],
+                                      max_context=cfg["max_context"], role_max_new_tokens=cfg.get("role_max_new_tokens"))
+        torch.manual_seed(1000 * seed + sum(sum(map(ord, t.instance_id)) for t in tasks))
+        rolls = rollout_group(backend, self.tools, agent_cfg, [t.query for t in tasks], ["table"] * len(tasks),
+                              cfg["n"], mode)
+        seconds = round(time.perf_counter() - t0, 1)
+        lines = []
+        for i, task in enumerate(tasks):
+            mine = [r for r in rolls if r.task_index == i]
+            scores = [score_rollout(task, r.result) for r in mine]
+            lines.append({"task": task.instance_id, "policy": policy, "seed": seed, "width": width, "mode": mode,
+                          "f1": [s[0] for s in scores], "format_ok": [s[1] for s in scores],
+                          "success": [s[2] for s in scores], "subagents": [len(r.result.subagents) for r in mine],
+                          "lead_turns": [r.result.lead.turns for r in mine],
+                          "tokens": sum(len(s.completion_ids) for r in mine for s in r.samples),
+                          "prompt_tokens": sum(len(s.prompt_ids) for r in mine for s in r.samples),
+                          "calls": sum(len(r.samples) for r in mine),
+                          "group_tasks": len(tasks), "group_seconds": seconds, "backend": dict(backend.stats)})
+        with open(path, "a", encoding="utf-8") as handle:  # one write: the group's tasks land together
+            handle.write("".join(json.dumps(line) + "\n" for line in lines))
         self._timed(f"eval-{policy}", t0)
         return path
 
-    def run(self) -> dict[str, Any]:
-        """Every stage in an order that yields comparable partial results early (seed 0 first)."""
-        cfg = self.config
-        top = max(cfg["widths"]) if cfg["max_subagents"] not in cfg["widths"] else cfg["max_subagents"]
-        for seed in cfg["seeds"]:
-            for policy in ("base", "sft", "marl"):
-                self.evaluate(policy, seed, top)
-            if cfg["single_agent"]:
-                self.evaluate("single", seed, 1, mode="single")
-            if seed == cfg["seeds"][0]:
-                for width in cfg["widths"]:
-                    self.evaluate("marl", seed, width)
+    def plan(self) -> list[tuple[str, tuple[str, int, int, str]]]:
+        return plan(self.config)
+
+    def run(self, stages: Sequence[str] | None = None) -> dict[str, Any]:
+        """Every evaluation of :meth:`plan` whose stage is in ``stages`` (default all), in order."""
+        unknown = sorted(set(stages or ()) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        for stage, (policy, seed, width, mode) in self.plan():
+            if stages is None or stage in stages:
+                log.info("study stage %s: %s seed %d width %d", stage, policy, seed, width)
+                self.evaluate(policy, seed, width, mode)
         return summarize(self.out)
+
+
+def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:
+    """Every evaluation ``(stage, (policy, seed, width, mode))`` in run order: ``headline`` (seed 0: base,
+    SFT, SFT+MARL at the top width), ``seeds`` (the same for the other seeds), ``width`` (seed 0's MARL
+    policy at every other width), ``single`` (seed 0's single agent), ``ablations`` (seed 0, top width) and
+    ``single-seeds``. Training runs happen inside the first evaluation that needs them."""
+    top = cfg["max_subagents"] if cfg["max_subagents"] in cfg["widths"] else max(cfg["widths"])
+    first, rest = cfg["seeds"][0], cfg["seeds"][1:]
+    out: list[tuple[str, tuple[str, int, int, str]]] = []
+    out += [("headline", (p, first, top, "multi")) for p in ("base", "sft", "marl")]
+    out += [("seeds", (p, s, top, "multi")) for s in rest for p in ("base", "sft", "marl")]
+    out += [("width", ("marl", first, w, "multi")) for w in cfg["widths"] if w != top]
+    if cfg["single_agent"]:
+        out += [("single", ("single", first, 1, "single"))]
+    out += [("ablations", (f"marl-{a}", first, top, "multi")) for a in cfg.get("ablations", [])]
+    if cfg["single_agent"]:
+        out += [("single-seeds", ("single", s, 1, "single")) for s in rest]
+    return out
 
 
 def _ci95(xs: list[float]) -> float | None:
@@ -204,7 +266,7 @@ def _ci95(xs: list[float]) -> float | None:
 def summarize(out: str | Path) -> dict[str, Any]:
     """Metrics from ``<out>/evals``: ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
     ``success_<policy>``, ``marl_minus_sft`` / ``marl_minus_single`` (paired by seed) with ``*_ci95``,
-    ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
+    ``f1_marl-<ablation>`` for the paper's ablations, ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
     out when every width scores at most 1 point, where a flat curve at the floor proves nothing)."""
     out = Path(out)
     per: dict[tuple[str, int, int], dict[str, float]] = {}
@@ -222,7 +284,8 @@ def summarize(out: str | Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {"runs": {f"{p}-seed{s}-w{w}": v for (p, s, w), v in per.items()}}
     cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     top = max(cfg.get("widths", [1])) if cfg.get("max_subagents") not in cfg.get("widths", []) else cfg["max_subagents"]
-    for policy, width in (("base", top), ("sft", top), ("marl", top), ("single", 1)):
+    ablations = sorted({p for (p, _, _) in per if p.startswith("marl-")})
+    for policy, width in (("base", top), ("sft", top), ("marl", top), ("single", 1), *((a, top) for a in ablations)):
         seeds = {s: v for (p, s, w), v in per.items() if p == policy and w == width}
         if seeds:
             metrics[f"f1_{policy}"] = round(statistics.mean(v["f1"] for v in seeds.values()), 2)

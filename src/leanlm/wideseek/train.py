@@ -8,8 +8,9 @@ One step (WideSeek-R1, arXiv 2602.04634, Sec. 3.2; RLinf's ``examples/agent/wide
 2. score each rollout (item F1 on the gold table), shape it and pick the trainable turns
    (:func:`leanlm.wideseek.rewards.credit`); z-score the rewards within each group
    (:func:`leanlm.wideseek.grpo.group_advantages`); keep the trainable turns of the roles being trained;
-3. recompute the old log-probs with one teacher-forced pass (as RLinf and verl do) and the reference
-   log-probs with the frozen initial model (LoRA: the base model with the adapter disabled);
+3. the old log-probs (with one PPO epoch: the update's own forward, detached; else one teacher-forced pass, as
+   RLinf and verl do) and the reference log-probs with the frozen initial model (LoRA: the base model with the
+   adapter disabled); an agent's consecutive turns share one forward pass when their prompts extend each other;
 4. ``ppo_epochs`` AdamW updates on the multi-agent GRPO loss (:mod:`leanlm.wideseek.grpo`), backpropagated
    turn by turn, gradient-norm clipped.
 
@@ -43,11 +44,12 @@ from leanlm.wideseek.agents import AgentConfig, RunResult
 from leanlm.wideseek.grpo import (
     GRPOConfig,
     TurnSample,
+    chain_logprobs,
     group_advantages,
     sequence_logprobs,
     summarize_metrics,
     token_weights,
-    turn_logprobs,
+    turn_chains,
     turn_loss,
 )
 from leanlm.wideseek.rewards import RewardConfig
@@ -83,6 +85,7 @@ class TrainConfig:
     train_roles: str = "all"  # all, lead or subagents (the paper's ablations)
     mode: str = "multi"  # multi (lead + subagents) or single (SingleSeek baseline)
     max_new_tokens: int = 256
+    role_max_new_tokens: dict[str, int] | None = None  # per-role reply caps, e.g. {"lead": 384, "sub": 96}
     temperature: float = 1.0
     max_context: int = 4096
     max_lead_turns: int = 3
@@ -97,6 +100,9 @@ class TrainConfig:
     checkpoint_every: int = 5
     keep_checkpoints: int = 1
     seed: int = 0
+    device: str = "cpu"
+    recompute_old_logprobs: bool = False  # with one PPO epoch the update's own forward gives them (bit for bit)
+    pack_turns: bool = True  # score an agent's consecutive turns in one forward pass when prefixes match
 
     def __post_init__(self) -> None:
         if self.train_roles not in ("all", "lead", "subagents"):
@@ -166,6 +172,7 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
     model, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer is None:
         tokenizer = load_model(cfg.model).tokenizer
+    model.to(cfg.device)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     return model, tokenizer
@@ -221,7 +228,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
                                            weight_decay=cfg.weight_decay)
         self.backend = TransformersBackend(model, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                           temperature=cfg.temperature, max_context=cfg.max_context)
+                                           temperature=cfg.temperature, max_context=cfg.max_context,
+                                           role_max_new_tokens=cfg.role_max_new_tokens)
         self.step = 0
         self.metrics_path = self.out / "metrics.jsonl"
 
@@ -250,8 +258,8 @@ class Trainer:
             return None
         if self.cfg.lora:
             with self.model.disable_adapter():
-                return sequence_logprobs(self.model, samples, self.cfg.temperature)
-        return sequence_logprobs(self.ref, samples, self.cfg.temperature)
+                return sequence_logprobs(self.model, samples, self.cfg.temperature, pack=self.cfg.pack_turns)
+        return sequence_logprobs(self.ref, samples, self.cfg.temperature, pack=self.cfg.pack_turns)
 
     def rollouts(self, tasks: Sequence[Task]) -> list[Rollout]:
         fmts = ["qa" if t.kind == "qa" else "table" for t in tasks]
@@ -351,24 +359,37 @@ def update(model: Any, ref_fn: Callable[[Sequence[TurnSample]], list[torch.Tenso
     """``ppo_epochs`` optimizer steps on ``batch`` (module doc, steps 3-4): old log-probs by one teacher-forced
     pass, the loss backpropagated turn by turn, ``reduce(params)`` (e.g. an all-reduce of the gradients over
     data-parallel learners) before clipping. Returns the first epoch's loss, its summed metrics and the
-    gradient norm."""
+    gradient norm. With ``cfg.pack_turns`` the turns of each :func:`~leanlm.wideseek.grpo.turn_chains` chain
+    (one agent's turns whose prompts extend each other) share one forward pass and one backward (the same
+    log-probs and gradient as turn by turn, far fewer prompt tokens: each turn's prompt repeats the previous).
+
+    With one PPO epoch the old log-probs are those of the parameters being updated, before any update: the
+    epoch's own forward pass computes exactly them, so its detached values serve (ratio 1, as in verl and RLinf
+    when the recomputed and the training log-probs come from the same weights) and the separate pass, a third
+    of the learner's forward work, is skipped unless ``cfg.recompute_old_logprobs``."""
     grpo_cfg = cfg.grpo()
     model.train()
-    old = sequence_logprobs(model, batch.samples, cfg.temperature)
+    reuse = cfg.ppo_epochs == 1 and not cfg.recompute_old_logprobs
+    old = None if reuse else sequence_logprobs(model, batch.samples, cfg.temperature, pack=cfg.pack_turns)
     ref = ref_fn(batch.samples)
     params = [p for p in model.parameters() if p.requires_grad]
+    chains = turn_chains(batch.samples) if cfg.pack_turns else [[i] for i in range(len(batch.samples))]
     loss_total, sums, grad_norm = 0.0, {}, 0.0
     for epoch in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         epoch_loss, epoch_sums = 0.0, {}
-        for i, s in enumerate(batch.samples):
-            lp = turn_logprobs(model, s, cfg.temperature)
-            loss, m = turn_loss(lp, old[i], None if ref is None else ref[i], batch.advantages[i], batch.weights[i],
-                                grpo_cfg)
-            loss.backward()
-            epoch_loss += float(loss.detach())
-            for k, v in m.items():
-                epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+        for chain in chains:
+            lps = chain_logprobs(model, [batch.samples[i] for i in chain], cfg.temperature)
+            chain_loss = None
+            for i, lp in zip(chain, lps, strict=True):
+                loss, m = turn_loss(lp, lp.detach() if old is None else old[i], None if ref is None else ref[i],
+                                    batch.advantages[i], batch.weights[i], grpo_cfg)
+                chain_loss = loss if chain_loss is None else chain_loss + loss
+                epoch_loss += float(loss.detach())
+                for k, v in m.items():
+                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+            if chain_loss is not None and chain_loss.requires_grad:
+                chain_loss.backward()
         if reduce is not None:
             for p in params:
                 if p.grad is None:
