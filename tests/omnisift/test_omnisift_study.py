@@ -323,3 +323,28 @@ def test_merge_pairs_by_seed_with_student_t_intervals(tmp_path):
         load_runs([runs[0], _run_file(tmp_path / "s9", 9, [("OmniSIFT", 0.25, 0.4, 0.5)], pretrain_steps=2000)])
     res = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["merge", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")])
     assert res.exit_code != 0 and "no results.json" in res.output
+
+
+def test_claim_metrics_pair_seeds_and_judge_the_vgas_ablation():
+    from leanlm.omnisift.experiments import study_metrics
+    from leanlm.reproduce import discover
+
+    def rec(seed, method, target, acc, kept=0.5):
+        return {"seed": seed, "method": method, "target": target, "accuracy": acc, "target_audio_kept": kept,
+                "object_kept": 1.0, "retention": target, "rho_v": 0.9, "rho_a": 0.5}
+
+    recs = []
+    for s, gain in ((0, 0.10), (1, 0.12), (2, 0.14)):
+        recs += [rec(s, "full tokens", 1.0, 0.8), rec(s, "OmniSIFT", 0.35, 0.6 + gain, 0.7),
+                 rec(s, "VGAS→random", 0.35, 0.6, 0.6), rec(s, "OmniZip-style", 0.35, 0.4),
+                 rec(s, "OmniSIFT (untrained selector)", 0.35, 0.5, 0.9)]
+    m = study_metrics(recs, [0.35])
+    assert m["omnisift_35_pct_full"] == "90%" and m["best_baseline_35_pct_full"] == "50%"
+    assert m["vgas_gain_35"] == pytest.approx(0.12) and type(m["vgas_gain_35_hw"]) is float
+    assert m["vgas_gain_35_hw"] == pytest.approx(4.302652729911275 * 0.02 / 3 ** 0.5, abs=1e-3)
+    assert m["vgas_answer_sound_gain_35"] == pytest.approx(0.1) and m["ste_answer_sound_gain_35"] == pytest.approx(-0.2)
+    claim = next(c for c in discover()["omnisift-synthetic-av"].claims if c.metric == "vgas_gain_35")
+    assert claim.rule.evaluate(m).verdict == "reproduced"
+    # one seed: no interval, so the claim is not judged on it
+    one = study_metrics([r for r in recs if r["seed"] == 0], [0.35])
+    assert "vgas_gain_35" not in one and claim.rule.evaluate(one).verdict == "not measured"
