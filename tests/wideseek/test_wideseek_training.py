@@ -284,6 +284,11 @@ def test_study_summary_pairs_seeds_and_reads_width(tmp_path):
     for w in (1, 2, 4):
         put("marl", 0, w, [0.0])
     assert "width_nondecreasing" not in summarize(tmp_path)  # a flat curve at F1 0 is not evidence
+    for seed in range(3):
+        put("sft", seed, 4, [0.0, 0.0])
+        put("marl", seed, 4, [0.0, 0.0])
+    floor = summarize(tmp_path)  # MARL 0 vs SFT 0 on every seed: a comparison at chance proves nothing
+    assert "marl_minus_sft" not in floor and floor["marl_minus_sft_at_floor"] == 1
 
 
 def test_train_cli_rejects_a_bad_config(tmp_path):

@@ -57,8 +57,8 @@ FULL = {
     "wiki_limit": 2000, "device": "cpu",
 }
 """The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, GRPO prompts from those
-of up to ``marl_max_rows`` (the 17-18-row tasks cost four times the prefill per rollout and the oracle itself
-solves them only half the time under these turn limits). Reply caps per role from the oracle's longest replies
+of up to ``marl_max_rows`` (with the 17-18-row tasks a rollout costs twice the prompt tokens, 61k vs 29k, and
+the oracle itself reaches item F1 0.5 under these turn limits, vs 1.0). Reply caps per role from the oracle's longest replies
 (lead: final table and decomposition, at most 358 tokens on the training tasks; subagent at most 92;
 single agent at most 119); see docs/results/wideseek.md, "study", for the measurements."""
 
@@ -266,7 +266,8 @@ def _ci95(xs: list[float]) -> float | None:
 def summarize(out: str | Path) -> dict[str, Any]:
     """Metrics from ``<out>/evals``: ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
     ``success_<policy>``, ``marl_minus_sft`` / ``marl_minus_single`` (paired by seed) with ``*_ci95``,
-    ``f1_marl-<ablation>`` for the paper's ablations, ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
+    ``f1_marl-<ablation>`` for the paper's ablations (the differences are left out, and ``*_at_floor`` set,
+    when both sides score at most 1 point), ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
     out when every width scores at most 1 point, where a flat curve at the floor proves nothing)."""
     out = Path(out)
     per: dict[tuple[str, int, int], dict[str, float]] = {}
@@ -293,9 +294,12 @@ def summarize(out: str | Path) -> dict[str, Any]:
             metrics[f"f1_{policy}_seeds"] = [round(seeds[s]["f1"], 2) for s in sorted(seeds)]
     for other in ("sft", "single"):
         ow = 1 if other == "single" else top
-        diffs = [per[("marl", s, top)]["f1"] - per[(other, s, ow)]["f1"] for (p, s, w) in per
+        pairs = [(per[("marl", s, top)]["f1"], per[(other, s, ow)]["f1"]) for (p, s, w) in per
                  if p == "marl" and w == top and (other, s, ow) in per]
-        if diffs:
+        diffs = [a - b for a, b in pairs]
+        if pairs and max(max(pair) for pair in pairs) <= 1.0:  # both at F1 ~0 (chance): no evidence either way
+            metrics[f"marl_minus_{other}_at_floor"] = 1
+        elif diffs:
             metrics[f"marl_minus_{other}"] = round(statistics.mean(diffs), 2)
             ci = _ci95(diffs)
             if ci is not None:
