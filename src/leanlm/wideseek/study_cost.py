@@ -84,6 +84,48 @@ def oracle_shape(tasks: list[Any], tools: Any, agent_cfg: Any, tokenizer: Any, m
     return {**out, "max_context": int(agg["max_context"]), "max_reply": dict(longest), "tasks": len(tasks)}
 
 
+def batching_check(tasks: list[Any], tools: Any, agent_cfg: Any, tokenizer: Any, n: int, width: int,
+                   max_context: int, max_pad_waste: float) -> dict[str, Any]:
+    """Is every waiting agent batched? ``n`` oracle-shaped rollouts of each task run concurrently with real
+    tools; each model call first queues in a :class:`~leanlm.wideseek.rollout.TransformersBackend` (a tiny
+    random model, 1 new token: only the batch composition and padding matter here) and is then answered by the
+    oracle. Returns the generate calls, their sizes and the padded-prompt overhead."""
+    import asyncio
+
+    from leanlm.common.models import tiny_llama
+    from leanlm.wideseek import rollout
+    from leanlm.wideseek.agents import WideSeek
+    from leanlm.wideseek.bench import OraclePolicy
+
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, max_position_embeddings=max(8192, max_context), seed=0)
+    backend = rollout.TransformersBackend(model, tokenizer, max_new_tokens=1, max_context=max_context,
+                                          max_pad_waste=max_pad_waste)
+
+    class Queued:
+        def __init__(self, oracle: Any):
+            self.oracle = oracle
+
+        async def complete(self, messages: list[dict[str, Any]], tools_: list[dict[str, Any]], *, agent: str) -> Any:
+            await backend.complete(messages, tools_, agent=agent)
+            return self.oracle(agent, messages, tools_)
+
+    async def main() -> list[Any]:
+        async def one(traj: int, task: Any) -> Any:
+            rollout.TRAJECTORY.set(traj)
+            return await WideSeek(Queued(OraclePolicy(task, width=width)), tools, agent_cfg).arun(task.query, "table")
+        return list(await asyncio.gather(*(one(i * n + k, t) for i, t in enumerate(tasks) for k in range(n))))
+
+    results = asyncio.run(main())
+    f1 = [t.score(r.answer).f1_by_item for t, r in zip([t for t in tasks for _ in range(n)], results, strict=True)]
+    st = backend.stats
+    return {"max_pad_waste": max_pad_waste, "calls": st["calls"], "generate_calls": len(backend.batches),
+            "batch_sizes": list(backend.batches), "mean_batch": round(st["calls"] / max(1, len(backend.batches)), 1),
+            "prompt_tokens": st["prompt_tokens"], "padded_prompt_tokens": st["padded_prompt_tokens"],
+            "pad_overhead": round(st["padded_prompt_tokens"] / max(1, st["prompt_tokens"]) - 1, 3),
+            "oracle_f1": statistics.mean(f1)}
+
+
 @torch.no_grad()
 def unit_costs(model: Any, context: int = 1024, batches: tuple[int, ...] = (1, 4, 8, 16, 32), steps: int = 6,
                repeats: int = 3) -> dict[str, Any]:
@@ -232,9 +274,12 @@ def run(threads: int = 1, context: int = 1024, repeats: int = 3) -> tuple[str, d
     examples, _ = oracle_examples(train_tasks(cfg), tools, sft_cfg, tok, width=ow, max_len=cfg["sft_max_len"])
     per_example = statistics.mean(len(e.prompt_ids) + len(e.target_ids) for e in examples) if examples else 0.0
     sft_tokens = per_example * min(len(examples), cfg["sft_examples"]) * cfg["sft_epochs"]
+    agent_cfg = _train_config(cfg, "/tmp", "", 0).agent_config()
+    batching = [batching_check(eval_tasks(cfg), tools, agent_cfg, tok, cfg["n"], cfg["oracle_width"], cfg["max_context"],
+                               waste) for waste in (0.25, float("inf"))]
     units = unit_costs(model, context=context, repeats=repeats)
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + f", load average {os.getloadavg()[0]:.1f}"
-    return render({"measured": measured, "units": units, "shapes": shapes, "sft_examples": min(len(examples), cfg["sft_examples"]),
+    return render({"measured": measured, "batching": batching, "units": units, "shapes": shapes, "sft_examples": min(len(examples), cfg["sft_examples"]),
                    "sft_example_tokens": per_example,
                    "sft_epoch_tokens": sft_tokens / cfg["sft_epochs"]})
 
@@ -271,6 +316,14 @@ def render(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     for r in rows:
         lines.append(f"| {r['stage']} | {r['run']} | {r['protocol_h']} | {r['protocol-kv_h']} | {r['cap_h']} | "
                      f"{r['cap-kv_h']} |")
+    if data.get("batching"):
+        lines += ["", "Batching check (one evaluation group, oracle-shaped, real tools; `batching_check`):", "",
+                  "| padding cut | model calls | generate calls | batch sizes | padded prompt overhead | oracle F1 |",
+                  "|---|---|---|---|---|---|"]
+        for b in data["batching"]:
+            cut = "none" if b["max_pad_waste"] == float("inf") else f"<= {b['max_pad_waste']:.0%}"
+            lines.append(f"| {cut} | {b['calls']} | {b['generate_calls']} | {b['batch_sizes']} | "
+                         f"{b['pad_overhead']:.1%} | {b['oracle_f1']:.2f} |")
     per_stage: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for r in rows:
         per_stage[r["stage"]][0] += r["protocol_h"]
