@@ -52,7 +52,7 @@ class ToyTools:
 
 def test_batched_logprobs_equal_teacher_forced_pass_and_tags(tokenizer):
     model = tiny(tokenizer)
-    backend = TransformersBackend(model, tokenizer, max_new_tokens=10, temperature=0.7, max_pad_waste=10.0)
+    backend = TransformersBackend(model, tokenizer, max_new_tokens=10, temperature=0.7)
     convs = {(0, "lead"): "List two cities.", (0, "sub-1"): "Find Paris.", (0, "sub-2"): "Find a much longer thing "
              "with many more words in it.", (1, "lead"): "List two cities.", (1, "sub-1"): "x"}
 

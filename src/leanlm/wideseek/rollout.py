@@ -62,9 +62,11 @@ class TransformersBackend:
     :class:`~leanlm.wideseek.llm.ContextOverflow`, which the agent loop handles as RLinf does).
     ``role_max_new_tokens`` (``{"lead": 256, "sub": 96}``) caps a turn's reply per role (``lead``, ``sub``,
     ``single``) below ``max_new_tokens``; rows of one batch stop at their own cap.
-    ``max_batch`` caps the turns per ``generate`` call; the waiting turns are sorted by prompt length and cut
-    into batches whose left padding wastes at most ``max_pad_waste`` of the prefill (a batch's prefill costs
-    rows x longest prompt). Before cutting, the queue gets up to ``gather_s`` seconds to fill while agents
+    ``max_batch`` caps the turns per ``generate`` call; the waiting turns are sorted by prompt length and, with
+    a finite ``max_pad_waste`` (off by default), cut into batches whose left padding wastes at most that share
+    of the prefill (a batch's prefill costs rows x longest prompt). Off by default: on the study's evaluation
+    group the cut did not lower the padding reliably and split the queue into more ``generate`` calls
+    (docs/results/wideseek.md, 7d). Before cutting, the queue gets up to ``gather_s`` seconds to fill while agents
     finish their tool calls. ``samples`` collects every turn; ``tokens`` and ``generate_s`` count generated
     tokens and time for throughput; ``stats`` counts prompt, padded-prompt, generated and decoded
     (rows x steps) tokens.
@@ -78,7 +80,7 @@ class TransformersBackend:
     max_context: int = 8192
     max_batch: int = 64
     role_max_new_tokens: dict[str, int] | None = None
-    max_pad_waste: float = 0.25
+    max_pad_waste: float = float("inf")
     gather_s: float = 0.05
     samples: list[TurnSample] = field(default_factory=list)
     tokens: int = 0

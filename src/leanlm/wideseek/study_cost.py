@@ -119,7 +119,7 @@ def batching_check(tasks: list[Any], tools: Any, agent_cfg: Any, tokenizer: Any,
     results = asyncio.run(main())
     f1 = [t.score(r.answer).f1_by_item for t, r in zip([t for t in tasks for _ in range(n)], results, strict=True)]
     st = backend.stats
-    return {"max_pad_waste": max_pad_waste, "calls": st["calls"], "generate_calls": len(backend.batches),
+    return {"max_pad_waste": None if max_pad_waste == float("inf") else max_pad_waste, "calls": st["calls"], "generate_calls": len(backend.batches),
             "batch_sizes": list(backend.batches), "mean_batch": round(st["calls"] / max(1, len(backend.batches)), 1),
             "prompt_tokens": st["prompt_tokens"], "padded_prompt_tokens": st["padded_prompt_tokens"],
             "pad_overhead": round(st["padded_prompt_tokens"] / max(1, st["prompt_tokens"]) - 1, 3),
@@ -321,7 +321,7 @@ def render(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                   "| padding cut | model calls | generate calls | batch sizes | padded prompt overhead | oracle F1 |",
                   "|---|---|---|---|---|---|"]
         for b in data["batching"]:
-            cut = "none" if b["max_pad_waste"] == float("inf") else f"<= {b['max_pad_waste']:.0%}"
+            cut = "none" if b["max_pad_waste"] is None else f"<= {b['max_pad_waste']:.0%}"
             lines.append(f"| {cut} | {b['calls']} | {b['generate_calls']} | {b['batch_sizes']} | "
                          f"{b['pad_overhead']:.1%} | {b['oracle_f1']:.2f} |")
     per_stage: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
