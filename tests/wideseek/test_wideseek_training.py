@@ -345,3 +345,15 @@ def test_study_cost_model_by_hand():
     assert learner_seconds(shape, 2, units, pack=False) == pytest.approx(2200 / 100 + 2200 / 50)
     assert learner_seconds(shape, 2, units) == pytest.approx(1000 / 100 + 1000 / 50)
     assert learner_seconds(shape, 2, units, recompute_old=True, pack=False) == pytest.approx(2 * 22 + 44)
+
+
+def test_study_timings_accumulate_wall_and_cpu_over_resumes(tmp_path):
+    from leanlm.wideseek.study import Study, _now
+
+    study = object.__new__(Study)  # no world: only the bookkeeping is under test
+    study.out, study.timings = tmp_path, {"sft": 10.0}  # an old entry (wall seconds only) is kept as wall time
+    wall, cpu = _now()
+    study._timed("sft", (wall - 2.0, cpu - 1.0))
+    study._timed("sft", (wall - 2.0, cpu - 1.0))
+    saved = json.loads((tmp_path / "timings.json").read_text())["sft"]
+    assert 14.0 <= saved["wall_s"] < 15.0 and 2.0 <= saved["cpu_s"] < 3.0

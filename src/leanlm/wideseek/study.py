@@ -110,8 +110,14 @@ class Study:
         self.timings: dict[str, float] = json.loads((self.out / "timings.json").read_text()) \
             if (self.out / "timings.json").exists() else {}
 
-    def _timed(self, name: str, t0: float) -> None:
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 1)
+    def _timed(self, name: str, t0: tuple[float, float]) -> None:
+        """Add the wall and CPU seconds (this process, all threads) since ``t0`` (:func:`_now`) to ``name``;
+        a run resumed over several sessions accumulates."""
+        old = self.timings.get(name, {})
+        old = old if isinstance(old, dict) else {"wall_s": float(old), "cpu_s": 0.0}
+        wall, cpu = _now()
+        self.timings[name] = {"wall_s": round(old.get("wall_s", 0.0) + wall - t0[0], 1),
+                              "cpu_s": round(old.get("cpu_s", 0.0) + cpu - t0[1], 1)}
         atomic_write_json(self.out / "timings.json", self.timings)
 
     # ------------------------------------------------------------------------------------------ stages
@@ -123,7 +129,7 @@ class Study:
         target = self.out / name / "model"
         if (target / "config.json").exists():
             return target
-        t0 = time.perf_counter()
+        t0 = _now()
         cfg = self.config
         model, tok = load_embedded()
         model.to(cfg.get("device", "cpu"))
@@ -156,7 +162,7 @@ class Study:
         if (target / "config.json").exists():
             return target
         init = self.sft(mode)
-        t0 = time.perf_counter()
+        t0 = _now()
         trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode, ablation),
                           tools=self.tools)
         trainer.resume()
@@ -192,7 +198,7 @@ class Study:
             spec = self.marl(seed, ablation=policy.removeprefix("marl-"))
         else:
             raise ValueError(f"unknown policy {policy!r}")
-        t0 = time.perf_counter()
+        t0 = _now()
         loaded = load_model(str(spec))
         tok = loaded.tokenizer or load_model("embedded").tokenizer
         model = loaded.model.to(cfg.get("device", "cpu"))
@@ -203,7 +209,8 @@ class Study:
         torch.manual_seed(1000 * seed + sum(sum(map(ord, t.instance_id)) for t in tasks))
         rolls = rollout_group(backend, self.tools, agent_cfg, [t.query for t in tasks], ["table"] * len(tasks),
                               cfg["n"], mode)
-        seconds = round(time.perf_counter() - t0, 1)
+        wall, cpu = _now()
+        seconds, cpu_s = round(wall - t0[0], 1), round(cpu - t0[1], 1)
         lines = []
         for i, task in enumerate(tasks):
             mine = [r for r in rolls if r.task_index == i]
@@ -215,7 +222,8 @@ class Study:
                           "tokens": sum(len(s.completion_ids) for r in mine for s in r.samples),
                           "prompt_tokens": sum(len(s.prompt_ids) for r in mine for s in r.samples),
                           "calls": sum(len(r.samples) for r in mine),
-                          "group_tasks": len(tasks), "group_seconds": seconds, "backend": dict(backend.stats)})
+                          "group_tasks": len(tasks), "group_seconds": seconds, "group_cpu_s": cpu_s,
+                          "backend": dict(backend.stats)})
         with open(path, "a", encoding="utf-8") as handle:  # one write: the group's tasks land together
             handle.write("".join(json.dumps(line) + "\n" for line in lines))
         self._timed(f"eval-{policy}", t0)
@@ -234,6 +242,11 @@ class Study:
                 log.info("study stage %s: %s seed %d width %d", stage, policy, seed, width)
                 self.evaluate(policy, seed, width, mode)
         return summarize(self.out)
+
+
+def _now() -> tuple[float, float]:
+    """(wall, CPU) seconds: the CPU time of this process, all threads, which on a shared machine is the cost."""
+    return time.perf_counter(), time.process_time()
 
 
 def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:

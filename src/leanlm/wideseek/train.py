@@ -267,7 +267,7 @@ class Trainer:
                              self.cfg.group_size, self.cfg.mode)
 
     def train_step(self) -> dict[str, Any]:
-        cfg, t0 = self.cfg, time.perf_counter()
+        cfg, t0, c0 = self.cfg, time.perf_counter(), time.process_time()
         tasks = self.rng.sample(self.tasks, min(cfg.prompts_per_step, len(self.tasks)))
         self.backend.tokens, self.backend.generate_s = 0, 0.0
         rolls = self.rollouts(tasks)
@@ -280,7 +280,8 @@ class Trainer:
                "turns": len(self.backend.samples), "generated_tokens": self.backend.tokens,
                "rollout_s": round(t_roll, 3),
                "gen_tokens_per_s": self.backend.tokens / self.backend.generate_s if self.backend.generate_s else 0.0,
-               "learn_s": round(time.perf_counter() - t1, 3), "tasks": [t.instance_id for t in tasks]}
+               "learn_s": round(time.perf_counter() - t1, 3), "cpu_s": round(time.process_time() - c0, 3),
+               "tasks": [t.instance_id for t in tasks]}
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         return row
