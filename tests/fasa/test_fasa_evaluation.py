@@ -172,3 +172,88 @@ def test_report_from_checkpoints_tabulates_a_partial_run_without_a_model(tmp_pat
     text = (tmp_path / "r.md").read_text()
     assert "| FASA | 100 [44, 100] (3/3) | 0 [0, 56] (0/3) | 3/3 / 0/3 |" in text
     assert (tmp_path / "r-contextual-agreement--ca--heatmap--k-256.png").exists()
+
+
+def _all_selectors(n_layers: int = 3, n_heads: int = 4, n_kv: int = 2, d: int = 16):
+    from leanlm.fasa.selectors import (
+        DoubleSparsitySelector,
+        H2OSelector,
+        LokiSelector,
+        SnapKVDecodeSelector,
+        SparQSelector,
+        StreamingSelector,
+    )
+
+    g = torch.Generator().manual_seed(5)
+    fcs = torch.stack([torch.randperm(d // 2, generator=g)[:2] for _ in range(n_layers * n_heads)])
+    basis = torch.linalg.qr(torch.randn(n_layers, n_kv, d, d, generator=g))[0][..., :4]
+    channels = torch.stack([torch.randperm(d, generator=g)[:4] for _ in range(n_layers * n_heads)])
+    return {"full KV": lambda: None, "oracle": OracleSelector,
+            "FASA": lambda: FASASelector.from_fcs(fcs.view(n_layers, n_heads, 2), d, "half"),
+            "FASA pooled": lambda: FASASelector.from_fcs(fcs.view(n_layers, n_heads, 2), d, "half", pooled=True),
+            "Quest": lambda: QuestSelector(4), "Streaming": lambda: StreamingSelector(2),
+            "SparQ": lambda: SparQSelector(r=4),
+            "DS": lambda: DoubleSparsitySelector(channels.view(n_layers, n_heads, 4)),
+            "Loki": lambda: LokiSelector(basis), "H2O": lambda: H2OSelector(budget=10),
+            "SnapKV": lambda: SnapKVDecodeSelector(budget=10, window=3, interval=4)}
+
+
+def test_fast_decode_path_is_bit_identical_to_deep_copies_and_plain_probes():
+    """The shared rewindable prefill + per-head probes give exactly (==) the tokens, NLLs and probe sums of the
+    straightforward path (a deep copy of the prefill per method, repeat_kv copies, a second dense pass),
+    for every selector class decoded one after another from the same shared buffers."""
+    from leanlm.fasa.evaluation.harness import RewindableCache
+
+    model = tiny_llama(3)
+    ids = torch.randint(0, 96, (1, 48), generator=torch.Generator().manual_seed(7))
+    cont = torch.randint(0, 96, (7,), generator=torch.Generator().manual_seed(8))
+    cache, last = prefill(model, ids)
+    shared = RewindableCache(prefill(model, ids)[0], 48 + 12)
+    for name, make in _all_selectors().items():
+        plain, fast = ProbeAttention(make(), 10, 3, reference=True), ProbeAttention(make(), 10, 3)
+        assert greedy(model, shared, last, 48, 9, fast) == greedy(model, cache, last, 48, 9, plain), name
+        assert fast.probes == plain.probes, name
+        plain, fast = ProbeAttention(make(), 10, 3, reference=True), ProbeAttention(make(), 10, 3)
+        assert teacher_forced_nll(model, shared, last, cont, 48, fast) == \
+            teacher_forced_nll(model, cache, last, cont, 48, plain), name
+        assert fast.probes == plain.probes and (name == "full KV" or fast.probes.steps[1] == 6), name
+    assert shared.cache.get_seq_length() == 48 + 6  # the last decode's rows; the next fresh() drops them
+    assert shared.fresh().get_seq_length() == 48
+    with pytest.raises(ValueError, match="capacity"):
+        greedy(model, RewindableCache(prefill(model, ids)[0], 50), last, 48, 9, ProbeAttention(None, 0, 3))
+
+
+@pytest.mark.parametrize("t", [37, 4099])
+def test_gqa_helpers_equal_the_expanded_products_bit_for_bit(t):
+    from leanlm.fasa.selectors import expand_kv, gqa_gather_dims, gqa_logits, gqa_weighted
+
+    g = torch.Generator().manual_seed(t)
+    q, k, v = torch.randn(1, 9, 1, 64, generator=g), torch.randn(1, 3, t, 64, generator=g), torch.randn(1, 3, t, 64,
+                                                                                                          generator=g)
+    assert torch.equal(gqa_logits(q, k), q @ expand_kv(k, 3).transpose(-1, -2))
+    w = torch.softmax(gqa_logits(q, k), -1)
+    assert torch.equal(gqa_weighted(w, v), w @ expand_kv(v, 3))
+    dims = torch.randint(0, 64, (1, 9, 16), generator=g)
+    assert torch.equal(gqa_gather_dims(k, dims), expand_kv(k, 3).gather(-1, dims[:, :, None].expand(1, 9, t, 16)))
+
+
+def test_presses_from_one_shared_prefill_equal_prefilling_under_each_press():
+    import kvpress
+
+    from leanlm.fasa.evaluation.run import capture_prefill, press_caches
+
+    model = tiny_llama(4)
+    ids = torch.randint(0, 96, (1, 120), generator=torch.Generator().manual_seed(9))
+    named = {"SnapKV": kvpress.SnapKVPress(compression_ratio=0.6, window_size=8),
+             "StreamingLLM": kvpress.StreamingLLMPress(compression_ratio=0.6),
+             "TOVA": kvpress.TOVAPress(compression_ratio=0.6), "KNorm": kvpress.KnormPress(compression_ratio=0.6),
+             "ExpectedAttention": kvpress.ExpectedAttentionPress(compression_ratio=0.6)}
+    cache, last, captured = capture_prefill(model, ids)
+    shared = press_caches(model, cache, captured, named)
+    for name, press in named.items():
+        with press(model):
+            ref, ref_last = prefill(model, ids)
+        assert torch.equal(ref_last, last), name
+        assert ref.get_seq_length() == shared[name].get_seq_length() == 48, name
+        for a, b in zip(ref.layers, shared[name].layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), name

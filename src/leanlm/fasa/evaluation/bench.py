@@ -47,7 +47,8 @@ def report_from_checkpoints(run_dir: Path, out: Path) -> dict[str, Any]:
     tables, metrics, _ = tabulate(answers, presses, ppl, offline, config)
     result = {"tables": tables, "figures": plot(answers, presses, ppl, offline, config), "metrics": metrics}
     done = len({r["id"] for r in answers})
-    write_report(out, f"# FASA evaluation: report of the checkpoints in `{run_dir}`\n\n{done} prompts done; "
+    write_report(out, f"# FASA evaluation: report of the checkpoints in `{run_dir}`\n\n{done} prompts with rows "
+                      f"({len(answers)} (prompt, method, budget) rows; n per cell in the tables); "
                       f"perplexity texts done: {sorted({r['text_kind'] for r in ppl}) or 'none'}. Metrics: "
                       f"`{json.dumps(metrics)}`\n\n", result)
     return result

@@ -12,6 +12,14 @@ also computes the dense attention of the same query and records per layer:
 - relative output error ``‖o − ô‖ / ‖o‖`` of the attention output (local: both use this step's q/K/V).
 
 Probes skip steps where the budget covers every key (nothing to select).
+
+Speed without changing a result (the evaluation runs ~55 decodes per prompt from one prefill): the dense
+prefill is stored once in a :class:`RewindableCache` (preallocated buffers; every method decodes into the
+rows after the prompt and :meth:`RewindableCache.rewind` drops them, instead of a deep copy per method and
+a ``torch.cat`` of the whole cache per step), and the probes compute the dense logits once per query head
+against the un-expanded GQA keys (no ``repeat_interleave`` copies) and reuse them for the dense reference
+output. Each per-head product is the same kernel on the same values as the batched one, so every record
+is bit-identical to the straightforward path (``tests/fasa/test_fasa_evaluation.py`` checks it).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 
 from leanlm.fasa.attention import dense_attention, focused_attention, key_validity
 from leanlm.fasa.hooks import attention_handler, dense_attention_forward
-from leanlm.fasa.selectors import TokenSelector, expand_kv
+from leanlm.fasa.selectors import TokenSelector, expand_kv, gqa_logits, gqa_weighted
 
 
 @dataclass
@@ -57,6 +65,7 @@ class ProbeAttention:
     n_layers: int
     dense_layers: frozenset[int] = frozenset({0})
     probe: bool = True
+    reference: bool = False  # probes the straightforward way (expanded GQA copies; what the fast path equals)
     probes: LayerProbes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,11 +82,28 @@ class ProbeAttention:
         indices = self.selector.select(query, key, self.budget, layer_idx=layer, valid=valid)
         out = focused_attention(query, key, value, indices, scaling, valid, kwargs.get("softcap"))
         if self.probe and indices.shape[-1] < t:
-            self._record(layer, query, key, value, indices, scaling, valid, out)
+            record = self._record_reference if self.reference else self._record
+            record(layer, query, key, value, indices, scaling, valid, out)
         return out.transpose(1, 2).contiguous(), None
 
     @torch.no_grad()
     def _record(self, layer, query, key, value, indices, scaling, valid, out) -> None:
+        k = indices.shape[-1]
+        logits = gqa_logits(query, key)[:, :, 0].float()  # (B, H_q, T)
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
+        best = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+        weights = torch.softmax(logits * scaling, dim=-1)
+        dense = gqa_weighted(weights[:, :, None, :].to(value.dtype), value)  # dense attention output
+        p = self.probes
+        p.recall[layer] += float(best.gather(-1, indices).float().mean())
+        p.mass[layer] += float(weights.gather(-1, indices).sum(-1).mean())
+        p.rel_err[layer] += float((out.float() - dense.float()).norm() / dense.float().norm().clamp_min(1e-12))
+        p.steps[layer] += 1
+
+    @torch.no_grad()
+    def _record_reference(self, layer, query, key, value, indices, scaling, valid, out) -> None:
+        """:meth:`_record` written plainly (repeat_kv copies, a second dense pass): the equality reference."""
         k = indices.shape[-1]
         logits = (query @ expand_kv(key, query.shape[1] // key.shape[1]).transpose(-1, -2))[:, :, 0].float()
         if valid is not None:
@@ -106,6 +132,69 @@ def prefill(model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
     return out.past_key_values, out.logits[:, -1]
 
 
+def _rewindable_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class RewindableLayer(DynamicLayer):
+        """A :class:`~transformers.cache_utils.DynamicLayer` whose keys/values are views of preallocated
+        buffers: ``update`` writes the new rows in place (no ``torch.cat`` of the whole cache) and
+        :meth:`rewind` forgets every row after the prefill."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+            super().__init__()
+            b, h, t, d = keys.shape
+            self.lazy_initialization(keys, values)
+            self.prefix = t
+            self._k = keys.new_empty(b, h, max(capacity, t), d)
+            self._v = values.new_empty(b, values.shape[1], max(capacity, t), values.shape[-1])
+            self._k[:, :, :t], self._v[:, :, :t] = keys, values
+            self.rewind()
+
+        def rewind(self) -> None:
+            self.length = self.prefix
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+        def update(self, key_states, value_states, cache_kwargs=None):
+            n = key_states.shape[-2]
+            if self.length + n > self._k.shape[2]:
+                raise ValueError(f"RewindableCache holds {self._k.shape[2]} rows; {self.length + n} needed "
+                                 "(raise its capacity)")
+            self._k[:, :, self.length : self.length + n] = key_states
+            self._v[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+            return self.keys, self.values
+
+    return RewindableLayer
+
+
+class RewindableCache:
+    """One dense prefill shared by every method of a prompt without copies.
+
+    ``RewindableCache(cache, capacity)`` moves a prefilled ``DynamicCache``'s rows into buffers of
+    ``capacity`` rows (prompt + the longest decode); :meth:`fresh` rewinds it to the prompt and returns it
+    for the next method's decode (which writes the rows after the prompt). Decode results are identical to
+    decoding from a deep copy (same values; sdpa and the selectors read the views the same way).
+    """
+
+    def __init__(self, cache: Any, capacity: int) -> None:
+        layer_class = _rewindable_layer_class()
+        self.cache = cache
+        self.prefix = cache.get_seq_length()
+        with torch.inference_mode():
+            cache.layers = [layer_class(layer.keys, layer.values, capacity) for layer in cache.layers]
+
+    def fresh(self) -> Any:
+        for layer in self.cache.layers:
+            layer.rewind()
+        return self.cache
+
+
+def _private(cache: Any) -> Any:
+    """The cache a decode may write: the rewound shared buffers, or a deep copy of a plain cache."""
+    return cache.fresh() if isinstance(cache, RewindableCache) else copy.deepcopy(cache)
+
+
 def _step(model: Any, token: int, cache: Any, position: int) -> torch.Tensor:
     pos = torch.tensor([[position]])
     out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True, position_ids=pos,
@@ -115,8 +204,9 @@ def _step(model: Any, token: int, cache: Any, position: int) -> torch.Tensor:
 
 def greedy(model: Any, cache: Any, last_logits: torch.Tensor, start: int, steps: int, handler: ProbeAttention,
            eos_id: int | None = None) -> list[int]:
-    """Greedy decode ``steps`` tokens from a private copy of the shared prefilled ``cache``."""
-    cache = copy.deepcopy(cache)
+    """Greedy decode ``steps`` tokens from a private copy of the shared prefilled ``cache`` (a
+    :class:`RewindableCache` is rewound instead of copied)."""
+    cache = _private(cache)
     tokens: list[int] = []
     logits = last_logits
     with attention_handler(model, handler), torch.inference_mode():
@@ -137,7 +227,7 @@ def teacher_forced_nll(model: Any, cache: Any, last_logits: torch.Tensor, contin
     are each predicted by one decode step through ``handler`` fed the true previous token (paper Fig. 4,
     ``perplexity/evaluate_ppl.py``). Returns ``n - 1`` NLLs in nats.
     """
-    cache = copy.deepcopy(cache)
+    cache = _private(cache)
     nll: list[float] = []
     with attention_handler(model, handler), torch.inference_mode():
         for i in range(continuation.shape[0] - 1):

@@ -1,10 +1,16 @@
 """The evaluation as named steps: calibrate, build prompts, run methods, perplexity, tabulate, plot.
 
-Every per-step method decodes from ONE shared dense prefill per prompt (the cache is deep-copied per
-method), layer 0 dense for all of them. Results are appended per prompt (and per perplexity text) to JSONL
-files in the output directory; a rerun with the same directory skips what is already there, so a long
-run resumes after being stopped (``leanlm fasa bench --eval --out DIR`` again). The settings that change
-results are stored in ``config.json`` and a resume with different ones is refused.
+Every per-step method decodes from ONE shared dense prefill per prompt (a
+:class:`~leanlm.fasa.evaluation.harness.RewindableCache`: no copy per method), layer 0 dense for all of
+them. Results are appended to JSONL files in the output directory, one row per (prompt, method, budget)
+as a prompt's methods finish and one row per (text, method, budget) of perplexity; a rerun with the same
+directory skips every row already there, so a long run resumes after being stopped (``leanlm fasa bench
+--eval --out DIR`` again). The settings that change results are stored in ``config.json`` and a resume
+with different ones is refused; ``order`` is not one of them: it only says what is computed first.
+
+``config["order"]`` lists steps ``ppl[:TEXT][:PHASE]``, ``tasks[:LENGTH][:PHASE]`` and ``presses``; the
+phase ``headline`` narrows a step to :data:`MAIN_METHODS` at budgets <= 256 (the issue's goals), so a
+partial full run fills in the headline table first, round-robin over tasks, at 8K first.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from leanlm.common.atomic import atomic_write_json
 from leanlm.fasa.evaluation.harness import (
     ProbeAttention,
+    RewindableCache,
     greedy,
     n_layers_of,
     perplexity,
@@ -52,8 +59,11 @@ FULL: dict[str, Any] = {
     "ppl_texts": ["wiki", "code"], "ppl_prefill": 4000, "ppl_predict": 65,
     "ppl_methods": ["FASA", "oracle top-k", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
                     "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
-    "order": ["ppl:wiki", "tasks:4096", "ppl:code", "tasks:7936", "presses"], "seed": 0,
+    "order": ["tasks:7936:headline", "ppl:wiki:headline", "tasks:4096:headline", "tasks:7936", "ppl:wiki",
+              "tasks:4096", "ppl:code", "presses"], "seed": 0,
 }
+#: a step narrowed to the headline comparison: the main methods at these budgets (full KV's 0 included)
+HEADLINE_BUDGET = 256
 #: settings a resumed run must share with the first one (sizes may grow: prompts are seeded by index)
 FIXED = ("tasks", "budgets", "methods", "transfer", "transfer_budgets", "transfer_task", "presses", "press_budgets",
          "calib_tokens", "calib_decode_steps", "calib_stride", "ppl_prefill", "ppl_predict", "ppl_methods", "seed")
@@ -153,87 +163,215 @@ def method_table(config: dict[str, Any]) -> list[tuple[str, Any, list[int]]]:
     return table
 
 
-def run_trial(model: Any, tok: Any, trial: Trial, offline: Offline, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """All methods on one prompt from one shared dense prefill: one row per (method, budget)."""
+def in_phase(name: str, budget: int, phase: str) -> bool:
+    """Whether ``(name, budget)`` is computed in ``phase`` ('' = everything; 'headline' = main methods <= 256)."""
+    if not phase:
+        return True
+    if phase == "headline":
+        return name in MAIN_METHODS and budget <= HEADLINE_BUDGET
+    raise ValueError(f"unknown phase {phase!r}; expected 'headline' or none")
+
+
+def run_trial(model: Any, tok: Any, trial: Trial, offline: Offline, config: dict[str, Any],
+              skip: set[tuple[str, int]] | frozenset = frozenset(), phase: str = "", full_text: str | None = None,
+              fast: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None,
+              presses_skip: set[tuple[str, int]] | frozenset | None = None,
+              on_press_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """The methods of ``phase`` on one prompt from one shared dense prefill: one row per (method, budget),
+    skipping the pairs in ``skip`` (already checkpointed; ``full_text`` is then full KV's reply). ``on_row``
+    sees each row as it is made (checkpointing). ``fast=False`` decodes from deep copies and probes the plain
+    way: the reference the fast path equals bit for bit. With ``presses_skip`` (a set, maybe empty) the
+    kvpress presses not in it also run from the same prefill; their rows go to ``on_press_row`` only."""
     ids = tok(trial.prompt, return_tensors="pt").input_ids
-    cache, last = prefill(model, ids)
     n_layers = n_layers_of(model)
+    todo = [(name, factory, budget) for name, factory, budgets in method_table(config) for budget in budgets
+            if (name, budget) not in skip and in_phase(name, budget, phase)]
+    pressing = press_todo(config, ids.shape[1], presses_skip) if presses_skip is not None else {}
+    if not todo and not pressing:
+        return []
+    if pressing:
+        cache, last, captured = capture_prefill(model, ids)
+        pressed = press_caches(model, cache, captured, pressing)
+        del captured
+    else:
+        cache, last = prefill(model, ids)
+        pressed = {}
+    if fast:
+        cache = RewindableCache(cache, ids.shape[1] + trial.max_new_tokens + 1)
     base = {"id": trial.id, "task": trial.task, "length": trial.length, "seed": trial.seed,
             "haystack": trial.haystack, "n_tokens": ids.shape[1], "answers": trial.answers}
     rows: list[dict[str, Any]] = []
-    full_text = None
-    for name, factory, budgets in method_table(config):
-        for budget in budgets:
-            selector = factory(offline, budget)
-            handler = ProbeAttention(selector, budget, n_layers)
-            t0 = time.perf_counter()
-            tokens = greedy(model, cache, last, ids.shape[1], trial.max_new_tokens, handler, tok.eos_token_id)
-            text = tok.decode(tokens, skip_special_tokens=True).strip()
-            if full_text is None:
-                full_text = text
-            correct, frac = score_answer(text, trial.answers)
-            rows.append({**base, "method": name, "budget": budget, "text": text, "correct": correct, "frac": frac,
-                         "agree": text == full_text, "seconds": round(time.perf_counter() - t0, 2),
-                         **({} if selector is None else handler.probes.means())})
+    for name, factory, budget in todo:
+        selector = factory(offline, budget)
+        handler = ProbeAttention(selector, budget, n_layers, reference=not fast)
+        t0 = time.perf_counter()
+        tokens = greedy(model, cache, last, ids.shape[1], trial.max_new_tokens, handler, tok.eos_token_id)
+        text = tok.decode(tokens, skip_special_tokens=True).strip()
+        if full_text is None:
+            if name != "full KV":
+                raise ValueError(f"{trial.id}: full KV must run (or be checkpointed) before the other methods")
+            full_text = text
+        correct, frac = score_answer(text, trial.answers)
+        rows.append({**base, "method": name, "budget": budget, "text": text, "correct": correct, "frac": frac,
+                     "agree": text == full_text, "seconds": round(time.perf_counter() - t0, 2),
+                     **({} if selector is None else handler.probes.means())})
+        if on_row is not None:
+            on_row(rows[-1])
+    if pressed:
+        decode_presses(model, tok, trial, pressed, last, ids.shape[1], full_text, on_press_row)
     return rows
 
 
-def run_presses(model: Any, tok: Any, trial: Trial, config: dict[str, Any], full_text: str) -> list[dict[str, Any]]:
-    """kvpress presses: prefill eviction to the budget, then dense greedy decode (their own protocol)."""
-    ids = tok(trial.prompt, return_tensors="pt").input_ids
-    n_layers = n_layers_of(model)
-    rows = []
+def capture_prefill(model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor, dict[int, tuple[Any, ...]]]:
+    """:func:`prefill` that also keeps what a kvpress press's forward hook sees at each attention layer:
+    ``{layer: (module, hidden_states, attentions, forward kwargs)}``."""
+    captured: dict[int, tuple[Any, ...]] = {}
+
+    def hook(module, args, kwargs, output):
+        captured[module.layer_idx] = (module, kwargs["hidden_states"], output[1], dict(kwargs))
+
+    handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    try:
+        cache, last = prefill(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return cache, last, captured
+
+
+def press_caches(model: Any, cache: Any, captured: dict[int, tuple[Any, ...]], named: dict[str, Any]) -> dict[str, Any]:
+    """The cache each kvpress press leaves after the prefill, from ONE dense prefill: ``press.compress`` on each
+    layer's dense keys/values with the hidden states and kwargs its hook would see. Equal to prefilling under
+    ``with press(model)`` (kvpress's hook compresses a layer after its attention output is computed, so the
+    prefill itself is unchanged; a test checks the caches are identical) at one prefill instead of one per press."""
+    from transformers import DynamicCache
+
+    out = {}
+    added = [layer.self_attn for layer in model.model.layers if "rotary_emb" not in layer.self_attn._modules]
+    for module in added:  # what ``with press(model)`` sets up (and leaves behind); removed again here
+        module.rotary_emb = model.model.rotary_emb
+    try:
+        with torch.inference_mode():
+            for name, press in named.items():
+                press.post_init_from_model(model)
+                data = []
+                for layer_idx, layer in enumerate(cache.layers):
+                    module, hidden, attentions, kwargs = captured[layer_idx]
+                    data.append(press.compress(module, hidden, layer.keys, layer.values, attentions, kwargs))
+                out[name] = DynamicCache(ddp_cache_data=data, config=model.config)
+    finally:
+        for module in added:
+            del module.rotary_emb
+    return out
+
+
+def press_todo(config: dict[str, Any], n_tokens: int, skip: set[tuple[str, int]] | frozenset = frozenset()
+               ) -> dict[tuple[str, int], Any]:
+    """``{(press label, budget): press}`` of the configured presses not in ``skip`` (ratio = 1 - budget / prompt)."""
+    todo = {}
     for budget in config["press_budgets"]:
-        ratio = max(0.0, 1.0 - budget / ids.shape[1])
-        for name, press in presses(config["presses"], ratio).items():
-            with press(model):
-                cache, last = prefill(model, ids)
-            tokens = greedy(model, cache, last, ids.shape[1], trial.max_new_tokens, ProbeAttention(None, 0, n_layers),
-                            tok.eos_token_id)
-            text = tok.decode(tokens, skip_special_tokens=True).strip()
-            correct, frac = score_answer(text, trial.answers)
-            rows.append({"id": trial.id, "task": trial.task, "length": trial.length, "seed": trial.seed,
-                         "method": name, "budget": budget, "text": text, "correct": correct, "frac": frac,
-                         "agree": text == full_text})
+        for name, press in presses(config["presses"], max(0.0, 1.0 - budget / n_tokens)).items():
+            if (name, budget) not in skip:
+                todo[(name, budget)] = press
+    return todo if config["presses"] else {}
+
+
+def decode_presses(model: Any, tok: Any, trial: Trial, caches: dict[tuple[str, int], Any], last: torch.Tensor,
+                   n_tokens: int, full_text: str | None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Dense greedy decode from each press's cache (kvpress's own protocol: eviction at prefill only)."""
+    rows = []
+    for (name, budget), cache in caches.items():
+        tokens = greedy(model, cache, last, n_tokens, trial.max_new_tokens, ProbeAttention(None, 0, n_layers_of(model)),
+                        tok.eos_token_id)
+        text = tok.decode(tokens, skip_special_tokens=True).strip()
+        correct, frac = score_answer(text, trial.answers)
+        rows.append({"id": trial.id, "task": trial.task, "length": trial.length, "seed": trial.seed,
+                     "method": name, "budget": budget, "text": text, "correct": correct, "frac": frac,
+                     "agree": text == full_text})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
+
+
+def run_presses(model: Any, tok: Any, trial: Trial, config: dict[str, Any], full_text: str,
+                skip: set[tuple[str, int]] | frozenset = frozenset(),
+                on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """kvpress presses: prefill eviction to the budget, then dense greedy decode (their own protocol); one
+    shared dense prefill for every press (:func:`press_caches`)."""
+    ids = tok(trial.prompt, return_tensors="pt").input_ids
+    todo = press_todo(config, ids.shape[1], skip)
+    if not todo:
+        return []
+    cache, last, captured = capture_prefill(model, ids)
+    caches = press_caches(model, cache, captured, {key: press for key, press in todo.items()})
+    del captured, cache
+    return decode_presses(model, tok, trial, caches, last, ids.shape[1], full_text, on_row)
+
+
+def _done_pairs(rows: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
+    done: dict[str, set[tuple[str, int]]] = {}
+    for r in rows:
+        done.setdefault(r["id"], set()).add((r["method"], int(r["budget"])))
+    return done
 
 
 def step_run_methods(model: Any, tok: Any, trials: list[Trial], offline: Offline, config: dict[str, Any], out: Path,
-                     log: Callable[..., None]) -> list[dict[str, Any]]:
-    """Run every method on every prompt not yet in ``out/answers.jsonl``; returns all rows."""
+                     log: Callable[..., None], phase: str = "") -> list[dict[str, Any]]:
+    """Run the methods of ``phase`` (and the kvpress presses, from the same prefill) on every prompt where
+    ``out/answers.jsonl`` / ``out/presses.jsonl`` lack them; returns all answer rows.
+
+    Rows are checkpointed one by one, so a stop loses at most the decode in progress."""
     from leanlm.common.progress import progress
 
-    path = out / "answers.jsonl"
+    path, press_path = out / "answers.jsonl", out / "presses.jsonl"
     rows = read_jsonl(path)
-    done = {r["id"] for r in rows}
-    todo = [t for t in trials if t.id not in done]
-    log("tasks: %d prompts done, %d to run", len(done), len(todo))
+    done, press_done = _done_pairs(rows), _done_pairs(read_jsonl(press_path))
+    full = {r["id"]: r["text"] for r in rows if r["method"] == "full KV"}
+    wanted = {(n, b) for n, _, budgets in method_table(config) for b in budgets if in_phase(n, b, phase)}
+    press_wanted = {(f"kvpress {n}", b) for n in config["presses"] for b in config["press_budgets"]}
+    todo = [t for t in trials if not wanted <= done.get(t.id, set()) or not press_wanted <= press_done.get(t.id, set())]
+    log("tasks%s: %d prompts complete, %d to run", f" ({phase})" if phase else "", len(trials) - len(todo), len(todo))
+
+    def checkpoint(row: dict[str, Any]) -> None:
+        append_jsonl(path, [row])
+        rows.append(row)
+
+    def checkpoint_press(row: dict[str, Any]) -> None:
+        append_jsonl(press_path, [row])
+
     for trial in progress(todo, desc="prompts", unit="prompt"):
         t0 = time.perf_counter()
-        new = run_trial(model, tok, trial, offline, config)
-        append_jsonl(path, new)
-        rows.extend(new)
-        full = new[0]
-        log("%s (%d tokens): answer %s, full KV %r (%s); %.0f s", trial.id, full["n_tokens"], trial.answers,
-            full["text"], "correct" if full["correct"] else "wrong", time.perf_counter() - t0)
+        new = run_trial(model, tok, trial, offline, config, skip=done.get(trial.id, set()), phase=phase,
+                        full_text=full.get(trial.id), on_row=checkpoint,
+                        presses_skip=press_done.get(trial.id, set()), on_press_row=checkpoint_press)
+        head = next((r for r in new if r["method"] == "full KV"), None)
+        log("%s (%s tokens): answer %s, full KV %r; %d rows + presses in %.0f s", trial.id,
+            new[0]["n_tokens"] if new else "?", trial.answers, head["text"] if head else full.get(trial.id),
+            len(new), time.perf_counter() - t0)
     return rows
 
 
 def step_presses(model: Any, tok: Any, trials: list[Trial], answers: list[dict[str, Any]], config: dict[str, Any],
                  out: Path, log: Callable[..., None]) -> list[dict[str, Any]]:
+    """The presses on every prompt with a full-KV row where ``out/presses.jsonl`` lacks them (the task steps
+    already run them from their shared prefill; this catches prompts checkpointed without them)."""
     if not config["presses"]:
         return []
     path = out / "presses.jsonl"
     rows = read_jsonl(path)
-    done = {r["id"] for r in rows}
+    done = _done_pairs(rows)
     full = {r["id"]: r["text"] for r in answers if r["method"] == "full KV"}
+
+    def checkpoint(row: dict[str, Any]) -> None:
+        append_jsonl(path, [row])
+        rows.append(row)
+
     for trial in trials:
-        if trial.id in done or trial.id not in full:  # presses only where the per-step methods ran
+        if trial.id not in full:  # presses only where the per-step methods ran
             continue
-        new = run_presses(model, tok, trial, config, full[trial.id])
-        append_jsonl(path, new)
-        rows.extend(new)
-        log("presses on %s done", trial.id)
+        if run_presses(model, tok, trial, config, full[trial.id], done.get(trial.id, set()), checkpoint):
+            log("presses on %s done", trial.id)
     return rows
 
 
@@ -257,29 +395,34 @@ def ppl_text(kind: str, tok: Any, n_tokens: int) -> torch.Tensor:
 
 
 def step_perplexity(model: Any, tok: Any, offline: Offline, config: dict[str, Any], out: Path,
-                    log: Callable[..., None]) -> list[dict[str, Any]]:
-    """Teacher-forced decode perplexity of each method and budget on held-out text (paper Fig. 4)."""
+                    log: Callable[..., None], phase: str = "") -> list[dict[str, Any]]:
+    """Teacher-forced decode perplexity of each method and budget on held-out text (paper Fig. 4).
+
+    Checkpointed per (text, method, budget) row: a resume recomputes the text's dense prefill and runs only
+    the missing rows."""
     path = out / "perplexity.jsonl"
     rows = read_jsonl(path)
-    done = {r["text_kind"] for r in rows}
+    done = {(r["text_kind"], r["method"], int(r["budget"])) for r in rows}
     n_layers = n_layers_of(model)
     for kind in config["ppl_texts"]:
-        if kind in done:
+        todo = [(name, budget) for name in ["full KV", *config["ppl_methods"]]
+                for budget in ([0] if name == "full KV" else config["budgets"])
+                if (kind, name, budget) not in done and in_phase(name, budget, phase)]
+        if not todo:
             continue
         ids = ppl_text(kind, tok, config["ppl_prefill"] + config["ppl_predict"])
         prompt, cont = ids[None, : config["ppl_prefill"]], ids[config["ppl_prefill"] :]
         cache, last = prefill(model, prompt)
-        new = []
-        for name in ["full KV", *config["ppl_methods"]]:
-            for budget in [0] if name == "full KV" else config["budgets"]:
-                selector = METHODS[name](offline, budget)
-                handler = ProbeAttention(selector, budget, n_layers)
-                nll = teacher_forced_nll(model, cache, last, cont, prompt.shape[1], handler)
-                new.append({"text_kind": kind, "method": name, "budget": budget, "nll": nll, "ppl": perplexity(nll),
-                            **({} if selector is None else handler.probes.means())})
-                log("perplexity %s %s @%d: %.3f", kind, name, budget, new[-1]["ppl"])
-        append_jsonl(path, new)
-        rows.extend(new)
+        cache = RewindableCache(cache, ids.shape[0] + 1)
+        for name, budget in todo:
+            selector = METHODS[name](offline, budget)
+            handler = ProbeAttention(selector, budget, n_layers)
+            nll = teacher_forced_nll(model, cache, last, cont, prompt.shape[1], handler)
+            row = {"text_kind": kind, "method": name, "budget": budget, "nll": nll, "ppl": perplexity(nll),
+                   **({} if selector is None else handler.probes.means())}
+            append_jsonl(path, [row])
+            rows.append(row)
+            log("perplexity %s %s @%d: %.3f", kind, name, budget, row["ppl"])
     return rows
 
 
@@ -304,14 +447,16 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     answers: list[dict[str, Any]] = read_jsonl(out / "answers.jsonl")
     press_rows: list[dict[str, Any]] = read_jsonl(out / "presses.jsonl")
     ppl_rows: list[dict[str, Any]] = read_jsonl(out / "perplexity.jsonl")
-    for step in config["order"]:  # "ppl" / "tasks" / "presses", optionally narrowed: "ppl:wiki", "tasks:4096"
-        step, _, only = step.partition(":")
+    for step in config["order"]:  # "ppl" / "tasks" / "presses", narrowed: "ppl:wiki", "tasks:4096:headline"
+        step, _, rest = step.partition(":")
+        only, _, phase = rest.partition(":")
         if step == "ppl":
             texts = [only] if only else config["ppl_texts"]
-            ppl_rows = step_perplexity(model, tok, offline, {**config, "ppl_texts": texts}, out, log)
+            ppl_rows = step_perplexity(model, tok, offline, {**config, "ppl_texts": texts}, out, log, phase)
         elif step == "tasks":
             subset = [t for t in trials if not only or t.length == int(only)]
-            answers = step_run_methods(model, tok, subset, offline, config, out, log)
+            answers = step_run_methods(model, tok, subset, offline, config, out, log, phase)
+            press_rows = read_jsonl(out / "presses.jsonl")
         elif step == "presses":
             press_rows = step_presses(model, tok, trials, answers, config, out, log)
         else:

@@ -1,6 +1,13 @@
 """Token selectors: one small class per method behind ``select(query, keys, budget)``."""
 
-from leanlm.fasa.selectors.base import TokenSelector, expand_kv, top_budget
+from leanlm.fasa.selectors.base import (
+           TokenSelector,
+           expand_kv,
+           gqa_gather_dims,
+           gqa_logits,
+           gqa_weighted,
+           top_budget,
+)
 from leanlm.fasa.selectors.eviction import H2OSelector, SnapKVDecodeSelector
 from leanlm.fasa.selectors.fasa import FASASelector
 from leanlm.fasa.selectors.oracle import OracleSelector
@@ -11,4 +18,5 @@ from leanlm.fasa.selectors.streaming import StreamingSelector
 
 __all__ = ["DoubleSparsitySelector", "FASASelector", "H2OSelector", "KeyQueryStats", "LokiSelector",
            "OracleSelector", "QuestPages", "QuestSelector", "SnapKVDecodeSelector", "SparQSelector",
-           "StreamingSelector", "TokenSelector", "expand_kv", "top_budget"]
+           "StreamingSelector", "TokenSelector", "expand_kv", "gqa_gather_dims", "gqa_logits", "gqa_weighted",
+           "top_budget"]

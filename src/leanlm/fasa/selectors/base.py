@@ -23,6 +23,39 @@ def expand_kv(keys: torch.Tensor, n_rep: int) -> torch.Tensor:
     return keys[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
 
 
+def gqa_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``query (B, H_q, q, d) @ repeat_kv(keys)^T`` -> ``(B, H_q, q, T)``, GQA aware.
+
+    On CPU with GQA: one product per query head against its KV head, equal bit for bit to the expanded
+    product (the same kernel on the same values) without materialising the ``H_q / H_kv`` expanded copy
+    of the cache, which costs more than the product itself at long context. Elsewhere: the expanded product.
+    """
+    n_rep = query.shape[1] // keys.shape[1]
+    if n_rep == 1 or query.device.type != "cpu":
+        return query @ expand_kv(keys, n_rep).transpose(-1, -2)
+    return torch.cat([query[:, h : h + 1] @ keys[:, h // n_rep : h // n_rep + 1].transpose(-1, -2)
+                      for h in range(query.shape[1])], dim=1)
+
+
+def gqa_weighted(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``weights (B, H_q, q, T) @ repeat_kv(values)`` -> ``(B, H_q, q, d)`` (see :func:`gqa_logits`)."""
+    n_rep = weights.shape[1] // values.shape[1]
+    if n_rep == 1 or weights.device.type != "cpu":
+        return weights @ expand_kv(values, n_rep)
+    return torch.cat([weights[:, h : h + 1] @ values[:, h // n_rep : h // n_rep + 1]
+                      for h in range(weights.shape[1])], dim=1)
+
+
+def gqa_gather_dims(keys: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+    """``repeat_kv(keys).gather(-1, dims)``: the ``dims (B, H_q, r)`` columns of each query head's keys,
+    ``(B, H_q, T, r)``, read from the un-expanded ``keys (B, H_kv, T, d)`` (gathering is exact)."""
+    b, n_q, r = dims.shape
+    n_rep = n_q // keys.shape[1]
+    t = keys.shape[2]
+    return torch.stack([keys[:, h // n_rep].gather(-1, dims[:, h, None, :].expand(b, t, r)) for h in range(n_q)],
+                       dim=1)
+
+
 def top_budget(scores: torch.Tensor, budget: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the ``min(budget, T)`` highest ``scores`` ``(B, H, T)``; invalid keys rank last."""
     if budget < 1:

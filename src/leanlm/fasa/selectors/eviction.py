@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from leanlm.fasa.selectors.base import TokenSelector, expand_kv
+from leanlm.fasa.selectors.base import TokenSelector, gqa_logits
 
 
 def _attention(query: torch.Tensor, keys: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """Softmax attention ``(B, H_q, T)`` of one query over the alive keys (0 elsewhere)."""
-    keys = expand_kv(keys, query.shape[1] // keys.shape[1])
-    logits = (query @ keys.transpose(-1, -2))[:, :, 0, :].float() * query.shape[-1] ** -0.5
+    logits = gqa_logits(query, keys)[:, :, 0, :].float() * query.shape[-1] ** -0.5
     return torch.softmax(logits.masked_fill(~alive, float("-inf")), dim=-1)
 
 

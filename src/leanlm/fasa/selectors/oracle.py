@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from leanlm.fasa.selectors.base import TokenSelector, expand_kv
+from leanlm.fasa.selectors.base import TokenSelector, gqa_logits
 
 
 @dataclass
@@ -18,5 +18,4 @@ class OracleSelector(TokenSelector):
     """Exact top-k of ``q K^T`` per query head (GQA keys expanded with ``repeat_kv``)."""
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        keys = expand_kv(keys, query.shape[1] // keys.shape[1])
-        return (query @ keys.transpose(-1, -2))[:, :, 0, :]
+        return gqa_logits(query, keys)[:, :, 0, :]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from leanlm.fasa.selectors.base import TokenSelector, expand_kv
+from leanlm.fasa.selectors.base import TokenSelector, gqa_gather_dims
 
 
 @dataclass
@@ -27,9 +27,8 @@ class SparQSelector(TokenSelector):
         d = query.shape[-1]
         if not 1 <= self.r <= d:
             raise ValueError(f"SparQ r must be in [1, {d}], got {self.r}")
-        keys = expand_kv(keys, query.shape[1] // keys.shape[1])  # (B, H_q, T, d)
         q = query[:, :, 0, :]  # (B, H_q, d)
         dims = q.abs().topk(self.r, dim=-1).indices  # (B, H_q, r): the query's largest components
         q_r = q.gather(-1, dims)
-        k_r = keys.gather(-1, dims[:, :, None, :].expand(-1, -1, keys.shape[2], -1))  # (B, H_q, T, r)
+        k_r = gqa_gather_dims(keys, dims)  # (B, H_q, T, r), read from each query head's KV head
         return torch.einsum("bhr,bhtr->bht", q_r, k_r)

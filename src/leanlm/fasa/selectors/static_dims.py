@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from leanlm.fasa.selectors.base import TokenSelector, expand_kv
+from leanlm.fasa.selectors.base import TokenSelector, expand_kv, gqa_gather_dims
 
 
 @dataclass
@@ -93,10 +93,9 @@ class DoubleSparsitySelector(TokenSelector):
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor, layer_idx: int) -> torch.Tensor:
         ch = self.channels[layer_idx].to(query.device)  # (H_q, r)
-        keys = expand_kv(keys, query.shape[1] // keys.shape[1])
-        b, h, t, _ = keys.shape
+        b = query.shape[0]
         q_c = query[:, :, 0, :].gather(-1, ch[None].expand(b, -1, -1))
-        k_c = keys.gather(-1, ch[None, :, None, :].expand(b, h, t, -1))
+        k_c = gqa_gather_dims(keys, ch[None].expand(b, -1, -1))  # (B, H_q, T, r)
         return torch.einsum("bhr,bhtr->bht", q_c, k_c)
 
 
