@@ -49,7 +49,7 @@ QUICK: dict[str, Any] = {
     "ppl_texts": ["wiki"], "ppl_prefill": 768, "ppl_predict": 9, "ppl_methods": MAIN_METHODS[1:],
     "order": ["ppl", "tasks", "presses"], "seed": 0,
 }
-#: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method and ablation (2-3 CPU-days)
+#: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method and ablation (~1 CPU-day)
 FULL: dict[str, Any] = {
     "lengths": [4096, 7936], "tasks": list(TASKS), "n_per_task": 30, "budgets": [64, 128, 256, 512],
     "methods": list(METHODS), "transfer": ["code", "task"], "transfer_budgets": [256],
