@@ -31,6 +31,7 @@ def study(
     seeds: int = typer.Option(1, help="number of seeds (0..n-1)"),
     quick: bool = typer.Option(True, help="the quick configuration (the one `leanlm reproduce --quick` runs)"),
     config: Optional[Path] = typer.Option(None, help="JSON file overriding study settings (StudyConfig fields)"),
+    pretrain_only: bool = typer.Option(False, help="stop after stage A and record its full-token accuracy"),
 ) -> None:
     """Train on full tokens, fine-tune with compression, compare methods at 35% / 25% retention."""
     from leanlm.common.atomic import atomic_write_json
@@ -43,7 +44,7 @@ def study(
     settings["seeds"] = list(range(seeds))
     settings.update(_load_config(config))
     cfg = StudyConfig.from_dict(settings)
-    result = run_study(cfg, out)
+    result = run_study(cfg, out, pretrain_only=pretrain_only)
     rows = summarize(result["records"])
     atomic_write_json(out / "results.json", {"summary": rows, **result})
     for row in rows:

@@ -39,7 +39,7 @@ from leanlm.omnisift.omnisift import OmniSIFT
 from leanlm.omnisift.presets import DEFAULT_RHO_A, DEFAULT_RHO_V, kept_tokens, paper_ratios, solve_rho_v
 from leanlm.omnisift.synth import AVTask, TaskConfig
 from leanlm.omnisift.tiny import tiny_thinker
-from leanlm.omnisift.training import GroupedAdamW, SelectorOptim, warmup_schedule
+from leanlm.omnisift.training import GroupedAdamW, SelectorOptim, cosine_schedule, warmup_schedule
 
 log = get_logger("leanlm.omnisift.study")
 
@@ -84,6 +84,12 @@ class StudyConfig:
     selector_eps: float = 1e-12
     selector_clip: float = 1.0
     pretrain_hint: float = 0.5  # curriculum for stage A only: TaskConfig.hint (fine-tuning and evaluation: 0)
+    # stage-A recipe (§2f): graded hint strengths (TaskConfig.hint_graded), the learning-rate schedule
+    # ("constant" after warmup, or "cosine": warmup then cosine decay to 0.1×) and best-validation checkpointing
+    # (every ``keep_best`` steps, accuracy on hint-free validation samples; 0 = keep the last weights)
+    pretrain_hint_graded: bool = False
+    lr_schedule: str = "constant"
+    keep_best: int = 0
     threads: int = 1
     variants: list[str] = field(default_factory=lambda: list(TRAINED) + list(TRAINING_FREE))
     task: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +97,10 @@ class StudyConfig:
     def __post_init__(self) -> None:
         known = list(TRAINED) + list(TRAINING_FREE) + list(UNTRAINED)
         unknown = [v for v in self.variants if v not in known]
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if self.keep_best < 0:
+            raise ValueError("keep_best must be >= 0 (validation interval in steps; 0 = off)")
         if unknown:
             raise ValueError(f"unknown study variant(s): {', '.join(unknown)}; known: {', '.join(known)}")
 
@@ -107,10 +117,14 @@ class StudyConfig:
         if stage != "pretrain":
             keys += ("finetune_steps", "finetune_lr", "selector_dim", "selector_lr", "selector_eps", "selector_clip")
         fields = {k: asdict(self)[k] for k in keys}
+        # stage-A recipe fields enter only when set, so runs made before they existed keep their fingerprints
+        for key, default in (("pretrain_hint_graded", False), ("lr_schedule", "constant"), ("keep_best", 0)):
+            if getattr(self, key) != default:
+                fields[key] = getattr(self, key)
         # the resolved task (TaskConfig defaults included), so a changed default never resumes a stale checkpoint
         task = asdict(TaskConfig(**{"hidden_size": self.hidden_size, **self.task}))
         # fields added later leave the fingerprints of runs that do not use them unchanged (their checkpoints resume)
-        for key, default in (("loud_per_chunk", 0), ("loud_scale", 3.0)):
+        for key, default in (("loud_per_chunk", 0), ("loud_scale", 3.0), ("hint_graded", False)):
             if task[key] == default:
                 del task[key]
         fields["task"] = task
@@ -166,14 +180,17 @@ class Trainer:
         kw["av_layouts"] = [self.layout] * n
         return kw
 
-    def train(self, steps: int, lr: float, desc: str, callback: Any = None, direct: float = 0.0) -> list[float]:
+    def train(self, steps: int, lr: float, desc: str, callback: Any = None, direct: float = 0.0,
+              schedule: str = "constant") -> list[float]:
         """AdamW with the selector in its own group (:class:`~leanlm.omnisift.training.GroupedAdamW`).
         ``callback(step, trainer)`` runs every step after the update (curves); ``direct`` > 0 adds that
         weight times a binary cross-entropy on the selector's scores with the answer sound as target (the
-        *directly supervised* diagnostic selector; OmniSIFT itself has no auxiliary loss)."""
+        *directly supervised* diagnostic selector; OmniSIFT itself has no auxiliary loss). ``schedule``:
+        "constant" (linear warmup over 5% of the steps, then constant) or "cosine" (the same warmup, then cosine
+        decay to 0.1× the peak)."""
         self.model.train()
         opt = GroupedAdamW(self.model, lr, selector_optim(self.cfg))
-        sched = warmup_schedule(opt, steps)
+        sched = cosine_schedule(opt, steps) if schedule == "cosine" else warmup_schedule(opt, steps)
         captured: list[torch.Tensor] = []
         selector = getattr(self.model.compressor, "selector", None)
         handle = None
@@ -268,6 +285,37 @@ def _saved_losses(path: Path) -> list[float] | None:
     return json.loads(side.read_text()) if side.exists() else None
 
 
+def pretrain(cfg: StudyConfig, task: AVTask, base, seed: int) -> tuple[list[float], list[list[float]]]:
+    """Stage A on full tokens with the hint curriculum, in place on ``base``. With ``cfg.keep_best`` the model
+    is scored every ``keep_best`` steps (and at the end) on hint-free validation samples (seed 77_000 + seed,
+    disjoint from the evaluation draws 99_000 + seed) and the best-scoring weights are kept (the earliest
+    among ties). Returns the loss curve and the validation curve ``[[step, accuracy], ...]``."""
+    hinted = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **{**cfg.task, "hint": cfg.pretrain_hint,
+                                                               "hint_graded": cfg.pretrain_hint_graded}),
+                    base.config)
+    val: list[list[float]] = []
+    best: dict[str, Any] = {}
+    callback = None
+    if cfg.keep_best:
+        checker = Trainer(cfg, task, base, seed)
+
+        def callback(step: int, trainer: Trainer) -> None:
+            if step % cfg.keep_best and step != cfg.pretrain_steps:
+                return
+            acc = checker.evaluate(None, 77_000 + seed)["accuracy"]
+            val.append([step, acc])
+            if not best or acc > best["acc"]:
+                best.update(acc=acc, step=step, state={k: v.detach().clone() for k, v in base.state_dict().items()})
+            log.info("seed %d stage A step %d: validation accuracy %.3f (best %.3f at %d)", seed, step, acc,
+                     best["acc"], best["step"])
+
+    losses = Trainer(cfg, hinted, base, seed).train(cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)",
+                                                   callback=callback, schedule=cfg.lr_schedule)
+    if best:
+        base.load_state_dict(best["state"])
+    return losses, val
+
+
 def trained_model(cfg: StudyConfig, task: AVTask, seed: int, name: str, base_state, ckpt_dir: Path):
     """Stage B for variant ``name`` from the stage-A weights (loaded from a checkpoint when present)."""
     flags = TRAINED[name]
@@ -286,8 +334,9 @@ def trained_model(cfg: StudyConfig, task: AVTask, seed: int, name: str, base_sta
     return model, losses
 
 
-def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
-    """Run all seeds; returns per-seed records and the aggregated table rows."""
+def run_study(cfg: StudyConfig, out_dir: Path, pretrain_only: bool = False) -> dict[str, Any]:
+    """Run all seeds; returns per-seed records and the aggregated table rows. ``pretrain_only``: stop after
+    stage A and record its full-token accuracy (no hints) as method "stage A" (checking stage A cheaply)."""
     torch.set_num_threads(cfg.threads)
     # once the loss is near zero, tiny gradients and optimizer states turn subnormal and CPU matmuls slow down
     # (measured from a converged checkpoint: 0.21 s per training step vs 0.10 s with flushing); flush to zero
@@ -302,15 +351,25 @@ def run_study(cfg: StudyConfig, out_dir: Path) -> dict[str, Any]:
         task = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **cfg.task), base.config)
         sizes, audio = task.frame_sizes()
         path = ckpt_dir / f"seed{seed}-pretrain-{cfg.fingerprint('pretrain')}.pt"
+        val_path = path.with_suffix(".val.json")
         if path.exists():
             base.load_state_dict(torch.load(path, weights_only=True))
             pre = _saved_losses(path)
+            val = json.loads(val_path.read_text()) if val_path.exists() else []
         else:
-            hinted = AVTask(TaskConfig(hidden_size=cfg.hidden_size, **{**cfg.task, "hint": cfg.pretrain_hint}), base.config)
-            pre = Trainer(cfg, hinted, base, seed).train(cfg.pretrain_steps, cfg.lr, f"seed {seed} pretrain (full tokens)")
+            pre, val = pretrain(cfg, task, base, seed)
+            if val:
+                atomic_write_json(val_path, val, indent=None)
             _save(base, path, pre)
         if pre:
             curves[f"seed {seed} pretrain"] = pre
+        if val:
+            curves[f"seed {seed} pretrain validation"] = val
+        if pretrain_only:
+            metrics = Trainer(cfg, task, base, seed).evaluate(None, 99_000 + seed)
+            records.append({"seed": seed, "method": "stage A", "target": 1.0, **metrics, "rho_v": 0.0, "rho_a": 0.0})
+            log.info("seed %d stage A: full-token accuracy %.3f", seed, metrics["accuracy"])
+            continue
         base_state = base.state_dict()
         models: dict[str, Any] = {}
         for name in TRAINED:

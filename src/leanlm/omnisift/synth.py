@@ -39,7 +39,11 @@ The question and answer are two text tokens; the answer is one of ``classes`` cl
 
 ``hint`` is a curriculum ("training wheels"): in that fraction of samples the answer sound also carries
 the event signature, which gives the otherwise all-or-nothing 2-hop lookup a gradient. The study uses it
-only while pretraining on full tokens; fine-tuning and evaluation never see hints.
+only while pretraining on full tokens; fine-tuning and evaluation never see hints. With ``hint_graded`` the
+signature is scaled by a strength drawn uniformly from [0, 1] per hinted sample: a binary hint (strength 1)
+lets a model solve the hinted samples by the 1-hop shortcut alone and sit at loss ½·ln(classes) with the
+unhinted ones at chance (measured in ``docs/results/omnisift.md`` §2f); graded strengths keep the attention
+partly on the answer sound for every level of difficulty, so the 2-hop content match gets a gradient.
 
 The task is built around OmniSIFT's hypothesis: the relevant audio token can only be picked out by
 looking at the video of the same chunk, and the relevant visual tokens are the salient/changed ones.
@@ -76,6 +80,7 @@ class TaskConfig:
     token_noise: float = 0.1
     time_code: float = 1.0  # scale of the per-chunk time code shared by the chunk's video and audio tokens
     hint: float = 0.0  # training wheels: fraction of samples whose answer sound also carries the event signature
+    hint_graded: bool = False  # hinted samples carry the signature at a strength ~ U(0, 1) instead of 1
     hidden_size: int = 64
     task_seed: int = 1234  # fixes the dictionaries (object / source / class / time-code vectors): the "world"
 
@@ -188,6 +193,8 @@ class AVTask:
             audio.scatter_(2, loud_slots.unsqueeze(-1).expand(-1, -1, -1, d), loud + self.time_codes.view(1, C, 1, d))
         if cfg.hint > 0:  # curriculum only (study: pretraining stage); evaluation never uses hints
             hinted = (torch.rand(batch, generator=g) < cfg.hint).float().view(-1, 1)
+            if cfg.hint_graded:
+                hinted = hinted * torch.rand(batch, 1, generator=g)
             sound[ar, event, 0] = sound[ar, event, 0] + hinted * self.event_sig
         audio.scatter_(2, slots.unsqueeze(-1).expand(-1, -1, -1, d), sound)
         sound_class = torch.full((batch, C, A), -1, dtype=torch.long).scatter_(2, slots, classes)

@@ -12,6 +12,7 @@ never rescaled by the backbone's norm.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,3 +89,18 @@ def warmup_schedule(opt: GroupedAdamW, steps: int, warmup_fraction: float = 0.05
     """Linear warmup over ``warmup_fraction`` of the steps, then constant (every group scaled alike)."""
     warm = max(1, int(steps * warmup_fraction))
     return torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda s: min(1.0, (s + 1) / warm))
+
+
+def cosine_schedule(opt: GroupedAdamW, steps: int, warmup_fraction: float = 0.05,
+                    floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_fraction`` of the steps, then cosine decay to ``floor`` × the peak rate at
+    the last step (Loshchilov & Hutter, SGDR, 2017; the usual transformer schedule). Every group alike."""
+    warm = max(1, int(steps * warmup_fraction))
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        progress = min(1.0, (s - warm) / max(1, steps - 1 - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt.optimizer, factor)
