@@ -119,11 +119,11 @@ def study_metrics(records: list[dict[str, Any]], retentions: list[float]) -> dic
         Claim("OmniSIFT at 35% kept, % of full-token score (DailyOmni 7B: 73.2 / 72.2)", "101%", "omnisift_35_pct_full",
               rule=AtLeast("omnisift_35_pct_full", 99, partly=90),
               setting="tiny thinker, synthetic AV task; full: 6 seeds, mean over seeds, stage A with the §2f "
-                      "recipe (docs/results/omnisift.md §2f; under §2d's, 3 of 6 backbones failed); quick: 1 seed, small geometry, a smoke run, not evidence"),
+                      "recipe (docs/results/omnisift.md §2f: 5 of 6 backbones learn; under §2d's, 3 of 6); quick: 1 seed, small geometry, a smoke run, not evidence"),
         Claim("OmniSIFT at 25% kept, % of full-token score (DailyOmni 7B: 72.5 / 72.2)", "100%", "omnisift_25_pct_full",
               rule=AtLeast("omnisift_25_pct_full", 99, partly=90),
               setting="tiny thinker, synthetic AV task; full: 6 seeds, mean over seeds, stage A with the §2f "
-                      "recipe (docs/results/omnisift.md §2f; under §2d's, 3 of 6 backbones failed); quick: 1 seed, small geometry, a smoke run, not evidence"),
+                      "recipe (docs/results/omnisift.md §2f: 5 of 6 backbones learn; under §2d's, 3 of 6); quick: 1 seed, small geometry, a smoke run, not evidence"),
         Claim("Best baseline at 25% kept, % of full (DailyOmni 7B: OmniZip 66.2 / 72.2)", "92%", "best_baseline_25_pct_full",
               rule=RatioAtMost("best_baseline_25_pct_full", "omnisift_25_pct_full", 0.99, partly=1.0),
               setting="style re-implementations of the baselines; full: mean over 6 seeds; quick: a smoke run, not evidence"),
