@@ -45,7 +45,7 @@ def test_step_loss_is_two_way_ce_at_markers() -> None:
                 lp = torch.log_softmax(row, -1)
                 terms.append(-(y * lp[0] + (1 - y) * lp[1]))
     # padded batch equals the per-sequence brute force (right padding, causal attention)
-    assert float(step_loss(model, ex, soft=False)) == pytest.approx(float(torch.stack(terms).mean()), abs=1e-5)
+    assert step_loss(model, ex, soft=False).item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
 
 
 def test_resume_gives_the_same_next_step_loss(tmp_path) -> None:
