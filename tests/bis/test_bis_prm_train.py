@@ -121,7 +121,7 @@ def test_embedded_backbone_with_lora_trains_only_adapters_and_marker() -> None:
     ex = _examples(2, 6)
     loss = step_loss(model, ex, soft=False)
     loss.backward()
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and loss.item() > 0
 
 
 def test_study_cli_tiny_and_resumes(tmp_path) -> None:
