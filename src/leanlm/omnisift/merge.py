@@ -10,10 +10,10 @@ full-token backbone stayed near chance is flagged, and its differences enter the
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
+from leanlm.omnisift.curves import t_interval
 from leanlm.omnisift.study import summarize
 
 #: (a, b, metric): the paired differences a − b reported by default, in this order. Accuracy first: the
@@ -37,17 +37,6 @@ METRIC_NAMES = {"accuracy": "accuracy", "target_audio_kept": "answer sound kept"
 #: the settings that must agree between merged runs (everything that changes a trained model or the task)
 _SAME = ("pretrain_steps", "finetune_steps", "batch_size", "lr", "finetune_lr", "eval_samples", "hidden_size",
          "layers", "heads", "selector_dim", "selector_lr", "selector_eps", "selector_clip", "pretrain_hint", "task")
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t interval of the mean (NaN bounds for fewer than 2 values)."""
-    from scipy import stats
-
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return m, m - half, m + half
 
 
 def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
