@@ -125,3 +125,20 @@ def test_study_equal_steps_control_reuses_full_cells(tmp_path) -> None:
     assert eq[1]["optimizer_steps"] == 4 * one[1]["optimizer_steps"]
     assert [json.loads(x)["selector"] for x in (tmp_path / "s" / "cells-equalsteps.jsonl").read_text().splitlines()] \
         == ["random"]
+
+
+def test_study_split_by_first_seed_trains_only_its_seeds(tmp_path) -> None:
+    """Two processes given disjoint seed ranges (``first_seed``) produce exactly the cells one process would."""
+    from leanlm.bis.prm.study import StudyConfig, run_study
+    from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+    torch.set_num_threads(1)
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=60, val=20, test=20))
+    base = dict(corpus=tmp_path / "c", budgets=(0.25,), selectors=("random",), seeds=2, hidden=16, layers=1,
+                batch=8)
+    second = run_study(StudyConfig(**base, out=tmp_path / "b", first_seed=1))
+    assert [(r["selector"], r["seed"]) for r in second] == [("full", 1), ("random", 1)]
+    whole = run_study(StudyConfig(**base, out=tmp_path / "a"))
+    drop = {"cpu_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in whole[2:]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in second]

@@ -311,7 +311,9 @@ def study_cmd(
     selectors: str = typer.Option("random,bis-0.2,mixed-only,low-mc",
                                   help="Comma-separated: random, bis-0, bis-0.05, bis-0.1, bis-0.2, mixture-only, "
                                        "reliability-only, mixed-only, low-mc, uncertainty, loss (proxy PRM on a random 5%)."),
-    seeds: int = typer.Option(3),
+    seeds: int = typer.Option(3, help="Run seeds first-seed .. seeds-1."),
+    first_seed: int = typer.Option(0, help="Skip seeds below this one: split a study's seeds across processes or "
+                                           "machines (separate --out each), then merge their cells.jsonl files."),
     hidden: int = typer.Option(64),
     layers: int = typer.Option(2),
     tokenizer: str = typer.Option("step", help="tiny backbone tokenizer: step | word | char."),
@@ -342,10 +344,12 @@ def study_cmd(
         raise typer.BadParameter(f"--train-steps must be 'epoch' or 'equal', got {train_steps!r}")
     if tokenizer not in ("step", "word", "char"):
         raise typer.BadParameter(f"--tokenizer must be step, word or char, got {tokenizer!r}")
+    if not 0 <= first_seed < seeds:
+        raise typer.BadParameter(f"--first-seed must be in [0, --seeds), got {first_seed} with --seeds {seeds}")
     if lora and backbone == "tiny":
         raise typer.BadParameter("--lora needs a pretrained backbone (--backbone embedded or a local LM)")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
+                      seeds=seeds, first_seed=first_seed, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
                       device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps)
     rows = run_study(cfg, train_missing=not report_only)

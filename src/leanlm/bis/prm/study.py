@@ -47,6 +47,7 @@ class StudyConfig:
     budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
     selectors: tuple[str, ...] = ("random", "bis-0.2", "mixed-only", "low-mc")
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. seeds-1 run; split a study across processes, then merge the cells
     hidden: int = 64
     layers: int = 2
     tokenizer: str = "step"  # tiny backbone: "step" (one token per step), "word" or "char" (see prm/model.py)
@@ -230,7 +231,7 @@ def run_study(cfg: StudyConfig, train_missing: bool = True) -> list[dict[str, An
                 if path == log or row["selector"] == "full":  # full data trains one epoch in both modes
                     done[row["key"]] = row
     # seed by seed, so that a study stopped early has complete paired comparisons for its first seeds
-    plan = [c for s in range(cfg.seeds)
+    plan = [c for s in range(cfg.first_seed, cfg.seeds)
             for c in [("full", 1.0, s)] + [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors]]
     rows = []
     for sel, b, s in progress(plan, desc="bis study", unit="cell"):
