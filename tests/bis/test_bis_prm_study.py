@@ -142,3 +142,36 @@ def test_study_split_by_first_seed_trains_only_its_seeds(tmp_path) -> None:
     drop = {"cpu_s"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in whole[2:]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in second]
+
+
+def test_interrupted_cell_resumes_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:
+    """A cell killed mid-training resumes from its latest step checkpoint and records the same row."""
+    import leanlm.bis.prm.train as train_mod
+    from leanlm.bis.prm.study import StudyConfig, run_cell
+    from leanlm.bis.prm.synth_truth import TruthConfig, write_truth_corpus
+
+    torch.set_num_threads(1)
+    write_truth_corpus(tmp_path / "c", TruthConfig(train=80, val=20, test=20))
+    base = dict(corpus=tmp_path / "c", seeds=1, hidden=16, layers=1, batch=8, checkpoint_every=2)
+    whole = run_cell(StudyConfig(**base, out=tmp_path / "a"), "full", 1.0, 0)
+    assert whole["optimizer_steps"] >= 8 and "resumed_from_step" not in whole
+
+    real, calls = train_mod.step_loss, []
+
+    def dies_at_step_6(*a, **k):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "step_loss", dies_at_step_6)
+    cfg = StudyConfig(**base, out=tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cfg, "full", 1.0, 0)
+    ckpt = tmp_path / "b" / "cells" / "full_1_0_rollouts" / "ckpt"
+    assert [p.name for p in train_mod.step_checkpoints(ckpt)] == ["step-4"]  # only the latest is kept
+    monkeypatch.setattr(train_mod, "step_loss", real)
+    again = run_cell(cfg, "full", 1.0, 0)
+    assert again.pop("resumed_from_step") == 4
+    drop = {"cpu_s"}
+    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}

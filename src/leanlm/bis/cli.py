@@ -325,6 +325,9 @@ def study_cmd(
     threads: int = typer.Option(1),
     match: str = typer.Option("rollouts", help="Budgets matched in 'rollouts' (as the paper) or 'steps' (control)."),
     keep_checkpoints: bool = typer.Option(False, help="Keep each cell's trained PRM (default: delete once evaluated)."),
+    checkpoint_every: int = typer.Option(0, help="Optimizer steps between mid-cell checkpoints (only the latest is "
+                                                 "kept); an interrupted cell resumes from it. 0: none (tiny "
+                                                 "backbone cells take seconds)."),
     train_steps: str = typer.Option("epoch", help="'epoch': one epoch per subset (the paper); 'equal': a subset "
                                                   "trains 1/budget epochs, about full data's optimizer steps."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write the reports from the "
@@ -351,7 +354,8 @@ def study_cmd(
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
                       seeds=seeds, first_seed=first_seed, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
                       device=device, lr=lr, batch=batch,
-                      threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps)
+                      threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps,
+                      checkpoint_every=checkpoint_every)
     rows = run_study(cfg, train_missing=not report_only)
     if not rows:
         raise typer.BadParameter(f"no recorded cells in {out} match these selectors, budgets and seeds")

@@ -60,6 +60,7 @@ class StudyConfig:
     match: str = "rollouts"  # or "steps": budgets matched in annotated steps per source
     train_steps: str = "epoch"  # one epoch per subset (the paper), or "equal": a subset trains round(1/budget)
     # epochs, about as many optimizer steps as full data (a control: is a small subset short of data or of steps?)
+    checkpoint_every: int = 0  # optimizer steps between mid-cell checkpoints (0: none); an interrupted cell resumes
     keep_checkpoints: bool = False  # each cell's PRM is deleted once evaluated (about 27 MB each with its optimizer)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -164,7 +165,14 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
 
     from leanlm.bis.prm.metrics import evaluate
     from leanlm.bis.prm.model import ModelSpec
-    from leanlm.bis.prm.train import TrainConfig, load_examples, load_prm, train, truth_arrays
+    from leanlm.bis.prm.train import (
+        TrainConfig,
+        load_examples,
+        load_prm,
+        step_checkpoints,
+        train,
+        truth_arrays,
+    )
     from leanlm.bis.score import make_scorer
     from leanlm.bis.select import SelectConfig, select
 
@@ -194,9 +202,17 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
     examples = load_examples([data])
     spec = ModelSpec(backbone=cfg.backbone, hidden=cfg.hidden, layers=cfg.layers, tokenizer=cfg.tokenizer,
                      lora=cfg.lora, seed=seed)
-    res = train(examples, cell / "ckpt", TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed,
-                                                     device=cfg.device, epochs=epochs))
-    model = load_prm(res["checkpoint"], device=cfg.device)
+    tcfg = TrainConfig(model=spec, lr=cfg.lr, batch=cfg.batch, seed=seed, device=cfg.device, epochs=epochs,
+                       checkpoint_every=cfg.checkpoint_every, keep_last_checkpoint=True)
+    final = cell / "ckpt" / "final"
+    if (final / "train.json").exists():  # trained before an interruption during evaluation
+        res = {"steps": json.loads((final / "train.json").read_text())["step"]}
+        resumed_from = res["steps"]
+    else:
+        earlier = step_checkpoints(cell / "ckpt")
+        resumed_from = int(earlier[-1].name[5:]) if earlier else 0
+        res = train(examples, cell / "ckpt", tcfg, resume=earlier[-1] if earlier else None)
+    model = load_prm(final, device=cfg.device)
     m = evaluate(truth_arrays(model, load_examples([cfg.corpus / "test"])),
                  truth_arrays(model, load_examples([cfg.corpus / "val"])))
     if not cfg.keep_checkpoints:
@@ -209,7 +225,8 @@ def run_cell(cfg: StudyConfig, selector: str, budget: float, seed: int) -> dict[
             "f1_val_tuned": m["val_tuned"]["overall_micro_f1"], "f1_fixed": m["fixed_0.5"]["overall_micro_f1"],
             "f1_test_tuned_optimistic": m["test_tuned_optimistic"]["overall_micro_f1"],
             "per_source_val_tuned": {s: v["macro_f1"] for s, v in m["val_tuned"]["per_source"].items()},
-            "cpu_s": round(time.process_time() - t0, 2)}  # this process's CPU time for the cell (proxy PRM included)
+            "cpu_s": round(time.process_time() - t0, 2),  # this process's CPU time for the cell (proxy PRM included)
+            **({"resumed_from_step": resumed_from} if resumed_from else {})}  # cpu_s then covers only the rest
 
 
 def run_study(cfg: StudyConfig, train_missing: bool = True) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class TrainConfig:
     soft: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
+    keep_last_checkpoint: bool = False  # delete step-<n> checkpoints once a later one is written (big backbones)
     max_steps: int | None = None  # stop early (tests); the schedule still spans the full epoch
     epochs: int = 1  # the official recipe is one; the study's equal-steps control trains small subsets longer
     device: str = "cpu"  # or "cuda"
@@ -141,6 +143,12 @@ def load_prm(ckpt: str | os.PathLike[str], device: str = "cpu") -> PRM:
     return model.to(device).eval()
 
 
+def step_checkpoints(out: str | os.PathLike[str]) -> list[Path]:
+    """The complete ``step-<n>`` checkpoints under ``out``, oldest first (``.tmp``/``.old`` leftovers ignored)."""
+    found = [p for p in Path(out).glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / "train.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainConfig,
           resume: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train one epoch over ``examples``; checkpoints go to ``out/step-<n>`` and ``out/final``.
@@ -192,6 +200,9 @@ def train(examples: Sequence[Example], out: str | os.PathLike[str], cfg: TrainCo
         losses.append(float(loss.detach()))
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
             _save(out / f"step-{step + 1}", model, opt, sched, step + 1, cfg, losses)
+            if cfg.keep_last_checkpoint:
+                for old in step_checkpoints(out)[:-1]:
+                    shutil.rmtree(old)
     _save(out / "final", model, opt, sched, end, cfg, losses)
     return {"steps": end, "epoch_steps": per_epoch, "total_steps": total, "losses": losses,
             "checkpoint": str(out / "final")}
