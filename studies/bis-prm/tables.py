@@ -1,8 +1,9 @@
 """Pivot tables of the issue #16 grid for docs/results/bis.md, from the study's cells (no training).
 
-    .venv/bin/python studies/bis-prm/tables.py [CELLS_DIR] > block.md
+    .venv/bin/python studies/bis-prm/tables.py [CELLS_DIR [CELLS_FILE]] > block.md
 
-Reads CELLS_DIR/cells.jsonl (default: this folder): mean ± sd per selector x budget, paired differences
+Reads CELLS_DIR/CELLS_FILE (default: this folder's cells.jsonl; e.g. cells-steps.jsonl for the step-matched
+control, whose full-data cells are those of cells.jsonl): mean ± sd per selector x budget, paired differences
 (selector minus random at the same budget, selector minus full data) with Student-t 95% intervals, per metric.
 """
 
@@ -22,8 +23,11 @@ METRICS = {"f1_val_tuned": "overall micro-F1, threshold chosen on val", "f1_fixe
            "auc": "pooled AUC"}
 
 
-def main(d: Path) -> str:
-    rows = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines() if x.strip()]
+def main(d: Path, name: str = "cells.jsonl") -> str:
+    rows = [json.loads(x) for x in (d / name).read_text().splitlines() if x.strip()]
+    if not any(r["selector"] == "full" for r in rows):  # a control's log: full data is shared with cells.jsonl
+        rows += [r for r in (json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines() if x.strip())
+                 if r["selector"] == "full"]
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for r in rows:
         by.setdefault((r["selector"], r["budget"]), {})[r["seed"]] = r
@@ -73,4 +77,5 @@ def main(d: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent))
+    sys.stdout.write(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent,
+                          *(sys.argv[2:3] or ["cells.jsonl"])))
