@@ -341,6 +341,16 @@ def test_study_cost_model_by_hand():
     assert group_seconds(shape, 10, units, caps, cap_bound=False) == pytest.approx(100 + (2 * 50 + 2 * 20) * step)
     assert group_seconds(shape, 10, units, caps, cap_bound=True) == pytest.approx(100 + (2 * 300 + 2 * 60) * step)
     assert group_seconds(shape, 10, units, caps, cap_bound=False, reuse=True) == pytest.approx(40 + 140 * step)
+    # the batched backend's measured prefill share (kv_factor) replaces the ideal prefix reuse
+    assert group_seconds(shape, 10, units, caps, cap_bound=False, reuse=True, kv_factor=0.55) == pytest.approx(
+        55 + 140 * step)
+    assert group_seconds(shape, 10, units, caps, cap_bound=False, kv_factor=0.55) == pytest.approx(100 + 140 * step)
+    from leanlm.wideseek.study_cost import kv_factors
+
+    checks = {"eval": [{"prefilled_tokens": 30, "padded_prompt_tokens": 100}],
+              "train": [{"prefilled_tokens": 10, "padded_prompt_tokens": 40}, {"prefilled_tokens": 20,
+                                                                               "padded_prompt_tokens": 60}]}
+    assert kv_factors(checks) == {"eval": 0.3, "train": 0.3} and kv_factors(None) is None
     # learner: reference forward + forward/backward over prompt + reply tokens of every rollout
     assert learner_seconds(shape, 2, units, pack=False) == pytest.approx(2200 / 100 + 2200 / 50)
     assert learner_seconds(shape, 2, units) == pytest.approx(1000 / 100 + 1000 / 50)

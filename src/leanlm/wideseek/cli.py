@@ -499,6 +499,8 @@ def study_cost(
     repeats: int = typer.Option(3, help="repeats per unit-cost measurement (median)"),
     from_json: Optional[Path] = typer.Option(None, help="re-render a saved measurement (its JSON) under the "
                                              "current study settings instead of measuring"),
+    measure_reuse: bool = typer.Option(False, help="with --from-json: measure the batched KV-reuse prefill "
+                                       "shares (tiny model, real tools; minutes) and add them before re-rendering"),
 ) -> None:
     """Where the training study's CPU time goes: oracle-shaped token counts x measured unit costs, per stage."""
     from leanlm.wideseek.study_cost import render, run
@@ -506,9 +508,22 @@ def study_cost(
     if from_json is not None:
         try:
             data = json.loads(from_json.read_text(encoding="utf-8"))
-            _write_report(out, *render(data))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"{from_json}: not a study-cost measurement ({exc})") from exc
+        if measure_reuse:
+            from transformers import AutoTokenizer
+
+            from leanlm.common.models import embedded_cache_path
+            from leanlm.wideseek.runner import default_world
+            from leanlm.wideseek.study import FULL
+            from leanlm.wideseek.study_cost import reuse_checks
+
+            data["kv_checks"] = reuse_checks(dict(FULL), default_world(FULL["wiki_limit"]),
+                                             AutoTokenizer.from_pretrained(str(embedded_cache_path())))
+        try:
+            _write_report(out, *render(data))
+        except KeyError as exc:
+            raise typer.BadParameter(f"{from_json}: not a study-cost measurement (missing {exc})") from exc
         return
     _write_report(out, *run(threads=threads, context=context, repeats=repeats))
 
@@ -525,3 +540,20 @@ def rollout_bench(
     from leanlm.wideseek.rollout_bench import run
 
     _write_report(out, *run(batch=batch, max_tokens=max_tokens, repeats=repeats, threads=threads))
+
+
+@app.command("kv-bench")
+def kv_bench(
+    out: Optional[Path] = typer.Option(None, help="Markdown file (JSON beside it)"),
+    tasks: int = typer.Option(1, help="held-out tasks (the study's first ones)"),
+    n: int = typer.Option(2, help="rollouts per task, all in one batched group"),
+    width: int = typer.Option(2, help="subagents per lead turn at most"),
+    max_new_tokens: int = typer.Option(16, help="new tokens per model call at most"),
+    repeats: int = typer.Option(3, help="interleaved repeats (each runs both modes)"),
+    threads: int = typer.Option(1, help="CPU threads (the study runs with OMP_NUM_THREADS=1)"),
+) -> None:
+    """What cross-turn KV reuse saves on an oracle-driven rollout group of the real SmolLM2 (same tokens)."""
+    from leanlm.wideseek.kv_bench import run
+
+    _write_report(out, *run(tasks=tasks, n=n, width=width, max_new_tokens=max_new_tokens, repeats=repeats,
+                            threads=threads))

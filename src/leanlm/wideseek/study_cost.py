@@ -85,44 +85,29 @@ def oracle_shape(tasks: list[Any], tools: Any, agent_cfg: Any, tokenizer: Any, m
 
 
 def batching_check(tasks: list[Any], tools: Any, agent_cfg: Any, tokenizer: Any, n: int, width: int,
-                   max_context: int, max_pad_waste: float) -> dict[str, Any]:
+                   max_context: int, max_pad_waste: float, kv_reuse: bool = False) -> dict[str, Any]:
     """Is every waiting agent batched? ``n`` oracle-shaped rollouts of each task run concurrently with real
     tools; each model call first queues in a :class:`~leanlm.wideseek.rollout.TransformersBackend` (a tiny
     random model, 1 new token: only the batch composition and padding matter here) and is then answered by the
-    oracle. Returns the generate calls, their sizes and the padded-prompt overhead."""
-    import asyncio
-
+    oracle. Returns the generate calls, their sizes and the padded-prompt overhead; with ``kv_reuse`` also the
+    prompt columns the batches really prefill with cross-turn KV reuse (each agent's previous prompt reused; the
+    oracle's reply, not the model's, continues the conversation)."""
     from leanlm.common.models import tiny_llama
     from leanlm.wideseek import rollout
-    from leanlm.wideseek.agents import WideSeek
-    from leanlm.wideseek.bench import OraclePolicy
+    from leanlm.wideseek.kv_bench import oracle_group
 
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, max_position_embeddings=max(8192, max_context), seed=0)
     backend = rollout.TransformersBackend(model, tokenizer, max_new_tokens=1, max_context=max_context,
-                                          max_pad_waste=max_pad_waste)
-
-    class Queued:
-        def __init__(self, oracle: Any):
-            self.oracle = oracle
-
-        async def complete(self, messages: list[dict[str, Any]], tools_: list[dict[str, Any]], *, agent: str) -> Any:
-            await backend.complete(messages, tools_, agent=agent)
-            return self.oracle(agent, messages, tools_)
-
-    async def main() -> list[Any]:
-        async def one(traj: int, task: Any) -> Any:
-            rollout.TRAJECTORY.set(traj)
-            return await WideSeek(Queued(OraclePolicy(task, width=width)), tools, agent_cfg).arun(task.query, "table")
-        return list(await asyncio.gather(*(one(i * n + k, t) for i, t in enumerate(tasks) for k in range(n))))
-
-    results = asyncio.run(main())
+                                          max_pad_waste=max_pad_waste, kv_reuse=kv_reuse, kv_hold_all=True)
+    results = oracle_group(backend, tasks, tools, agent_cfg, n, width)
     f1 = [t.score(r.answer).f1_by_item for t, r in zip([t for t in tasks for _ in range(n)], results, strict=True)]
     st = backend.stats
     return {"max_pad_waste": None if max_pad_waste == float("inf") else max_pad_waste, "calls": st["calls"], "generate_calls": len(backend.batches),
             "batch_sizes": list(backend.batches), "mean_batch": round(st["calls"] / max(1, len(backend.batches)), 1),
             "prompt_tokens": st["prompt_tokens"], "padded_prompt_tokens": st["padded_prompt_tokens"],
             "pad_overhead": round(st["padded_prompt_tokens"] / max(1, st["prompt_tokens"]) - 1, 3),
+            "kv_reuse": kv_reuse, "prefilled_tokens": st["prefilled_tokens"], "reused_tokens": st["reused_tokens"],
             "oracle_f1": statistics.mean(f1)}
 
 
@@ -181,9 +166,15 @@ def _step_s(units: dict[str, Any], batch: float) -> float:
 
 
 def group_seconds(shape: dict[str, Any], rollouts: int, units: dict[str, Any], caps: dict[str, int],
-                  cap_bound: bool, reuse: bool = False, max_batch: int = 64) -> float:
-    """Wall seconds of one batched group of ``rollouts`` oracle-shaped rollouts (module doc)."""
-    prompt = shape["reuse_prompt_tokens" if reuse else "prompt_tokens"] * rollouts
+                  cap_bound: bool, reuse: bool = False, max_batch: int = 64, kv_factor: float | None = None) -> float:
+    """Wall seconds of one batched group of ``rollouts`` oracle-shaped rollouts (module doc). With ``reuse`` the
+    prefill is ``kv_factor`` x the prompt tokens (the batched backend's measured share: prefilled columns with
+    reuse / padded columns without, :func:`batching_check`), or without a factor the ideal per-agent prefix
+    reuse of the shape (``reuse_prompt_tokens``)."""
+    if reuse and kv_factor is not None:
+        prompt = shape["prompt_tokens"] * kv_factor * rollouts
+    else:
+        prompt = shape["reuse_prompt_tokens" if reuse else "prompt_tokens"] * rollouts
     prefill = prompt / units["prefill_tok_s"]
     turns = shape["path_turns"]
     if turns <= 0:
@@ -208,9 +199,10 @@ def learner_seconds(shape: dict[str, Any], rollouts: int, units: dict[str, Any],
 
 
 def cost_table(shapes: dict[str, dict[str, Any]], units: dict[str, Any], cfg: dict[str, Any],
-               sft_tokens: float, pack: bool = True) -> list[dict[str, Any]]:
+               sft_tokens: float, pack: bool = True, kv_factor: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """CPU-hours per study stage (module doc): eval groups, GRPO runs and SFT, for the protocol-following
-    (oracle reply lengths) and the cap-bound regime, with and without cross-turn KV reuse."""
+    (oracle reply lengths) and the cap-bound regime, with and without cross-turn KV reuse (``kv_factor``: the
+    measured prefill share with reuse for ``eval`` and ``train`` groups; ideal prefix reuse without it)."""
     from leanlm.wideseek.study import plan
 
     caps = {"lead": cfg["max_new_tokens"], **(cfg.get("role_max_new_tokens") or {})}
@@ -218,11 +210,13 @@ def cost_table(shapes: dict[str, dict[str, Any]], units: dict[str, Any], cfg: di
     g = cfg["group_size"] * cfg.get("prompts_per_step", 1)
 
     def evals(mode: str, cap_bound: bool, reuse: bool) -> float:
-        return group_seconds(shapes[f"eval-{mode}"], n_eval, units, caps, cap_bound, reuse)
+        return group_seconds(shapes[f"eval-{mode}"], n_eval, units, caps, cap_bound, reuse,
+                             kv_factor=(kv_factor or {}).get("eval"))
 
     def marl(mode: str, cap_bound: bool, reuse: bool) -> float:
         sh = shapes[f"train-{mode}"]
-        return cfg["steps"] * (group_seconds(sh, g, units, caps, cap_bound, reuse)
+        return cfg["steps"] * (group_seconds(sh, g, units, caps, cap_bound, reuse,
+                                             kv_factor=(kv_factor or {}).get("train"))
                                + learner_seconds(sh, g, units, pack=pack))
 
     sft_s = sft_tokens / units["train_tok_s"]  # forward+backward; the AdamW steps are negligible
@@ -246,6 +240,28 @@ def cost_table(shapes: dict[str, dict[str, Any]], units: dict[str, Any], cfg: di
             trained.add(run_key)
         rows.append(row)
     return rows
+
+
+def reuse_checks(cfg: dict[str, Any], tools: Any, tokenizer: Any) -> dict[str, list[dict[str, Any]]]:
+    """:func:`batching_check` with cross-turn KV reuse on the study's groups: the evaluation group (held-out
+    tasks x ``n``) and one GRPO group (``group_size`` rollouts) per training prompt task."""
+    from leanlm.wideseek.study import _train_config, eval_tasks
+    from leanlm.wideseek.tasks import generate_wide_tasks
+
+    agent_cfg = _train_config(cfg, "/tmp", "", 0).agent_config()
+    width, ctx, inf = cfg["oracle_width"], cfg["max_context"], float("inf")
+    train = generate_wide_tasks("train", min_rows=2, max_rows=cfg["marl_max_rows"])
+    return {"eval": [batching_check(eval_tasks(cfg), tools, agent_cfg, tokenizer, cfg["n"], width, ctx, inf, True)],
+            "train": [batching_check([t], tools, agent_cfg, tokenizer, cfg["group_size"], width, ctx, inf, True)
+                      for t in train]}
+
+
+def kv_factors(checks: dict[str, list[dict[str, Any]]] | None) -> dict[str, float] | None:
+    """Prefill share with KV reuse per group kind: prefilled columns / padded columns over its checks."""
+    if not checks:
+        return None
+    return {k: sum(c["prefilled_tokens"] for c in v) / max(1, sum(c["padded_prompt_tokens"] for c in v))
+            for k, v in checks.items()}
 
 
 def run(threads: int = 1, context: int = 1024, repeats: int = 3) -> tuple[str, dict[str, Any]]:
@@ -277,9 +293,10 @@ def run(threads: int = 1, context: int = 1024, repeats: int = 3) -> tuple[str, d
     agent_cfg = _train_config(cfg, "/tmp", "", 0).agent_config()
     batching = [batching_check(eval_tasks(cfg), tools, agent_cfg, tok, cfg["n"], cfg["oracle_width"], cfg["max_context"],
                                waste) for waste in (0.25, float("inf"))]
+    kv_checks = reuse_checks(cfg, tools, tok)
     units = unit_costs(model, context=context, repeats=repeats)
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + f", load average {os.getloadavg()[0]:.1f}"
-    return render({"measured": measured, "batching": batching, "units": units, "shapes": shapes, "sft_examples": min(len(examples), cfg["sft_examples"]),
+    return render({"measured": measured, "batching": batching, "kv_checks": kv_checks, "units": units, "shapes": shapes, "sft_examples": min(len(examples), cfg["sft_examples"]),
                    "sft_example_tokens": per_example,
                    "sft_epoch_tokens": sft_tokens / cfg["sft_epochs"]})
 
@@ -294,7 +311,8 @@ def render(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     examples_n, per_example = data["sft_examples"], data["sft_example_tokens"]
     sft_tokens = data["sft_epoch_tokens"] * cfg["sft_epochs"]
     threads, context = units["threads"], units["context"]
-    rows = cost_table(shapes, units, cfg, sft_tokens)
+    factors = kv_factors(data.get("kv_checks"))
+    rows = cost_table(shapes, units, cfg, sft_tokens, kv_factor=factors)
     lines = [f"**Study cost model** (SmolLM2-135M fp32, {threads} thread(s), context {context}; unit costs measured "
              f"{data.get('measured', 'in this run')}; shapes from the oracle under the study's limits; GRPO learner "
              "with each agent's turns packed into one sequence)", "",
@@ -309,6 +327,15 @@ def render(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         lines.append(f"| {name} | {sh['calls']} | {sh['prompt_tokens']:.0f} | {sh['reuse_prompt_tokens']:.0f} | "
                      f"{sh['reply_tokens']:.0f} | {sh['path_turns']} | {sh['max_reply']} | {sh['max_context']} | "
                      f"{sh['f1']:.2f} |")
+    if factors:
+        lines += ["", "KV reuse as the batched backend does it (`reuse_checks`: oracle-shaped groups, real tools, a tiny "
+                  "model; rows end-aligned, so a batch reuses only the columns left of its longest new-token run): "
+                  + "; ".join(f"{k} groups prefill {v:.1%} of the padded prompt columns"
+                              for k, v in factors.items())
+                  + ". The 'KV reuse' columns below use these shares; the 'with KV reuse' token column above is "
+                  "the ideal per-agent prefix reuse."]
+    else:
+        lines += ["", "KV reuse columns: ideal per-agent prefix reuse (no `kv_checks` in this measurement)."]
     lines += ["", f"SFT: {examples_n} kept examples, {per_example:.0f} tokens each on average, "
               f"{cfg['sft_epochs']} epoch(s), {sft_tokens:.0f} tokens.", "",
               "| stage | run (+ training it needs) | protocol h | protocol + KV reuse h | cap-bound h | "
@@ -324,11 +351,13 @@ def render(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             cut = "none" if b["max_pad_waste"] is None else f"<= {b['max_pad_waste']:.0%}"
             lines.append(f"| {cut} | {b['calls']} | {b['generate_calls']} | {b['batch_sizes']} | "
                          f"{b['pad_overhead']:.1%} | {b['oracle_f1']:.2f} |")
-    per_stage: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for r in rows:
-        per_stage[r["stage"]][0] += r["protocol_h"]
-        per_stage[r["stage"]][1] += r["cap_h"]
-    lines += ["", "Per stage (CPU-hours, protocol-following .. cap-bound, no KV reuse): "
-              + "; ".join(f"{k} {a:.1f}..{b:.1f}" for k, (a, b) in per_stage.items())
-              + f"; total {sum(a for a, _ in per_stage.values()):.1f}..{sum(b for _, b in per_stage.values()):.1f}."]
-    return "\n".join(lines) + "\n", {**data, "settings": cfg, "rows": rows}
+    for suffix, label in (("", "no KV reuse"), ("-kv", "with KV reuse")):
+        per_stage: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for r in rows:
+            per_stage[r["stage"]][0] += r[f"protocol{suffix}_h"]
+            per_stage[r["stage"]][1] += r[f"cap{suffix}_h"]
+        lines += ["", f"Per stage (CPU-hours, protocol-following .. cap-bound, {label}): "
+                  + "; ".join(f"{k} {a:.1f}..{b:.1f}" for k, (a, b) in per_stage.items())
+                  + f"; total {sum(a for a, _ in per_stage.values()):.1f}.."
+                  f"{sum(b for _, b in per_stage.values()):.1f}."]
+    return "\n".join(lines) + "\n", {**data, "settings": cfg, "rows": rows, "kv_factors": factors}
