@@ -257,3 +257,120 @@ def test_presses_from_one_shared_prefill_equal_prefilling_under_each_press():
         assert ref.get_seq_length() == shared[name].get_seq_length() == 48, name
         for a, b in zip(ref.layers, shared[name].layers, strict=True):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), name
+
+
+def test_prefill_of_the_last_row_only_gives_the_plain_cache_and_first_token():
+    """The default prefill (logits of the last position only, argmax proven by the rounding bound) leaves the
+    same cache bit for bit and the same first token as the plain prefill (every position's logits); where the
+    bound cannot prove it, the plain path's exact logits are returned."""
+    import leanlm.fasa.evaluation.harness as harness
+    from leanlm.fasa.evaluation.harness import same_argmax
+
+    model = tiny_llama(3)
+    proven = []
+    real = harness.same_argmax
+    harness.same_argmax = lambda *a: proven.append(real(*a)) or proven[-1]
+    try:
+        cache, last = prefill(model, torch.randint(0, 96, (1, 30), generator=torch.Generator().manual_seed(0)))
+    finally:
+        harness.same_argmax = real
+    assert proven == [True]  # the fast path is taken on an ordinary prompt
+    for seed in range(4):
+        ids = torch.randint(0, 96, (1, 30 + 17 * seed), generator=torch.Generator().manual_seed(seed))
+        cache, last = prefill(model, ids)
+        ref_cache, ref_last = prefill(model, ids, last_only=False)
+        assert int(last[0].argmax()) == int(ref_last[0].argmax())
+        for a, b in zip(cache.layers, ref_cache.layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    # the bound: a clear winner is proven; an exact tie or a lead inside the error bound is not
+    head = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 2, 3, 4], [1, 2, 3, 4], [-1, 0, 0, 0]]))
+    hidden = torch.tensor([[0.5, 0.25, -1, 2]])
+    with torch.inference_mode():
+        tied = head(hidden)
+        assert not same_argmax(head, hidden, tied)
+        head.weight[1, 3] = 4 - 1e-6  # lead ~2e-6, below 4 * gamma_4 * sum|w h| ~ 1e-5
+        assert not same_argmax(head, hidden, head(hidden))
+        head.weight[1, 3] = 3.5
+        assert same_argmax(head, hidden, head(hidden))
+        assert not same_argmax(head, hidden, head(hidden) * 2)  # not the plain linear map: unproven
+    # unproven -> the plain path, whose last row is returned exactly
+    calls = []
+    harness.same_argmax = lambda *a: calls.append(1) and False
+    try:
+        cache, last = prefill(model, ids)
+    finally:
+        harness.same_argmax = real
+    assert calls and torch.equal(last, ref_last)
+
+
+def test_shared_logits_computes_one_product_per_query_and_keys():
+    from leanlm.fasa.selectors import gqa_logits, shared_logits
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 6, 1, 8, generator=g), torch.randn(1, 2, 50, 8, generator=g)
+    assert gqa_logits(q, k) is not gqa_logits(q, k)  # no memo outside the block
+    with shared_logits():
+        first = gqa_logits(q, k)
+        assert gqa_logits(q, k) is first and torch.equal(first, gqa_logits(q.clone(), k))
+        k[0, 0, 0, 0] += 1.0  # an in-place change is a miss
+        again = gqa_logits(q, k)
+        assert again is not first and not torch.equal(again, first)
+        with shared_logits():  # nested blocks do not see the outer memo
+            assert gqa_logits(q, k) is not again
+        assert gqa_logits(q, k) is again
+    assert gqa_logits(q, k) is not again
+
+
+@pytest.mark.parametrize("t", [37, 4099])
+def test_numba_gathers_equal_the_torch_indexing_bit_for_bit(t, monkeypatch):
+    """The compiled column gathers (SparQ / Double Sparsity's gqa_gather_dims, FASA's TIP columns) copy the same
+    values into the same layout as torch's indexing, from a strided cache view like the RewindableCache's."""
+    import leanlm.fasa.selectors.base as base
+    from leanlm.fasa.selectors import (
+        DoubleSparsitySelector,
+        FASASelector,
+        SparQSelector,
+        gqa_gather_dims,
+        numba_gathers,
+    )
+
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(t)
+    buffer = torch.randn(1, 3, t + 40, 64, generator=g)
+    keys = buffer[:, :, :t]  # a view into preallocated rows, as decoding sees it
+    q = torch.randn(1, 9, 1, 64, generator=g)
+    dims = torch.randint(0, 64, (1, 9, 16), generator=g)
+    fcs = torch.stack([torch.randperm(32, generator=g)[:8] for _ in range(2 * 9)]).view(2, 9, 8)
+    selectors = [FASASelector.from_fcs(fcs, 64, "half"), FASASelector.from_fcs(fcs, 64, "half", pooled=True),
+                 SparQSelector(r=16), DoubleSparsitySelector(dims.view(9, 16).expand(2, 9, 16).clone())]
+    assert numba_gathers(keys) is not None
+    fast = [gqa_gather_dims(keys, dims)] + [s.scores(q, keys, 1) for s in selectors]
+    monkeypatch.setattr(base, "_KERNELS", False)  # the torch indexing
+    assert numba_gathers(keys) is None
+    plain = [gqa_gather_dims(keys, dims)] + [s.scores(q, keys, 1) for s in selectors]
+    for a, b in zip(fast, plain, strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    kv_of_head = torch.arange(9) // 3
+    d = selectors[0].dims[1]
+    ref = keys[:, kv_of_head[:, None], :, d]
+    out = torch.empty(9, 16, 1, t)
+    from leanlm.fasa.numba_kernels import gather_dims_by_row
+
+    gather_dims_by_row(keys.numpy(), d.contiguous().numpy(), out.numpy())
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+
+
+def test_wait_for_memory_blocks_until_enough_is_available(monkeypatch):
+    import leanlm.fasa.evaluation.run as run
+
+    real = run.available_gb()
+    assert real is None or real > 0
+    readings = iter([1.0, 2.5, 4.0, 9.9])
+    monkeypatch.setattr(run, "available_gb", lambda: next(readings))
+    logged = []
+    run.wait_for_memory(3.5, lambda *a: logged.append(a), poll_s=0)
+    assert next(readings) == 9.9 and len(logged) == 1  # waited through 1.0 and 2.5, started at 4.0, said so once
+    run.wait_for_memory(0, lambda *a: logged.append(a))  # 0: no check at all
+    assert len(logged) == 1

@@ -159,6 +159,9 @@ def bench(
                                     "perplexity; leanlm.fasa.evaluation) instead of the speed benchmark"),
     run_dir: Path = typer.Option(None, "--run-dir", help="--eval: checkpoint directory (resumes; default: "
                                  "<out stem>-run beside --out)"),
+    min_available_gb: float = typer.Option(0.0, "--min-available-gb", help="--eval: start the model and each "
+                                           "prompt only when this much memory is available (shared machines; "
+                                           "an 8K prompt holds an estimated ~1.5 GB beyond the ~1 GB model process)"),
 ) -> None:
     """Honest speed benchmark: FASA-C (per head, pooled) and FASA-M vs the strongest dense decode paths.
 
@@ -166,7 +169,7 @@ def bench(
     if evaluation:
         from leanlm.fasa.evaluation.bench import bench_eval
 
-        bench_eval(out, quick, threads, run_dir, log.info)
+        bench_eval(out, quick, threads, run_dir, log.info, min_available_gb)
         typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
         return
     import json

@@ -1,7 +1,9 @@
-"""CPU kernel (numba) for FASA-C: the exact top-k behind :func:`leanlm.fasa.topk.numba_topk`.
+"""CPU kernels (numba): FASA-C's exact top-k behind :func:`leanlm.fasa.topk.numba_topk`, and the column
+gathers of the static/online-subspace selectors (:func:`leanlm.fasa.selectors.gqa_gather_dims`, FASA's TIP).
 
-Imported lazily (only when ``numba`` is installed and a CPU top-k runs); compiled once and cached on disk
-by numba (``cache=True``). See :mod:`leanlm.fasa.topk` for why the pre-filter is exact and the tie rule.
+Imported lazily (only when ``numba`` is installed and a CPU top-k or gather runs); compiled once and cached on
+disk by numba (``cache=True``). See :mod:`leanlm.fasa.topk` for why the pre-filter is exact and the tie rule.
+The gathers are plain copies (bit-identical to the torch indexing they replace; tests check it).
 """
 
 from __future__ import annotations
@@ -91,3 +93,39 @@ def rows(scores, k, nb, out):
             return False
     return True
 
+
+
+@numba.njit(nogil=True, cache=True)
+def gather_head_dims(keys, dims, out):
+    """``out[b, h, t, j] = keys[b, h // n_rep, t, dims[b, h, j]]``: the ``dims (B, H_q, r)`` columns of each
+    query head's GQA key head, ``out (B, H_q, T, r)`` (what :func:`leanlm.fasa.selectors.gqa_gather_dims`
+    returns). A plain copy, so equal to the torch gather bit for bit; one pass over each KV head's rows
+    serves all its query heads (the torch gather reads the cache once per query head)."""
+    n_b, n_kv, n_t = keys.shape[0], keys.shape[1], keys.shape[2]
+    n_q, r = dims.shape[1], dims.shape[2]
+    n_rep = n_q // n_kv
+    for b in range(n_b):
+        for g in range(n_kv):
+            for t in range(n_t):
+                for h in range(g * n_rep, (g + 1) * n_rep):
+                    for j in range(r):
+                        out[b, h, t, j] = keys[b, g, t, dims[b, h, j]]
+
+
+@numba.njit(nogil=True, cache=True)
+def gather_dims_by_row(keys, dims, out):
+    """``out[h, j, b, t] = keys[b, h // n_rep, t, dims[h, j]]`` (FASA's TIP key columns, ``out (H_q, |D|, B, T)``,
+    the layout of ``keys[:, kv_of_head[:, None], :, dims]``): a copy in blocks of rows that stay in L1."""
+    n_b, n_kv, n_t = keys.shape[0], keys.shape[1], keys.shape[2]
+    n_q, r = dims.shape[0], dims.shape[1]
+    n_rep = n_q // n_kv
+    blk = 128
+    for b in range(n_b):
+        for t0 in range(0, n_t, blk):
+            t1 = min(t0 + blk, n_t)
+            for h in range(n_q):
+                g = h // n_rep
+                for j in range(r):
+                    c = dims[h, j]
+                    for t in range(t0, t1):
+                        out[h, j, b, t] = keys[b, g, t, c]

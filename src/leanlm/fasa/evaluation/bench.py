@@ -54,7 +54,8 @@ def report_from_checkpoints(run_dir: Path, out: Path) -> dict[str, Any]:
     return result
 
 
-def bench_eval(out: Path, quick: bool, threads: int, run_dir: Path | None, log: Any) -> dict[str, Any]:
+def bench_eval(out: Path, quick: bool, threads: int, run_dir: Path | None, log: Any,
+               min_available_gb: float = 0.0) -> dict[str, Any]:
     """Run the quick or full config with checkpoints in ``run_dir`` (default: ``<out stem>-run/`` beside
     ``out``); write ``out`` (Markdown tables), ``out`` with ``.json`` (metrics) and one PNG per figure."""
     import torch
@@ -65,7 +66,11 @@ def bench_eval(out: Path, quick: bool, threads: int, run_dir: Path | None, log: 
     run_dir = run_dir or out.with_name(out.stem + "-run")
     config = dict(QUICK if quick else FULL)
     t0 = time.perf_counter()
-    result = run_eval(config, run_dir, log)
+    if min_available_gb > 0:  # not even the model is loaded before the memory is there
+        from leanlm.fasa.evaluation.run import wait_for_memory
+
+        wait_for_memory(min_available_gb, log)
+    result = run_eval(config, run_dir, log, min_available_gb=min_available_gb)
     seconds = time.perf_counter() - t0
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     command = f"leanlm fasa bench --eval{' --quick' if quick else ''} --threads {threads} --out {out} --run-dir {run_dir}"

@@ -24,6 +24,7 @@ is bit-identical to the straightforward path (``tests/fasa/test_fasa_evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import torch
 
 from leanlm.fasa.attention import dense_attention, focused_attention, key_validity
 from leanlm.fasa.hooks import attention_handler, dense_attention_forward
-from leanlm.fasa.selectors import TokenSelector, expand_kv, gqa_logits, gqa_weighted
+from leanlm.fasa.selectors import TokenSelector, expand_kv, gqa_logits, gqa_weighted, shared_logits
 
 
 @dataclass
@@ -79,11 +80,12 @@ class ProbeAttention:
         b, t = key.shape[0], key.shape[2]
         scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
         valid = key_validity(attention_mask, b, t)
-        indices = self.selector.select(query, key, self.budget, layer_idx=layer, valid=valid)
-        out = focused_attention(query, key, value, indices, scaling, valid, kwargs.get("softcap"))
-        if self.probe and indices.shape[-1] < t:
-            record = self._record_reference if self.reference else self._record
-            record(layer, query, key, value, indices, scaling, valid, out)
+        with contextlib.nullcontext() if self.reference else shared_logits():  # selector + probes: one q K^T
+            indices = self.selector.select(query, key, self.budget, layer_idx=layer, valid=valid)
+            out = focused_attention(query, key, value, indices, scaling, valid, kwargs.get("softcap"))
+            if self.probe and indices.shape[-1] < t:
+                record = self._record_reference if self.reference else self._record
+                record(layer, query, key, value, indices, scaling, valid, out)
         return out.transpose(1, 2).contiguous(), None
 
     @torch.no_grad()
@@ -122,14 +124,64 @@ def n_layers_of(model: Any) -> int:
     return int(model.config.get_text_config().num_hidden_layers)
 
 
-def prefill(model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
-    """Dense prefill shared by every method: ``(cache, logits of the last prompt position)``."""
+def prefill(model: Any, ids: torch.Tensor, last_only: bool = True) -> tuple[Any, torch.Tensor]:
+    """Dense prefill shared by every method: ``(cache, logits of the last prompt position)``.
+
+    ``last_only=False`` is the plain path: the model's logits at every prompt position (at 8K tokens and
+    SmolLM2's 49K vocabulary a 1.5 GB tensor, ~10 % of the prefill's FLOPs), of which only the last row is
+    used, and only through its argmax (the first generated token; perplexity excludes token 0). The
+    default computes the last row alone (``logits_to_keep=1``). That row is not bit-identical to the
+    full product's (the CPU GEMM sums in another order at M = 1), so :func:`same_argmax` proves that the
+    argmax cannot differ (a rounding-error bound on both products); where it cannot prove it (near-ties),
+    the plain path is rerun. The cache is the same either way (tests check both)."""
     from transformers import DynamicCache
 
+    if not last_only:
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            out = model(ids, past_key_values=cache, use_cache=True)
+        return out.past_key_values, out.logits[:, -1]
+    head = model.get_output_embeddings()
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(args[0]))
     cache = DynamicCache(config=model.config)
+    try:
+        with torch.inference_mode():
+            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    finally:
+        handle.remove()
+    last = out.logits[:, -1]
+    if len(seen) == 1 and same_argmax(head, seen[0][:, -1], last):
+        return out.past_key_values, last
+    return prefill(model, ids, last_only=False)
+
+
+def same_argmax(head: Any, hidden: torch.Tensor, logits: torch.Tensor) -> bool:
+    """True when ``logits = head(hidden)`` (rows of a plain ``nn.Linear``, as the model returned them) have,
+    in every row, the argmax that ANY float summation order of the same dot products would give.
+
+    Each logit's rounding error in any order is at most ``γ_n Σ_i |w_i h_i|`` (``γ_n = n u / (1 − n u)``,
+    ``u = 2^-24``, ``n`` = terms; Higham, Accuracy and Stability, Eq. 3.5), so two computations differ by
+    at most ``β = 2 γ_n Σ|w h|``; if the top logit leads every other by more than ``β_top + β_other``
+    (doubled again for the rounding of this check), every order picks the same unique maximum. False
+    (unproven) also when ``head`` is not a plain linear map of ``hidden`` to ``logits`` (soft-capping,
+    scaling) or the dtype is not float32."""
+    weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+    if not isinstance(head, torch.nn.Linear) or weight.dtype != torch.float32 or hidden.dtype != torch.float32:
+        return False
     with torch.inference_mode():
-        out = model(ids, past_key_values=cache, use_cache=True)
-    return out.past_key_values, out.logits[:, -1]
+        if not torch.equal(head(hidden[:, None])[:, 0], logits):  # something is applied after the linear map
+            return False
+        n = weight.shape[1] + (bias is not None)
+        u = 2.0**-24
+        gamma = n * u / (1 - n * u)
+        magnitude = hidden.abs() @ weight.abs().T + (0 if bias is None else bias.abs())  # (rows, vocab)
+        beta = 2 * gamma * magnitude * 2  # both products' errors, x2 for this check's own rounding
+        top = logits.argmax(-1, keepdim=True)
+        lead = logits.gather(-1, top) - logits  # >= 0; 0 at the top
+        need = beta.gather(-1, top) + beta
+        ok = (lead > need).scatter(-1, top, True)
+    return bool(ok.all())
 
 
 def _rewindable_layer_class() -> type:

@@ -309,6 +309,30 @@ def run_presses(model: Any, tok: Any, trial: Trial, config: dict[str, Any], full
     return decode_presses(model, tok, trial, caches, last, ids.shape[1], full_text, on_row)
 
 
+def available_gb() -> float | None:
+    """The kernel's MemAvailable in GB (``/proc/meminfo``), None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1e6
+    except OSError:
+        return None
+    return None
+
+
+def wait_for_memory(min_gb: float, log: Callable[..., None], poll_s: float = 30.0) -> None:
+    """Block until MemAvailable >= ``min_gb`` (0: never wait): a prompt of the full config holds ~1.5 GB
+    beyond the loaded model at 8K, so on a shared machine the next prompt starts only where it fits."""
+    if min_gb <= 0:
+        return
+    told = False
+    while (gb := available_gb()) is not None and gb < min_gb:
+        if not told:
+            log("waiting for memory: %.1f GB available, %.1f GB wanted before the next prompt", gb, min_gb)
+            told = True
+        time.sleep(poll_s)
+
+
 def _done_pairs(rows: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
     done: dict[str, set[tuple[str, int]]] = {}
     for r in rows:
@@ -317,7 +341,8 @@ def _done_pairs(rows: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
 
 
 def step_run_methods(model: Any, tok: Any, trials: list[Trial], offline: Offline, config: dict[str, Any], out: Path,
-                     log: Callable[..., None], phase: str = "") -> list[dict[str, Any]]:
+                     log: Callable[..., None], phase: str = "", min_available_gb: float = 0.0
+                     ) -> list[dict[str, Any]]:
     """Run the methods of ``phase`` (and the kvpress presses, from the same prefill) on every prompt where
     ``out/answers.jsonl`` / ``out/presses.jsonl`` lack them; returns all answer rows.
 
@@ -341,6 +366,7 @@ def step_run_methods(model: Any, tok: Any, trials: list[Trial], offline: Offline
         append_jsonl(press_path, [row])
 
     for trial in progress(todo, desc="prompts", unit="prompt"):
+        wait_for_memory(min_available_gb, log)
         t0 = time.perf_counter()
         new = run_trial(model, tok, trial, offline, config, skip=done.get(trial.id, set()), phase=phase,
                         full_text=full.get(trial.id), on_row=checkpoint,
@@ -428,8 +454,11 @@ def step_perplexity(model: Any, tok: Any, offline: Offline, config: dict[str, An
 
 # ----------------------------------------------------------------------------------------- the pipeline
 def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model: Any = None,
-             tok: Any = None) -> dict[str, Any]:
-    """calibrate -> build prompts -> (perplexity, run methods, presses in ``config['order']``) -> tabulate -> plot."""
+             tok: Any = None, min_available_gb: float = 0.0) -> dict[str, Any]:
+    """calibrate -> build prompts -> (perplexity, run methods, presses in ``config['order']``) -> tabulate -> plot.
+
+    ``min_available_gb`` > 0: each prompt (and perplexity text) waits until that much memory is available
+    (:func:`wait_for_memory`; nothing about the results depends on it)."""
     from leanlm.fasa.evaluation.report import plot, tabulate
 
     unknown = [m for m in config["methods"] + config["ppl_methods"] if m not in METHODS]
@@ -450,12 +479,13 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     for step in config["order"]:  # "ppl" / "tasks" / "presses", narrowed: "ppl:wiki", "tasks:4096:headline"
         step, _, rest = step.partition(":")
         only, _, phase = rest.partition(":")
+        wait_for_memory(min_available_gb, log)
         if step == "ppl":
             texts = [only] if only else config["ppl_texts"]
             ppl_rows = step_perplexity(model, tok, offline, {**config, "ppl_texts": texts}, out, log, phase)
         elif step == "tasks":
             subset = [t for t in trials if not only or t.length == int(only)]
-            answers = step_run_methods(model, tok, subset, offline, config, out, log, phase)
+            answers = step_run_methods(model, tok, subset, offline, config, out, log, phase, min_available_gb)
             press_rows = read_jsonl(out / "presses.jsonl")
         elif step == "presses":
             press_rows = step_presses(model, tok, trials, answers, config, out, log)

@@ -6,6 +6,8 @@ from leanlm.fasa.selectors.base import (
            gqa_gather_dims,
            gqa_logits,
            gqa_weighted,
+           numba_gathers,
+           shared_logits,
            top_budget,
 )
 from leanlm.fasa.selectors.eviction import H2OSelector, SnapKVDecodeSelector
@@ -19,4 +21,4 @@ from leanlm.fasa.selectors.streaming import StreamingSelector
 __all__ = ["DoubleSparsitySelector", "FASASelector", "H2OSelector", "KeyQueryStats", "LokiSelector",
            "OracleSelector", "QuestPages", "QuestSelector", "SnapKVDecodeSelector", "SparQSelector",
            "StreamingSelector", "TokenSelector", "expand_kv", "gqa_gather_dims", "gqa_logits", "gqa_weighted",
-           "top_budget"]
+           "numba_gathers", "shared_logits", "top_budget"]

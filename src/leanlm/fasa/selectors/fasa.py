@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from leanlm.fasa.chunks import dims_of
-from leanlm.fasa.selectors.base import TokenSelector
+from leanlm.fasa.selectors.base import TokenSelector, numba_gathers
 
 
 @dataclass
@@ -45,7 +45,12 @@ class FASASelector(TokenSelector):
             raise ValueError(f"FASA dims cover {dims.shape[0]} query heads, the layer has {n_q}")
         kv_of_head = torch.arange(n_q, device=query.device) // (n_q // n_kv)
         q_d = query[:, :, 0, :].gather(-1, dims[None].expand(query.shape[0], -1, -1))  # (B, H_q, |D|)
-        k_d = keys[:, kv_of_head[:, None], :, dims]  # (H_q, |D|, B, T): only the D columns are read
+        kernels = numba_gathers(keys)
+        if kernels is not None:  # the same copy, compiled (one pass over each KV head's rows)
+            k_d = keys.new_empty(n_q, dims.shape[1], keys.shape[0], keys.shape[2])
+            kernels.gather_dims_by_row(keys.numpy(), dims.contiguous().numpy(), k_d.numpy())
+        else:
+            k_d = keys[:, kv_of_head[:, None], :, dims]  # (H_q, |D|, B, T): only the D columns are read
         scores = torch.einsum("bhd,hdbt->bht", q_d, k_d)  # Eq. 6
         if self.pooled:
             b, _, t = scores.shape
