@@ -2,7 +2,8 @@
 
 Multi-turn agents of several rollouts run concurrently through :class:`TransformersBackend` twice under the same
 seed, once re-prefilling every prompt (``kv_reuse=False``) and once prefilling only each turn's new tokens; the
-batches must be the same, every sampled token identical and every sampling log-prob within 1e-5 (absolute).
+batches must be the same, every sampled token identical and every sampling log-prob within 1e-5 (absolute;
+1e-4 on SmolLM2's 30 layers).
 The conversations exercise left padding (different prompt lengths per row), batches that mix fresh agents with
 continuing ones (part of the batch has no cache, the others reuse only part of theirs), rows that finish at EOS
 while others keep decoding, per-role reply caps, and a reply that is re-rendered differently (the held cache
@@ -21,6 +22,7 @@ from leanlm.wideseek.grpo import sequence_logprobs
 from leanlm.wideseek.rollout import TRAJECTORY, TransformersBackend
 
 TOL = 1e-5  # absolute, on log-probs (fp32): reuse only changes the order of floating-point sums
+TOL_SMOLLM2 = 1e-4  # 30 layers accumulate more rounding; a wrong position or mask moves log-probs by >> 0.01
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +84,8 @@ def run_both(model, tokenizer, seed: int = 3, **kw):
     return results
 
 
-def assert_identical(off: TransformersBackend, on: TransformersBackend) -> float:
-    """Same batches, same prompts, same tokens, log-probs within TOL; returns the largest log-prob difference."""
+def assert_identical(off: TransformersBackend, on: TransformersBackend, tol: float = TOL) -> float:
+    """Same batches, same prompts, same tokens, log-probs within ``tol``; returns the largest difference."""
     assert off.batches == on.batches
     key = lambda s: (s.traj, s.agent_name, s.turn)  # noqa: E731
     a, b = sorted(off.samples, key=key), sorted(on.samples, key=key)
@@ -94,7 +96,7 @@ def assert_identical(off: TransformersBackend, on: TransformersBackend) -> float
         assert x.completion_ids == y.completion_ids
         diff = (torch.tensor(x.logprobs) - torch.tensor(y.logprobs)).abs().max().item() if x.logprobs else 0.0
         worst = max(worst, diff)
-    assert worst <= TOL, f"largest log-prob difference {worst:.2e} > {TOL:g}"
+    assert worst <= tol, f"largest log-prob difference {worst:.2e} > {tol:g}"
     return worst
 
 
@@ -189,9 +191,9 @@ def test_kv_reuse_on_smollm2_gives_identical_tokens_and_logprobs():
     for b in (off, on):
         torch.manual_seed(7)
         drive(b, agents)
-    st, worst = on.stats, None
+    st = on.stats
     print(f"\nSmolLM2 KV reuse: batches {on.batches}, prefilled {st['prefilled_tokens']} of {st['padded_prompt_tokens']} "
           f"prompt columns, reused {st['reused_tokens']} of {st['prompt_tokens']} prompt tokens")
-    worst = assert_identical(off, on)
-    print(f"SmolLM2 KV reuse: largest |log-prob difference| {worst:.2e} (tolerance {TOL:g})")
+    worst = assert_identical(off, on, TOL_SMOLLM2)
+    print(f"SmolLM2 KV reuse: largest |log-prob difference| {worst:.2e} (tolerance {TOL_SMOLLM2:g})")
     assert st["reused_tokens"] > 0 and st["prefilled_tokens"] + st["reused_tokens"] <= st["padded_prompt_tokens"]
