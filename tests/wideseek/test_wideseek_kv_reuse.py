@@ -197,3 +197,22 @@ def test_kv_reuse_on_smollm2_gives_identical_tokens_and_logprobs():
     worst = assert_identical(off, on, TOL_SMOLLM2)
     print(f"SmolLM2 KV reuse: largest |log-prob difference| {worst:.2e} (tolerance {TOL_SMOLLM2:g})")
     assert st["reused_tokens"] > 0 and st["prefilled_tokens"] + st["reused_tokens"] <= st["padded_prompt_tokens"]
+
+
+def test_real_runtime_group_reuses_caches_and_still_scores(tokenizer, full_world):
+    """Oracle-driven rollouts through the real agent loop and tools (``study_cost.batching_check``): the oracle's
+    replies replace the model's, so each turn reuses its previous prompt (a crop of the held prompt + reply)."""
+    from leanlm.wideseek.study import FULL, _train_config, eval_tasks
+    from leanlm.wideseek.study_cost import batching_check
+
+    cfg = dict(FULL)
+    agent_cfg = _train_config(cfg, "/tmp", "", 0).agent_config()
+    tasks = eval_tasks(cfg)[:1]
+    runs = [batching_check(tasks, full_world, agent_cfg, tokenizer, 2, 2, cfg["max_context"], float("inf"), reuse)
+            for reuse in (False, True)]
+    off, on = runs
+    assert off["oracle_f1"] == on["oracle_f1"] == 1.0  # the runtime is unchanged by the backend's caching
+    assert off["reused_tokens"] == 0 and off["prefilled_tokens"] == off["padded_prompt_tokens"]
+    assert on["reused_tokens"] > 0.3 * on["prompt_tokens"]
+    assert on["prefilled_tokens"] + on["reused_tokens"] <= on["padded_prompt_tokens"]
+    assert on["prefilled_tokens"] < 0.8 * on["padded_prompt_tokens"]
