@@ -54,7 +54,8 @@ class RolloutWorkerImpl:
         self.model, self.cfg, self.tools = model, cfg, tools
         self.reward_fn = reward_fn or score_rollout
         self.backend = TransformersBackend(model, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                           temperature=cfg.temperature, max_context=cfg.max_context)
+                                           temperature=cfg.temperature, max_context=cfg.max_context,
+                                           role_max_new_tokens=cfg.role_max_new_tokens, kv_reuse=cfg.kv_reuse)
 
     def rollout(self, weights: dict[str, torch.Tensor], tasks: Sequence[Task], group_offset: int) -> dict[str, Any]:
         from leanlm.wideseek.rollout import rollout_group

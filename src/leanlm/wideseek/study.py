@@ -90,7 +90,7 @@ def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode:
 
     return TrainConfig(out=str(out), init=init, steps=config["steps"], group_size=config["group_size"], seed=seed,
                        lr=config["lr"], max_new_tokens=config["max_new_tokens"], max_context=config["max_context"],
-                       role_max_new_tokens=config.get("role_max_new_tokens"),
+                       role_max_new_tokens=config.get("role_max_new_tokens"), kv_reuse=config.get("kv_reuse", True),
                        max_lead_turns=config["max_lead_turns"], max_sub_turns=config["max_sub_turns"],
                        max_subagents=config["max_subagents"],
                        max_rows=config.get("marl_max_rows", config["train_max_rows"]), mode=mode,
@@ -205,7 +205,8 @@ class Study:
         agent_cfg = _train_config(cfg, self.out, "", seed, mode).agent_config()
         agent_cfg.max_subagents_per_call = agent_cfg.max_subagents_per_turn = agent_cfg.max_concurrency = width
         backend = TransformersBackend(model, tok, max_new_tokens=cfg["max_new_tokens"],
-                                      max_context=cfg["max_context"], role_max_new_tokens=cfg.get("role_max_new_tokens"))
+                                      max_context=cfg["max_context"], role_max_new_tokens=cfg.get("role_max_new_tokens"),
+                                      kv_reuse=cfg.get("kv_reuse", True))
         torch.manual_seed(1000 * seed + sum(sum(map(ord, t.instance_id)) for t in tasks))
         rolls = rollout_group(backend, self.tools, agent_cfg, [t.query for t in tasks], ["table"] * len(tasks),
                               cfg["n"], mode)

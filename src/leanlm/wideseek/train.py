@@ -86,6 +86,7 @@ class TrainConfig:
     mode: str = "multi"  # multi (lead + subagents) or single (SingleSeek baseline)
     max_new_tokens: int = 256
     role_max_new_tokens: dict[str, int] | None = None  # per-role reply caps, e.g. {"lead": 384, "sub": 96}
+    kv_reuse: bool = True  # cross-turn KV reuse in the rollout backend (same tokens, less prefill)
     temperature: float = 1.0
     max_context: int = 4096
     max_lead_turns: int = 3
@@ -229,7 +230,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.backend = TransformersBackend(model, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                            temperature=cfg.temperature, max_context=cfg.max_context,
-                                           role_max_new_tokens=cfg.role_max_new_tokens)
+                                           role_max_new_tokens=cfg.role_max_new_tokens, kv_reuse=cfg.kv_reuse)
         self.step = 0
         self.metrics_path = self.out / "metrics.jsonl"
 
