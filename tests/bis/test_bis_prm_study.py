@@ -138,6 +138,9 @@ def test_study_split_by_first_seed_trains_only_its_seeds(tmp_path) -> None:
                 batch=8)
     second = run_study(StudyConfig(**base, out=tmp_path / "b", first_seed=1))
     assert [(r["selector"], r["seed"]) for r in second] == [("full", 1), ("random", 1)]
+    no_full = run_study(StudyConfig(**base, out=tmp_path / "n", first_seed=1, with_full=False))
+    assert [(r["selector"], r["seed"]) for r in no_full] == [("random", 1)]
+    assert {k: v for k, v in no_full[0].items() if k != "cpu_s"} == {k: v for k, v in second[1].items() if k != "cpu_s"}
     whole = run_study(StudyConfig(**base, out=tmp_path / "a"))
     drop = {"cpu_s"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in whole[2:]] == \

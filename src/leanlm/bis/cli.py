@@ -314,6 +314,8 @@ def study_cmd(
     seeds: int = typer.Option(3, help="Run seeds first-seed .. seeds-1."),
     first_seed: int = typer.Option(0, help="Skip seeds below this one: split a study's seeds across processes or "
                                            "machines (separate --out each), then merge their cells.jsonl files."),
+    with_full: bool = typer.Option(True, help="--no-with-full: train no full-data cell (extra seeds of the "
+                                              "subset comparison when full data is costly)."),
     hidden: int = typer.Option(64),
     layers: int = typer.Option(2),
     tokenizer: str = typer.Option("step", help="tiny backbone tokenizer: step | word | char."),
@@ -352,7 +354,7 @@ def study_cmd(
     if lora and backbone == "tiny":
         raise typer.BadParameter("--lora needs a pretrained backbone (--backbone embedded or a local LM)")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, first_seed=first_seed, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
+                      seeds=seeds, first_seed=first_seed, with_full=with_full, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
                       device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps,
                       checkpoint_every=checkpoint_every)

@@ -48,6 +48,7 @@ class StudyConfig:
     selectors: tuple[str, ...] = ("random", "bis-0.2", "mixed-only", "low-mc")
     seeds: int = 3
     first_seed: int = 0  # seeds first_seed .. seeds-1 run; split a study across processes, then merge the cells
+    with_full: bool = True  # False: no full-data cell (an extra seed of the subset comparison when full is costly)
     hidden: int = 64
     layers: int = 2
     tokenizer: str = "step"  # tiny backbone: "step" (one token per step), "word" or "char" (see prm/model.py)
@@ -249,7 +250,7 @@ def run_study(cfg: StudyConfig, train_missing: bool = True) -> list[dict[str, An
                     done[row["key"]] = row
     # seed by seed, so that a study stopped early has complete paired comparisons for its first seeds
     plan = [c for s in range(cfg.first_seed, cfg.seeds)
-            for c in [("full", 1.0, s)] + [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors]]
+            for c in [("full", 1.0, s)] * cfg.with_full + [(sel, b, s) for b in cfg.budgets for sel in cfg.selectors]]
     rows = []
     for sel, b, s in progress(plan, desc="bis study", unit="cell"):
         key = _cell_key(sel, b, s)
