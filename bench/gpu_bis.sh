@@ -14,6 +14,6 @@ mkdir -p "$OUT"
 L=".venv/bin/leanlm bis"
 [ -d "$OUT/c/test" ] || $L synth "$OUT/c" --with-truth --rollouts "$N" --val "$VAL" --test "$TEST" > "$OUT/synth.json"
 /usr/bin/time -f "study %e s" $L study "$OUT/c" --out "$OUT/study" --budgets 0.1 --selectors random,bis-0.2 \
-  --seeds "$SEEDS" --backbone "$BACKBONE" --device "$DEVICE" --lr "$LR" --batch 16 --threads 0 > "$OUT/study.log" 2>&1
+  --seeds "$SEEDS" --backbone "$BACKBONE" --device "$DEVICE" --lr "$LR" --batch 16 --threads 0 --checkpoint-every 100 > "$OUT/study.log" 2>&1
 cp "$OUT/study/report.md" "$OUT/summary.md"
 cat "$OUT/summary.md"
