@@ -6,7 +6,7 @@
 # 2. once per launch, recomputes one already-recorded 8K prompt with the current code and stops if any row
 #    differs (so rows from older code and new rows stay comparable; ~180 CPU-s; SKIP_VERIFY=1 skips it);
 # 3. resumes the run; before each prompt it waits until PROMPT_GB (default 13) GB are available.
-# Why so much: the process holds ~1.2 GB (model) and an 8K prompt ~1.5 GB more (estimates), and on
+# Why so much: the process peaks at ~3 GB RSS on an 8K prompt (measured: 2.8-3.05 GB), and on
 # 2026-11-30 the BIS SmolLM2 run's two processes swung between 7 and 11 GB EACH within minutes, so a prompt
 # started with less headroom could push the machine into the OOM killer (which would pick a BIS process).
 # The defaults therefore wait for that run to end; on a quiet machine START_GB=6 PROMPT_GB=4.5 suffice.
