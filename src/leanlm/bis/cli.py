@@ -354,7 +354,8 @@ def study_cmd(
     if lora and backbone == "tiny":
         raise typer.BadParameter("--lora needs a pretrained backbone (--backbone embedded or a local LM)")
     cfg = StudyConfig(corpus=corpus, out=out, budgets=tuple(float(b) for b in budgets.split(",")), selectors=sels,
-                      seeds=seeds, first_seed=first_seed, with_full=with_full, hidden=hidden, layers=layers, tokenizer=tokenizer, backbone=backbone, lora=lora,
+                      seeds=seeds, first_seed=first_seed, with_full=with_full, hidden=hidden, layers=layers,
+                      tokenizer=tokenizer, backbone=backbone, lora=lora,
                       device=device, lr=lr, batch=batch,
                       threads=threads, match=match, keep_checkpoints=keep_checkpoints, train_steps=train_steps,
                       checkpoint_every=checkpoint_every)
