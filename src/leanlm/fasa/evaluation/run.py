@@ -1,4 +1,4 @@
-"""The evaluation as named steps: calibrate, build prompts, run methods, perplexity, tabulate, plot.
+"""The evaluation as named steps: calibrate, tune tasks, build prompts, run methods, perplexity, tabulate, plot.
 
 Every per-step method decodes from ONE shared dense prefill per prompt (a
 :class:`~leanlm.fasa.evaluation.harness.RewindableCache`: no copy per method), layer 0 dense for all of
@@ -11,6 +11,11 @@ with different ones is refused; ``order`` is not one of them: it only says what 
 ``config["order"]`` lists steps ``ppl[:TEXT][:PHASE]``, ``tasks[:LENGTH][:PHASE]`` and ``presses``; the
 phase ``headline`` narrows a step to :data:`MAIN_METHODS` at budgets <= 256 (the issue's goals), so a
 partial full run fills in the headline table first, round-robin over tasks, at 8K first.
+
+``config["tune"]`` (``{"seeds": n, "target": t}``) tunes each task's difficulty at each length so that full
+KV lands between floor and ceiling, on tuning seeds disjoint from the evaluated ones
+(:mod:`leanlm.fasa.evaluation.tune`; checkpointed in ``tuning.jsonl``, result in ``task-params.json``);
+``config["task_params"]`` gives the knobs directly instead.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ QUICK: dict[str, Any] = {
     "presses": ["SnapKV"], "press_budgets": [256],
     "calib_tokens": 1024, "calib_decode_steps": 16, "calib_stride": 64,
     "ppl_texts": ["wiki"], "ppl_prefill": 768, "ppl_predict": 9, "ppl_methods": MAIN_METHODS[1:],
-    "order": ["ppl", "tasks", "presses"], "seed": 0,
+    "order": ["ppl", "tasks", "presses"], "seed": 0, "tune": None, "task_params": None,
 }
 #: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method and ablation (~1 CPU-day)
 FULL: dict[str, Any] = {
@@ -61,12 +66,14 @@ FULL: dict[str, Any] = {
                     "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
     "order": ["tasks:7936:headline", "ppl:wiki:headline", "tasks:4096:headline", "tasks:7936", "ppl:wiki",
               "tasks:4096", "ppl:code", "presses"], "seed": 0,
+    "tune": {"seeds": 6, "target": 0.5}, "task_params": None,
 }
 #: a step narrowed to the headline comparison: the main methods at these budgets (full KV's 0 included)
 HEADLINE_BUDGET = 256
 #: settings a resumed run must share with the first one (sizes may grow: prompts are seeded by index)
 FIXED = ("tasks", "budgets", "methods", "transfer", "transfer_budgets", "transfer_task", "presses", "press_budgets",
-         "calib_tokens", "calib_decode_steps", "calib_stride", "ppl_prefill", "ppl_predict", "ppl_methods", "seed")
+         "calib_tokens", "calib_decode_steps", "calib_stride", "ppl_prefill", "ppl_predict", "ppl_methods", "seed",
+         "tune", "task_params")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -148,11 +155,30 @@ def step_calibrate(model: Any, tok: Any, config: dict[str, Any], out: Path, log:
 
 
 # ----------------------------------------------------------------------------------------- step 2
-def step_build_prompts(tok: Any, config: dict[str, Any]) -> list[Trial]:
-    return build_suite(tok, config["tasks"], config["lengths"], config["n_per_task"], config["seed"])
+def step_tune_tasks(model: Any, tok: Any, config: dict[str, Any], out: Path,
+                    log: Callable[..., None]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each task's difficulty knobs per length: ``config["task_params"]`` if given, else tuned on disjoint
+    seeds (``config["tune"]``; resumes from ``out/tuning.jsonl``, result saved in ``out/task-params.json``),
+    else the defaults (``{}``)."""
+    if config.get("task_params") is not None:
+        return config["task_params"]
+    if not config.get("tune"):
+        return {}
+    from leanlm.fasa.evaluation.tune import tune_suite
+
+    result = tune_suite(model, tok, config["tasks"], config["lengths"], config["tune"]["seeds"],
+                        config["tune"]["target"], out, log)
+    atomic_write_json(out / "task-params.json", result)
+    return result["params"]
 
 
 # ----------------------------------------------------------------------------------------- step 3
+def step_build_prompts(tok: Any, config: dict[str, Any],
+                       params: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Trial]:
+    return build_suite(tok, config["tasks"], config["lengths"], config["n_per_task"], config["seed"], params)
+
+
+# ----------------------------------------------------------------------------------------- step 4
 def method_table(config: dict[str, Any]) -> list[tuple[str, Any, list[int]]]:
     """``(name, factory, budgets)`` of every per-step method run on each prompt (full KV first)."""
     table = [(name, METHODS[name], [0] if name == "full KV" else list(config["budgets"]))
@@ -401,7 +427,7 @@ def step_presses(model: Any, tok: Any, trials: list[Trial], answers: list[dict[s
     return rows
 
 
-# ----------------------------------------------------------------------------------------- step 4
+# ----------------------------------------------------------------------------------------- step 5
 def ppl_text(kind: str, tok: Any, n_tokens: int) -> torch.Tensor:
     """Held-out real text (not used by calibration or the task haystacks' first articles), ``(n_tokens,)``."""
     from leanlm.common.data import cpython_source_files
@@ -455,7 +481,8 @@ def step_perplexity(model: Any, tok: Any, offline: Offline, config: dict[str, An
 # ----------------------------------------------------------------------------------------- the pipeline
 def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model: Any = None,
              tok: Any = None, min_available_gb: float = 0.0) -> dict[str, Any]:
-    """calibrate -> build prompts -> (perplexity, run methods, presses in ``config['order']``) -> tabulate -> plot.
+    """calibrate -> tune tasks -> build prompts -> (perplexity, run methods, presses in ``config['order']``)
+    -> tabulate -> plot.
 
     ``min_available_gb`` > 0: each prompt (and perplexity text) waits until that much memory is available
     (:func:`wait_for_memory`; nothing about the results depends on it)."""
@@ -472,7 +499,8 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     check_resume(out, config)
     t0 = time.perf_counter()
     offline = step_calibrate(model, tok, config, out, log)
-    trials = step_build_prompts(tok, config)
+    params = step_tune_tasks(model, tok, config, out, log)
+    trials = step_build_prompts(tok, config, params)
     answers: list[dict[str, Any]] = read_jsonl(out / "answers.jsonl")
     press_rows: list[dict[str, Any]] = read_jsonl(out / "presses.jsonl")
     ppl_rows: list[dict[str, Any]] = read_jsonl(out / "perplexity.jsonl")

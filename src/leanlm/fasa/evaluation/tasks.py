@@ -20,6 +20,13 @@ even seeds use Wikipedia, odd seeds code. Every random choice comes from ``rando
 {seed}")``, so a trial is a pure function of (tokenizer, task, length, seed). Answers are scored with
 RULER's ``string_match_all`` (every expected string in the reply; binary correctness needs all).
 Replies are primed with an answer prefix (as RULER does), so a small instruct model answers at once.
+
+Difficulty knobs (``params``, per task; :data:`DEFAULT_PARAMS` are the RULER-like settings above). A small
+model sits at the floor of the default tasks at 4-8K tokens (full KV answers none of them), and a comparison
+at the floor proves nothing, so the suite can be made easier per task and length: fewer distractor keys,
+fewer values, fewer JSON pairs, fewer hops, fewer and more frequent common words, and the question stated
+before the document as well as after it (``question_first``, every task). :mod:`leanlm.fasa.evaluation.tune`
+picks the settings on tuning seeds disjoint from the evaluation's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,37 @@ TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "kv_retrieval", "var
          "qa_article")
 _SYLLABLES = ("ka", "lo", "mi", "ren", "tor", "va", "zel", "qui", "dor", "sha", "mun", "bri", "tal", "po", "nex")
 WIKI_START = 1000  # articles before this index are left to calibration and perplexity text
+
+#: The default (hardest) setting of each task's difficulty knobs; ``question_first`` applies to every task.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "niah_single": {},
+    "niah_multikey": {"keys": 4},
+    "niah_multivalue": {"values": 4},
+    "kv_retrieval": {"pairs": 32},
+    "variable_tracking": {"hops": 3, "distractor_chain": True},
+    "common_words": {"words": 3, "share": 0.125},
+    "qa_article": {},
+}
+
+
+def task_params(task: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` over the task's defaults (plus ``question_first``), with an error naming a wrong field."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    merged = {**DEFAULT_PARAMS[task], "question_first": False}
+    for name, value in (params or {}).items():
+        if name not in merged:
+            raise ValueError(f"task {task!r} has no parameter {name!r}; it has {sorted(merged)}")
+        if type(value) is not type(merged[name]) and not (isinstance(value, int) and isinstance(merged[name], float)):
+            raise ValueError(f"task {task!r} parameter {name!r} must be {type(merged[name]).__name__}, "
+                             f"got {value!r}")
+        merged[name] = value
+    for name in ("keys", "values", "pairs", "hops", "words"):
+        if name in merged and merged[name] < 1:
+            raise ValueError(f"task {task!r} parameter {name!r} must be at least 1, got {merged[name]}")
+    if "share" in merged and not 0 < merged["share"] < 1:
+        raise ValueError(f"task {task!r} parameter 'share' must be in (0, 1), got {merged['share']}")
+    return merged
 
 
 @dataclass
@@ -135,8 +173,9 @@ def _as_inserted(kind: str, sentence: str) -> str:
     return f"# {sentence}" if kind == "code" else sentence
 
 
-def _chat(tokenizer: Any, document: str, question: str, prefix: str) -> str:
-    messages = [{"role": "user", "content": f"{document}\n\n{question}"}]
+def _chat(tokenizer: Any, document: str, question: str, prefix: str, question_first: bool = False) -> str:
+    content = f"{question}\n\n{document}\n\n{question}" if question_first else f"{document}\n\n{question}"
+    messages = [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
@@ -149,9 +188,11 @@ def _number(rng: random.Random) -> str:
 
 
 def _insert_build(tokenizer: Any, kind: str, rng: random.Random, length: int, inserts: list[str],
-                  question: str, prefix: str, depths: list[float] | None = None) -> tuple[str, int]:
+                  question: str, prefix: str, depths: list[float] | None = None,
+                  question_first: bool = False) -> tuple[str, int]:
     """A prompt of about ``length`` tokens: haystack with ``inserts`` placed at ``depths`` (sorted)."""
-    empty = _chat(tokenizer, _render(kind, [_as_inserted(kind, s) for s in inserts]), question, prefix)
+    empty = _chat(tokenizer, _render(kind, [_as_inserted(kind, s) for s in inserts]), question, prefix,
+                  question_first)
     room = length - len(tokenizer(empty).input_ids) - 8
     if room < 32:
         raise ValueError(f"length {length} leaves no room for a haystack (the task alone takes {length - room})")
@@ -163,7 +204,7 @@ def _insert_build(tokenizer: Any, kind: str, rng: random.Random, length: int, in
         placed = list(units)
         for offset, (depth, text) in enumerate(zip(depths, inserts, strict=True)):
             placed.insert(round(depth * len(units)) + offset, _as_inserted(kind, text))
-        prompt = _chat(tokenizer, _render(kind, placed), question, prefix)
+        prompt = _chat(tokenizer, _render(kind, placed), question, prefix, question_first)
         return prompt, len(tokenizer(prompt).input_ids)
 
     prompt, n = build(room)
@@ -175,7 +216,7 @@ def _insert_build(tokenizer: Any, kind: str, rng: random.Random, length: int, in
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-def _niah(tokenizer, length, rng, kind, n_keys: int, n_values: int):
+def _niah(tokenizer, length, rng, kind, n_keys: int, n_values: int, question_first: bool = False):
     keys = []
     while len(keys) < n_keys:
         k = _key(rng)
@@ -194,17 +235,19 @@ def _niah(tokenizer, length, rng, kind, n_keys: int, n_values: int):
     else:
         question = f"What is the special magic number for {target} mentioned in the provided text?"
         prefix = f"The special magic number for {target} mentioned in the provided text is:"
-    prompt, n = _insert_build(tokenizer, kind, rng, length, needles, question, prefix)
+    prompt, n = _insert_build(tokenizer, kind, rng, length, needles, question, prefix,
+                              question_first=question_first)
     return prompt, values, n, 9 * n_values + 2
 
 
-def _kv_retrieval(tokenizer, length, rng, kind):
-    pairs = {f"{rng.getrandbits(32):08x}": f"{rng.getrandbits(32):08x}" for _ in range(32)}
+def _kv_retrieval(tokenizer, length, rng, kind, n_pairs: int = 32, question_first: bool = False):
+    pairs = {f"{rng.getrandbits(32):08x}": f"{rng.getrandbits(32):08x}" for _ in range(n_pairs)}
     key = rng.choice(list(pairs))
     block = "JSON data: {" + ", ".join(f'"{k}": "{v}"' for k, v in pairs.items()) + "}"
     question = f'Extract the value corresponding to the key "{key}" from the JSON data in the text above.'
     prefix = f'The value associated with the key "{key}" is: "'
-    prompt, n = _insert_build(tokenizer, kind, rng, length, [block], question, prefix)
+    prompt, n = _insert_build(tokenizer, kind, rng, length, [block], question, prefix,
+                              question_first=question_first)
     return prompt, [pairs[key]], n, 10
 
 
@@ -217,31 +260,35 @@ def _names(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def _variable_tracking(tokenizer, length, rng, kind, hops: int = 3):
-    names = _names(rng, 2 * (hops + 1))
+def _variable_tracking(tokenizer, length, rng, kind, hops: int = 3, distractor_chain: bool = True,
+                       question_first: bool = False):
+    n_chains = 2 if distractor_chain else 1
+    n_inserts = n_chains * (hops + 1)
+    names = _names(rng, n_inserts)
     value, other = _number(rng)[:5], _number(rng)[:5]
     chain, distractor = names[: hops + 1], names[hops + 1 :]
     statements = [f"VAR {chain[0]} = {value}."] + [f"VAR {chain[i + 1]} = VAR {chain[i]}." for i in range(hops)]
-    noise = [f"VAR {distractor[0]} = {other}."] + [f"VAR {distractor[i + 1]} = VAR {distractor[i]}."
-                                                   for i in range(hops)]
-    depths = sorted(rng.uniform(0.05, 0.95) for _ in range(2 * (hops + 1)))
+    noise = ([f"VAR {distractor[0]} = {other}."] + [f"VAR {distractor[i + 1]} = VAR {distractor[i]}."
+                                                    for i in range(hops)]) if distractor_chain else []
+    depths = sorted(rng.uniform(0.05, 0.95) for _ in range(n_inserts))
     # the chain keeps its order in the text (each assignment after the one it reads); distractor interleaved
-    order = sorted(range(2 * (hops + 1)), key=lambda i: rng.random())
+    order = sorted(range(n_inserts), key=lambda i: rng.random())
     chain_slots = sorted(order[: hops + 1])
-    inserts = [""] * (2 * (hops + 1))
+    inserts = [""] * n_inserts
     for slot, s in zip(chain_slots, statements, strict=True):
         inserts[slot] = s
-    rest = [i for i in range(2 * (hops + 1)) if i not in chain_slots]
+    rest = [i for i in range(n_inserts) if i not in chain_slots]
     for slot, s in zip(rest, noise, strict=True):
         inserts[slot] = s
     question = f"Find all variables that are assigned the value {value} in the text above."
     prefix = (f"Answer: According to the chain(s) of variable assignment in the text above, {hops + 1} variables "
               f"are assigned the value {value}, they are:")
-    prompt, n = _insert_build(tokenizer, kind, rng, length, inserts, question, prefix, depths=depths)
+    prompt, n = _insert_build(tokenizer, kind, rng, length, inserts, question, prefix, depths=depths,
+                              question_first=question_first)
     return prompt, chain, n, 4 * (hops + 1) + 4
 
 
-def _common_words(tokenizer, length, rng, n_common: int = 3):
+def _common_words(tokenizer, length, rng, n_common: int = 3, share: float = 0.125, question_first: bool = False):
     vocab = list(_vocabulary())
     rng.shuffle(vocab)
     common, others = vocab[:n_common], vocab[n_common:]
@@ -250,7 +297,7 @@ def _common_words(tokenizer, length, rng, n_common: int = 3):
     prefix = f"Answer: The top {n_common} words that appear most often in the list are:"
 
     def make(n_entries: int) -> tuple[list[str], str, int]:
-        freq_common = max(6, n_entries // (8 * n_common))  # common words fill ~1/8 of the list, rare ones 2x each
+        freq_common = max(6, int(n_entries * share / n_common))  # common words fill ~share of the list, rare 2x
         words = [w for w in common for _ in range(freq_common)]
         i = 0
         while len(words) < n_entries:
@@ -259,7 +306,7 @@ def _common_words(tokenizer, length, rng, n_common: int = 3):
         random.Random(shuffle_seed).shuffle(words)
         prompt = _chat(tokenizer, "Below is a numbered list of words. In these words, some appear more often than "
                        "others. Memorize the ones that appear most often.\n"
-                       + "\n".join(f"{j + 1}. {w}" for j, w in enumerate(words)), question, prefix)
+                       + "\n".join(f"{j + 1}. {w}" for j, w in enumerate(words)), question, prefix, question_first)
         return words, prompt, len(tokenizer(prompt).input_ids)
 
     n_entries = max(60, (length - 120) // 5)  # about 5 tokens per "12. word" entry; corrected once below
@@ -268,7 +315,7 @@ def _common_words(tokenizer, length, rng, n_common: int = 3):
     while True:
         _, prompt, n = make(n_entries)
         if n <= length:
-            return prompt, common, n, 12
+            return prompt, common, n, 4 * n_common
         if n_entries <= 60:
             raise ValueError(f"length {length} is too short for the common-words task")
         n_entries -= max(8, n_entries // 50)
@@ -277,7 +324,7 @@ def _common_words(tokenizer, length, rng, n_common: int = 3):
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-2][0-9])\b")
 
 
-def _qa_article(tokenizer, length, rng):
+def _qa_article(tokenizer, length, rng, question_first: bool = False):
     articles = wiki_articles()
     while True:  # a target article with a sentence holding exactly one year, unique in the article
         index = rng.randrange(WIKI_START, len(articles))
@@ -293,7 +340,7 @@ def _qa_article(tokenizer, length, rng):
     question = (f'In the article titled "{title}", which year fills the blank in this sentence: "{masked}"? '
                 "Answer with the year only.")
     prefix = "The year is"
-    overhead = len(tokenizer(_chat(tokenizer, f"{title}\n{text}", question, prefix)).input_ids) + 8
+    overhead = len(tokenizer(_chat(tokenizer, f"{title}\n{text}", question, prefix, question_first)).input_ids) + 8
     others: list[str] = []
     total = overhead
     j = rng.randrange(WIKI_START, len(articles))
@@ -310,39 +357,43 @@ def _qa_article(tokenizer, length, rng):
         total += n
     at = rng.randint(0, len(others))
     docs = [*others[:at], f"{title}\n{text}", *others[at:]]
-    prompt = _chat(tokenizer, "\n\n".join(docs), question, prefix)
+    prompt = _chat(tokenizer, "\n\n".join(docs), question, prefix, question_first)
     return prompt, [year], len(tokenizer(prompt).input_ids), 6
 
 
-def build_trial(tokenizer: Any, task: str, length: int, seed: int) -> Trial:
-    """One trial of ``task`` at about ``length`` prompt tokens (a pure function of its arguments)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+def build_trial(tokenizer: Any, task: str, length: int, seed: int, params: dict[str, Any] | None = None) -> Trial:
+    """One trial of ``task`` at about ``length`` prompt tokens (a pure function of its arguments).
+
+    ``params`` set the task's difficulty knobs (:func:`task_params`); the defaults give the RULER-like task."""
+    p = task_params(task, params)
+    qf = p["question_first"]
     rng = random.Random(f"{task}:{length}:{seed}")
     kind = "wiki" if seed % 2 == 0 else "code"
     if task == "niah_single":
-        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, 1, 1)
+        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, 1, 1, qf)
     elif task == "niah_multikey":
-        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, 4, 1)
+        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, p["keys"], 1, qf)
     elif task == "niah_multivalue":
-        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, 1, 4)
+        prompt, answers, n, new = _niah(tokenizer, length, rng, kind, 1, p["values"], qf)
     elif task == "kv_retrieval":
-        prompt, answers, n, new = _kv_retrieval(tokenizer, length, rng, kind)
+        prompt, answers, n, new = _kv_retrieval(tokenizer, length, rng, kind, p["pairs"], qf)
     elif task == "variable_tracking":
-        prompt, answers, n, new = _variable_tracking(tokenizer, length, rng, kind)
+        prompt, answers, n, new = _variable_tracking(tokenizer, length, rng, kind, p["hops"], p["distractor_chain"], qf)
     elif task == "common_words":
         kind = "words"
-        prompt, answers, n, new = _common_words(tokenizer, length, rng)
+        prompt, answers, n, new = _common_words(tokenizer, length, rng, p["words"], p["share"], qf)
     else:
         kind = "wiki"
-        prompt, answers, n, new = _qa_article(tokenizer, length, rng)
+        prompt, answers, n, new = _qa_article(tokenizer, length, rng, qf)
     return Trial(task=task, length=length, seed=seed, haystack=kind, prompt=prompt, answers=answers,
                  max_new_tokens=new, n_tokens=n)
 
 
 def build_suite(tokenizer: Any, tasks: list[str] | tuple[str, ...], lengths: list[int], n_per_task: int,
-                seed: int = 0) -> list[Trial]:
+                seed: int = 0, params: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Trial]:
     """Every (length, index, task) trial, ordered length-major then round-robin over tasks, so a partial
-    run covers every task of the first length evenly."""
-    return [build_trial(tokenizer, task, length, seed + i) for length in lengths for i in range(n_per_task)
-            for task in tasks]
+    run covers every task of the first length evenly. ``params[str(length)][task]`` (optional) sets a task's
+    difficulty knobs at one length (the output of :func:`leanlm.fasa.evaluation.tune.tune_suite`)."""
+    params = params or {}
+    return [build_trial(tokenizer, task, length, seed + i, params.get(str(length), {}).get(task))
+            for length in lengths for i in range(n_per_task) for task in tasks]

@@ -1,0 +1,107 @@
+"""Task difficulty knobs and the tuning step (issue #14: full KV must land between floor and ceiling)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from leanlm.fasa.evaluation.run import step_build_prompts, step_tune_tasks
+from leanlm.fasa.evaluation.tasks import DEFAULT_PARAMS, TASKS, build_trial, task_params
+from leanlm.fasa.evaluation.tune import LADDERS, TUNE_SEED, tune_suite
+
+from .test_fasa_evaluation import WordTokenizer
+
+
+def _document(trial) -> str:
+    return trial.prompt.split("<assistant>")[0]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_explicit_default_knobs_give_the_default_trial(task):
+    tok = WordTokenizer()
+    plain = build_trial(tok, task, 1200, 5)
+    explicit = build_trial(tok, task, 1200, 5, {**DEFAULT_PARAMS[task], "question_first": False})
+    assert plain == explicit
+
+
+def test_wrong_knobs_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="'kv_retrieval' has no parameter 'keys'"):
+        task_params("kv_retrieval", {"keys": 2})
+    with pytest.raises(ValueError, match="'pairs' must be int"):
+        task_params("kv_retrieval", {"pairs": "4"})
+    with pytest.raises(ValueError, match="'hops' must be at least 1"):
+        task_params("variable_tracking", {"hops": 0})
+    with pytest.raises(ValueError, match="'share' must be in"):
+        task_params("common_words", {"share": 1.5})
+    with pytest.raises(ValueError, match="unknown task"):
+        task_params("nope")
+
+
+def test_each_knob_changes_what_the_prompt_holds():
+    tok = WordTokenizer()
+    multikey = _document(build_trial(tok, "niah_multikey", 1200, 2, {"keys": 2}))
+    assert multikey.count("The special magic number for") == 2
+    multivalue = build_trial(tok, "niah_multivalue", 1200, 2, {"values": 2})
+    assert len(multivalue.answers) == 2 and _document(multivalue).count("One of the special magic numbers") == 2
+    kv = build_trial(tok, "kv_retrieval", 1200, 2, {"pairs": 4})
+    assert len(re.findall(r'"[0-9a-f]{8}": "[0-9a-f]{8}"', _document(kv))) == 4
+    vt = build_trial(tok, "variable_tracking", 1200, 2, {"hops": 1, "distractor_chain": False})
+    assert len(vt.answers) == 2 and _document(vt).count("VAR ") == 3  # "VAR A = x." and "VAR B = VAR A."
+    vt_full = build_trial(tok, "variable_tracking", 1200, 2)
+    assert len(vt_full.answers) == 4 and _document(vt_full).count("VAR ") == 14  # 2 chains of 1 + 3 hops
+    cw = build_trial(tok, "common_words", 1200, 2, {"words": 1, "share": 0.3})
+    entries = [line.split(". ", 1)[1] for line in _document(cw).splitlines() if ". " in line and line[0].isdigit()]
+    assert len(cw.answers) == 1 and entries.count(cw.answers[0]) == int(len(entries) * 0.3)
+    asked = build_trial(tok, "qa_article", 1200, 2, {"question_first": True})
+    question = asked.prompt.split("</user>")[0].rsplit("\n\n", 1)[1].strip()
+    assert asked.prompt.count(question) == 2 and asked.prompt.index(question) < asked.prompt.index(asked.answers[0])
+    assert 600 < asked.n_tokens <= 1200
+
+
+def _fake_answer(solvable):
+    """A 'model' that answers a prompt correctly iff ``solvable(prompt)``; counts its calls."""
+    calls = []
+
+    def answer(model, tok, prompt, max_new_tokens):
+        calls.append(prompt)
+        if not solvable(prompt):
+            return "no idea"
+        return " ".join(re.findall(r"(?:is|are): (\d+)", prompt.split("<assistant>")[0]))
+    return answer, calls
+
+
+def test_tuning_keeps_the_hardest_rung_full_kv_passes_and_resumes_without_rerunning(tmp_path):
+    tok = WordTokenizer()
+    ladders = {"niah_multikey": LADDERS["niah_multikey"], "niah_single": LADDERS["niah_single"]}
+
+    def solvable(prompt):  # only niah_multikey with 2 keys: 2 needles + the answer prefix's mention
+        return prompt.count("The special magic number for") == 3
+    answer, calls = _fake_answer(solvable)
+    result = tune_suite(None, tok, ["niah_multikey", "niah_single"], [900], seeds=3, target=0.5, out=tmp_path,
+                        ladders=ladders, answer=answer)
+    assert result["params"] == {"900": {"niah_multikey": {"keys": 2}, "niah_single": {"question_first": True}}}
+    rungs = {(r["task"], r["rung"]): r for r in result["rungs"]}
+    assert rungs[("niah_multikey", 0)]["correct"] == 0 and not rungs[("niah_multikey", 0)]["chosen"]
+    assert rungs[("niah_multikey", 1)]["correct"] == 3 and rungs[("niah_multikey", 1)]["chosen"]
+    assert ("niah_multikey", 2) not in rungs  # the walk stops at the first passing rung
+    assert rungs[("niah_single", 1)]["floor"] and rungs[("niah_single", 1)]["chosen"]
+    assert len(calls) == 3 * 2 + 3 * 2
+    seeds = {json.loads(line)["seed"] for line in (tmp_path / "tuning.jsonl").read_text().splitlines()}
+    assert seeds == {TUNE_SEED, TUNE_SEED + 1, TUNE_SEED + 2} and min(seeds) > 1000
+    again, calls_again = _fake_answer(solvable)
+    assert tune_suite(None, tok, ["niah_multikey", "niah_single"], [900], seeds=3, target=0.5, out=tmp_path,
+                      ladders=ladders, answer=again) == result
+    assert calls_again == []  # every tuning answer came from the checkpoint
+
+
+def test_the_tuned_knobs_reach_the_prompts_of_their_length_only(tmp_path):
+    tok = WordTokenizer()
+    config = {"tasks": ["kv_retrieval"], "lengths": [900, 1200], "n_per_task": 2, "seed": 0,
+              "task_params": {"1200": {"kv_retrieval": {"pairs": 4}}}}
+    params = step_tune_tasks(None, tok, config, tmp_path, print)
+    trials = step_build_prompts(tok, config, params)
+    pairs = [len(re.findall(r'"[0-9a-f]{8}": "[0-9a-f]{8}"', _document(t))) for t in trials]
+    assert pairs == [32, 32, 4, 4]
+    assert step_tune_tasks(None, tok, {**config, "task_params": None, "tune": None}, tmp_path, print) == {}
