@@ -44,7 +44,9 @@ def report_from_checkpoints(run_dir: Path, out: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: no calibration-wiki.json (the run has not finished its first step)")
     offline = Offline(calibrations=calibrations, seed=config["seed"])
     answers, presses, ppl = (read_jsonl(run_dir / f) for f in ("answers.jsonl", "presses.jsonl", "perplexity.jsonl"))
-    tables, metrics, _ = tabulate(answers, presses, ppl, offline, config)
+    tuning_path = run_dir / "task-params.json"
+    tuning = json.loads(tuning_path.read_text(encoding="utf-8")) if tuning_path.exists() else None
+    tables, metrics, _ = tabulate(answers, presses, ppl, offline, config, tuning)
     result = {"tables": tables, "figures": plot(answers, presses, ppl, offline, config), "metrics": metrics}
     done = len({r["id"] for r in answers})
     write_report(out, f"# FASA evaluation: report of the checkpoints in `{run_dir}`\n\n{done} prompts with rows "

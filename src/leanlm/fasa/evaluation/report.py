@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -40,11 +41,38 @@ def overlap(a: Any, b: Any, k: int) -> float:
     return sum(len(x & y) / len(x) for x, y in pairs) / len(pairs)
 
 
+def tuning_table(tuning: dict[str, Any]) -> Table:
+    """The task settings the tuning step chose, with full KV's score on the tuning seeds at each rung tried."""
+    rows = [[r["length"], r["task"], r["rung"], json.dumps(r["params"]) if r["params"] else "default (RULER-like)",
+             f"{r['correct']}/{r['seeds']}", "floor (easiest rung)" if r["floor"] else "yes" if r["chosen"] else ""]
+            for r in tuning["rungs"]]
+    return Table("Task difficulty tuned to the model: full KV on the tuning seeds at each rung tried",
+                 ["length", "task", "rung", "knobs", "full KV correct", "chosen"], rows,
+                 caption=f"Rungs from hardest (the default) to easiest; the first with full KV correct on at least "
+                         f"{100 * tuning['target']:.0f}% of {tuning['seeds']} tuning prompts (seeds from "
+                         f"{tuning['first_seed']}, disjoint from the evaluated seeds) is kept; a rung stops early "
+                         "once the remaining seeds cannot change its verdict (hence fewer prompts).")
+
+
+def retention_table(rows_l: list[dict[str, Any]], budgets: list[int], length: int) -> Table | None:
+    """Accuracy of each method on the prompts full KV answers correctly (how much of full KV's skill it keeps)."""
+    solved = {r["id"] for r in rows_l if r["method"] == "full KV" and r["correct"]}
+    if not solved:
+        return None
+    agg = aggregate([r for r in rows_l if r["id"] in solved])
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows_l) if m != "full KV"]
+    return Table(f"Retention at {length} tokens: % correct on the {len(solved)} prompts full KV answers correctly "
+                 "[95% Wilson interval]", ["method", *[f"budget {b}" for b in budgets]],
+                 [[m, *[_acc_cell(agg.get((m, b))) for b in budgets]] for m in methods])
+
+
 def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], ppl_rows: list[dict[str, Any]],
-             offline: Offline, config: dict[str, Any]) -> tuple[list[Table], dict[str, Any], dict[str, Any]]:
-    """Tables, claim metrics and a JSON summary from the checkpointed rows."""
+             offline: Offline, config: dict[str, Any], tuning: dict[str, Any] | None = None
+             ) -> tuple[list[Table], dict[str, Any], dict[str, Any]]:
+    """Tables, claim metrics and a JSON summary from the checkpointed rows (``tuning``: the tuning step's
+    result, tabulated first)."""
     answers, press_rows = with_agreement(answers, answers), with_agreement(press_rows, answers)
-    tables: list[Table] = []
+    tables: list[Table] = [tuning_table(tuning)] if tuning else []
     metrics: dict[str, Any] = {}
     summary: dict[str, Any] = {"lengths": {}}
     budgets = list(config["budgets"])
@@ -66,6 +94,9 @@ def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], pp
             ["method", *[f"budget {b}" for b in budgets], "answer identical to full KV's (per budget)"], table_rows,
             caption=f"{n_prompts} prompts ({', '.join(sorted({r['task'] for r in rows_l}))}); layer 0 dense for every "
                     "per-step method; kvpress rows evict at prefill (other protocol), budget = kept tokens."))
+        kept = retention_table(rows_l, budgets, length)
+        if kept is not None:
+            tables.append(kept)
         tasks = list(dict.fromkeys(r["task"] for r in rows_l))
         b_ref = 256 if 256 in budgets else budgets[-1]
         per_task = []

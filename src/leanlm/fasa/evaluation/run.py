@@ -519,7 +519,9 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
             press_rows = step_presses(model, tok, trials, answers, config, out, log)
         else:
             raise ValueError(f"unknown step {step!r} in config['order']")
-    tables, metrics, summary = tabulate(answers, press_rows, ppl_rows, offline, config)
+    tuning_path = out / "task-params.json"
+    tuning = json.loads(tuning_path.read_text(encoding="utf-8")) if tuning_path.exists() else None
+    tables, metrics, summary = tabulate(answers, press_rows, ppl_rows, offline, config, tuning)
     figures = plot(answers, press_rows, ppl_rows, offline, config)
     done = len({r["id"] for r in answers})
     metrics["prompts_done"] = f"{done}/{len(trials)}"

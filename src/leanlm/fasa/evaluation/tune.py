@@ -4,7 +4,7 @@ A comparison where the reference answers nothing (or everything) cannot rank met
 SmolLM2-135M with full KV answers 1 of 16 of the RULER-like default tasks. For each (length, task) this
 step walks a ladder of settings of the task's difficulty knobs (:data:`LADDERS`, hardest = the default
 first) and keeps the first (hardest) rung at which full KV answers at least ``target`` of the prompts of
-``seeds`` tuning seeds. The tuning seeds start at :data:`TUNE_SEED` (100,000 or more below the evaluation's
+``seeds`` tuning seeds (a rung stops early once the remaining seeds cannot change its verdict). The tuning seeds start at :data:`TUNE_SEED` (100,000 or more below the evaluation's
 seeds, which count from 0), so the tuned suite is never scored on the prompts it was tuned on. A task whose
 easiest rung stays below ``target`` keeps the easiest rung and is reported as *at the floor*.
 
@@ -17,6 +17,7 @@ tuning resumes where it was.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
         for knobs in ladders[task]:
             task_params(task, knobs)  # a wrong rung fails before any model call
+    need = math.ceil(target * seeds - 1e-9)
     path = None if out is None else Path(out) / "tuning.jsonl"
     done = {(r["length"], r["task"], json.dumps(r["params"], sort_keys=True), r["seed"]): r
             for r in (_read(path) if path else [])}
@@ -84,8 +86,10 @@ def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths
         for task in tasks:
             ladder = ladders[task]
             for rung, knobs in enumerate(ladder):
-                correct = 0
+                correct = tried = 0
                 for seed in range(TUNE_SEED, TUNE_SEED + seeds):
+                    if correct >= need or correct + (seeds - tried) < need:
+                        break  # decided: the remaining seeds cannot change the verdict
                     key = (length, task, json.dumps(knobs, sort_keys=True), seed)
                     if key not in done:
                         trial = build_trial(tok, task, length, seed, knobs)
@@ -98,11 +102,12 @@ def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths
                             append_jsonl(path, [row])
                         done[key] = row
                     correct += bool(done[key]["correct"])
-                accepted = correct >= target * seeds
+                    tried += 1
+                accepted = correct >= need
                 floor = not accepted and rung == len(ladder) - 1
                 rungs.append({"length": length, "task": task, "rung": rung, "params": knobs, "correct": correct,
-                              "seeds": seeds, "chosen": accepted or floor, "floor": floor})
-                log("tune %s @%d rung %d %s: full KV %d/%d%s", task, length, rung, knobs, correct, seeds,
+                              "seeds": tried, "chosen": accepted or floor, "floor": floor})
+                log("tune %s @%d rung %d %s: full KV %d/%d%s", task, length, rung, knobs, correct, tried,
                     " (chosen)" if accepted else " (easiest rung, at the floor)" if floor else "")
                 if accepted or floor:
                     params[str(length)][task] = knobs
