@@ -12,15 +12,18 @@
 # The defaults therefore wait for that run to end; on a quiet machine START_GB=6 PROMPT_GB=4.5 suffice.
 set -u
 cd "$(dirname "$0")/../.."
-RUN=studies/fasa-eval/full
+# RUN: the run directory (default: the tuned-difficulty run; studies/fasa-eval/full is the first run, at the
+# default RULER-like difficulty, where full KV sat at the floor at 8K; it cannot resume under today's config).
+RUN=${RUN:-studies/fasa-eval/tuned}
+VERIFY_ID=${VERIFY_ID:-niah_single/7936/0}
 START_GB=${START_GB:-14}
 PROMPT_GB=${PROMPT_GB:-13}
 while [ "$(awk '/MemAvailable/ {print int($2 / 1000)}' /proc/meminfo)" -lt "$(awk "BEGIN {print int($START_GB * 1000)}")" ]; do
   sleep 60
 done
 echo "$(date -u +%H:%M) memory available; verifying recorded rows"
-if [ "${SKIP_VERIFY:-0}" != 1 ]; then
-  env OMP_NUM_THREADS=1 .venv/bin/python studies/fasa-eval/verify_rows.py $RUN niah_single/7936/0 || exit 1
+if [ "${SKIP_VERIFY:-0}" != 1 ] && grep -q "\"$VERIFY_ID\"" "$RUN/answers.jsonl" 2>/dev/null; then
+  env OMP_NUM_THREADS=1 .venv/bin/python studies/fasa-eval/verify_rows.py "$RUN" "$VERIFY_ID" || exit 1
 fi
-exec env OMP_NUM_THREADS=1 .venv/bin/leanlm fasa bench --eval --min-available-gb "$PROMPT_GB" \
-    --out studies/fasa-eval/full.md --run-dir $RUN
+exec env OMP_NUM_THREADS=${THREADS:-1} .venv/bin/leanlm fasa bench --eval --threads "${THREADS:-1}" \
+    --min-available-gb "$PROMPT_GB" --out "$RUN.md" --run-dir "$RUN"

@@ -33,7 +33,9 @@ def main(run_dir: Path, trial_id: str) -> int:
     task, length, seed = trial_id.split("/")
     model, tok = load_embedded()
     offline = R.step_calibrate(model, tok, config, run_dir, print)  # reloads the saved calibrations
-    trial = build_trial(tok, task, int(length), int(seed))
+    tuned = run_dir / "task-params.json"  # the tuned difficulty knobs of this length, if the run tuned them
+    params = (config.get("task_params") or (json.loads(tuned.read_text())["params"] if tuned.exists() else {}))
+    trial = build_trial(tok, task, int(length), int(seed), params.get(length, {}).get(task))
     wanted = {(r["method"], int(r["budget"])) for r in rec}
     skip = {(n, b) for n, _, budgets in R.method_table(config) for b in budgets} - wanted
     press_skip = {(n, b) for n in [f"kvpress {p}" for p in config["presses"]] for b in config["press_budgets"]}

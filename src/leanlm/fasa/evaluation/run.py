@@ -66,7 +66,7 @@ FULL: dict[str, Any] = {
                     "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
     "order": ["tasks:7936:headline", "ppl:wiki:headline", "tasks:4096:headline", "tasks:7936", "ppl:wiki",
               "tasks:4096", "ppl:code", "presses"], "seed": 0,
-    "tune": {"seeds": 6, "target": 0.5}, "task_params": None,
+    "tune": {"seeds": 4, "target": 0.5}, "task_params": None,
 }
 #: a step narrowed to the headline comparison: the main methods at these budgets (full KV's 0 included)
 HEADLINE_BUDGET = 256
@@ -155,21 +155,32 @@ def step_calibrate(model: Any, tok: Any, config: dict[str, Any], out: Path, log:
 
 
 # ----------------------------------------------------------------------------------------- step 2
-def step_tune_tasks(model: Any, tok: Any, config: dict[str, Any], out: Path,
-                    log: Callable[..., None]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each task's difficulty knobs per length: ``config["task_params"]`` if given, else tuned on disjoint
-    seeds (``config["tune"]``; resumes from ``out/tuning.jsonl``, result saved in ``out/task-params.json``),
-    else the defaults (``{}``)."""
+def step_tune_tasks(model: Any, tok: Any, config: dict[str, Any], out: Path, log: Callable[..., None],
+                    lengths: list[int] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each task's difficulty knobs at ``lengths`` (default: all): ``config["task_params"]`` if given, else
+    tuned on disjoint seeds (``config["tune"]``; resumes from ``out/tuning.jsonl``; the result of every length
+    tuned so far is kept in ``out/task-params.json``), else the defaults (``{}``). The run tunes a length
+    right before its first tasks step, so a partial run pays only for the lengths it reaches."""
     if config.get("task_params") is not None:
         return config["task_params"]
     if not config.get("tune"):
         return {}
     from leanlm.fasa.evaluation.tune import tune_suite
 
-    result = tune_suite(model, tok, config["tasks"], config["lengths"], config["tune"]["seeds"],
-                        config["tune"]["target"], out, log)
-    atomic_write_json(out / "task-params.json", result)
-    return result["params"]
+    path = out / "task-params.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    for length in lengths if lengths is not None else config["lengths"]:
+        if saved is not None and str(length) in saved["params"]:
+            continue
+        result = tune_suite(model, tok, config["tasks"], [length], config["tune"]["seeds"],
+                            config["tune"]["target"], out, log)
+        if saved is None:
+            saved = result
+        else:
+            saved["params"].update(result["params"])
+            saved["rungs"] += result["rungs"]
+        atomic_write_json(path, saved)
+    return {} if saved is None else saved["params"]
 
 
 # ----------------------------------------------------------------------------------------- step 3
@@ -499,8 +510,11 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     check_resume(out, config)
     t0 = time.perf_counter()
     offline = step_calibrate(model, tok, config, out, log)
-    params = step_tune_tasks(model, tok, config, out, log)
-    trials = step_build_prompts(tok, config, params)
+
+    def prompts_at(lengths: list[int]) -> list[Trial]:  # tunes the lengths not tuned yet first
+        params = step_tune_tasks(model, tok, config, out, log, lengths)
+        return step_build_prompts(tok, {**config, "lengths": lengths}, params)
+
     answers: list[dict[str, Any]] = read_jsonl(out / "answers.jsonl")
     press_rows: list[dict[str, Any]] = read_jsonl(out / "presses.jsonl")
     ppl_rows: list[dict[str, Any]] = read_jsonl(out / "perplexity.jsonl")
@@ -512,11 +526,11 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
             texts = [only] if only else config["ppl_texts"]
             ppl_rows = step_perplexity(model, tok, offline, {**config, "ppl_texts": texts}, out, log, phase)
         elif step == "tasks":
-            subset = [t for t in trials if not only or t.length == int(only)]
+            subset = prompts_at([int(only)] if only else config["lengths"])
             answers = step_run_methods(model, tok, subset, offline, config, out, log, phase, min_available_gb)
             press_rows = read_jsonl(out / "presses.jsonl")
         elif step == "presses":
-            press_rows = step_presses(model, tok, trials, answers, config, out, log)
+            press_rows = step_presses(model, tok, prompts_at(config["lengths"]), answers, config, out, log)
         else:
             raise ValueError(f"unknown step {step!r} in config['order']")
     tuning_path = out / "task-params.json"
@@ -524,8 +538,9 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     tables, metrics, summary = tabulate(answers, press_rows, ppl_rows, offline, config, tuning)
     figures = plot(answers, press_rows, ppl_rows, offline, config)
     done = len({r["id"] for r in answers})
-    metrics["prompts_done"] = f"{done}/{len(trials)}"
+    total = len(config["tasks"]) * len(config["lengths"]) * config["n_per_task"]
+    metrics["prompts_done"] = f"{done}/{total}"
     seconds = time.perf_counter() - t0
     atomic_write_json(out / "summary.json", {"metrics": metrics, "seconds": seconds, **summary})
     return {"tables": tables, "figures": figures, "metrics": metrics, "seconds": seconds, "offline": offline,
-            "prompts_done": done, "prompts_total": len(trials)}
+            "prompts_done": done, "prompts_total": total}
