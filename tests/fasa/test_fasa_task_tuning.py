@@ -127,3 +127,25 @@ def test_retention_counts_only_the_prompts_full_kv_answers_and_the_tuning_table_
          "chosen": True, "floor": False}]}
     assert [r[3:] for r in tuning_table(tuning).rows] == [["default (RULER-like)", "0/3", ""],
                                                           ['{"pairs": 8}', "2/2", "yes"]]
+
+
+def test_floor_tasks_and_goal_metrics_on_the_tasks_off_the_floor():
+    from leanlm.fasa.evaluation.metrics import aggregate
+    from leanlm.fasa.evaluation.report import floor_tasks, goal_metrics
+
+    tuning = {"rungs": [{"length": 900, "task": "kv_retrieval", "floor": True},
+                        {"length": 900, "task": "niah_single", "floor": False},
+                        {"length": 1200, "task": "niah_single", "floor": True}]}
+    assert floor_tasks(tuning, 900) == {"kv_retrieval"} and floor_tasks(None, 900) == set()
+
+    def row(pid, task, method, budget, correct):
+        return {"id": pid, "task": task, "method": method, "budget": budget, "correct": correct, "agree": correct}
+
+    rows = [row("a", "niah_single", "full KV", 0, True), row("a", "niah_single", "FASA", 256, True),
+            row("a", "niah_single", "Quest (page 16)", 256, False),
+            row("b", "kv_retrieval", "full KV", 0, False), row("b", "kv_retrieval", "FASA", 256, False),
+            row("b", "kv_retrieval", "Quest (page 16)", 256, True)]
+    everything = goal_metrics(aggregate(rows), [256])
+    assert everything["fasa_minus_full_256"] == 0.0 and everything["fasa_margin_over_best_baseline"] == 0.0
+    off = goal_metrics(aggregate([r for r in rows if r["task"] not in floor_tasks(tuning, 900)]), [256])
+    assert off["fasa_minus_full_256"] == 0.0 and off["fasa_margin_over_best_baseline"] == 100.0

@@ -41,6 +41,49 @@ def overlap(a: Any, b: Any, k: int) -> float:
     return sum(len(x & y) / len(x) for x, y in pairs) / len(pairs)
 
 
+def accuracy_table(rows_l: list[dict[str, Any]], budgets: list[int], title: str) -> Table:
+    """% correct per method x budget with Wilson intervals, and agreement with full KV's answer."""
+    agg = aggregate(rows_l)
+    n_prompts = len({r["id"] for r in rows_l if r["method"] == "full KV"})
+    table_rows = []
+    for m in dict.fromkeys(r["method"] for r in rows_l):
+        cells = [_acc_cell(agg.get((m, 0)))] if m == "full KV" else [_acc_cell(agg.get((m, b))) for b in budgets]
+        if m == "full KV":
+            cells += ["-"] * (len(budgets) - 1)
+        agree = [agg.get((m, b)) for b in ([0] if m == "full KV" else budgets)]
+        table_rows.append([m, *cells, " / ".join(f"{e['agree']}/{e['n']}" if e else "-" for e in agree)])
+    return Table(
+        f"{title}: % correct [95% Wilson interval] (correct/prompts)",
+        ["method", *[f"budget {b}" for b in budgets], "answer identical to full KV's (per budget)"], table_rows,
+        caption=f"{n_prompts} prompts ({', '.join(sorted({r['task'] for r in rows_l}))}); layer 0 dense for every "
+                "per-step method; kvpress rows evict at prefill (other protocol), budget = kept tokens.")
+
+
+def goal_metrics(agg: dict[tuple[str, int], dict[str, Any]], budgets: list[int]) -> dict[str, Any]:
+    """The issue's goal quantities: FASA@256 minus full KV, FASA's agreement and recall at 256, and FASA's
+    smallest margin over the best non-oracle baseline at budgets <= 256 (percentage points)."""
+    out: dict[str, Any] = {}
+    full, fasa256 = agg.get(("full KV", 0)), agg.get(("FASA", 256))
+    if full and fasa256:
+        out["fasa_minus_full_256"] = round(100 * (fasa256["acc"] - full["acc"]), 1)
+        out["fasa_agree_256"] = f"{fasa256['agree']}/{fasa256['n']}"
+        out["fasa_recall_256"] = _pct(fasa256.get("recall", float("nan")))
+    margins = []
+    for b in [b for b in budgets if b <= 256]:
+        f = agg.get(("FASA", b))
+        others = [agg[(m, b)]["acc"] for (m, bb) in agg if bb == b and (m in BASELINES or m.startswith("kvpress"))]
+        if f and others:
+            margins.append(100 * (f["acc"] - max(others)))
+    if margins:
+        out["fasa_margin_over_best_baseline"] = round(min(margins), 1)
+    return out
+
+
+def floor_tasks(tuning: dict[str, Any] | None, length: int) -> set[str]:
+    """Tasks the tuning left at the floor at ``length`` (full KV below target even at the easiest rung)."""
+    return {r["task"] for r in (tuning or {}).get("rungs", []) if r["length"] == length and r["floor"]}
+
+
 def tuning_table(tuning: dict[str, Any]) -> Table:
     """The task settings the tuning step chose, with full KV's score on the tuning seeds at each rung tried."""
     rows = [[r["length"], r["task"], r["rung"], json.dumps(r["params"]) if r["params"] else "default (RULER-like)",
@@ -80,20 +123,12 @@ def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], pp
     for length in lengths:
         rows_l = [r for r in answers if r["length"] == length] + [r for r in press_rows if r["length"] == length]
         agg = aggregate(rows_l)
-        n_prompts = len({r["id"] for r in rows_l if r["method"] == "full KV"})
         methods = list(dict.fromkeys(r["method"] for r in rows_l))
-        table_rows = []
-        for m in methods:
-            cells = [_acc_cell(agg.get((m, 0)))] if m == "full KV" else [_acc_cell(agg.get((m, b))) for b in budgets]
-            if m == "full KV":
-                cells += ["-"] * (len(budgets) - 1)
-            agree = [agg.get((m, b)) for b in ([0] if m == "full KV" else budgets)]
-            table_rows.append([m, *cells, " / ".join(f"{e['agree']}/{e['n']}" if e else "-" for e in agree)])
-        tables.append(Table(
-            f"Task accuracy at {length} tokens: % correct [95% Wilson interval] (correct/prompts)",
-            ["method", *[f"budget {b}" for b in budgets], "answer identical to full KV's (per budget)"], table_rows,
-            caption=f"{n_prompts} prompts ({', '.join(sorted({r['task'] for r in rows_l}))}); layer 0 dense for every "
-                    "per-step method; kvpress rows evict at prefill (other protocol), budget = kept tokens."))
+        tables.append(accuracy_table(rows_l, budgets, f"Task accuracy at {length} tokens"))
+        floor = floor_tasks(tuning, length)
+        if floor and any(r["task"] not in floor for r in rows_l):
+            tables.append(accuracy_table([r for r in rows_l if r["task"] not in floor], budgets,
+                                         f"Task accuracy at {length} tokens, tasks off the floor only"))
         kept = retention_table(rows_l, budgets, length)
         if kept is not None:
             tables.append(kept)
@@ -119,23 +154,15 @@ def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], pp
                              "attention-output rel. error"], probe_rows))
         summary["lengths"][str(length)] = {f"{m}@{b}": e for (m, b), e in agg.items()}
     if lengths:
-        agg = aggregate([r for r in answers + press_rows if r["length"] == lengths[-1]])
-        full = agg.get(("full KV", 0))
-        fasa256 = agg.get(("FASA", 256))
-        metrics["prompts_longest"] = full["n"] if full else 0
+        longest = [r for r in answers + press_rows if r["length"] == lengths[-1]]
+        metrics["prompts_longest"] = len({r["id"] for r in longest if r["method"] == "full KV"})
         metrics["longest_length"] = lengths[-1]
-        if full and fasa256:
-            metrics["fasa_minus_full_256"] = round(100 * (fasa256["acc"] - full["acc"]), 1)
-            metrics["fasa_agree_256"] = f"{fasa256['agree']}/{fasa256['n']}"
-            metrics["fasa_recall_256"] = _pct(fasa256.get("recall", float("nan")))
-        margins = []
-        for b in [b for b in budgets if b <= 256]:
-            f = agg.get(("FASA", b))
-            others = [agg[(m, b)]["acc"] for (m, bb) in agg if bb == b and (m in BASELINES or m.startswith("kvpress"))]
-            if f and others:
-                margins.append(100 * (f["acc"] - max(others)))
-        if margins:
-            metrics["fasa_margin_over_best_baseline"] = round(min(margins), 1)
+        metrics.update(goal_metrics(aggregate(longest), budgets))
+        floor = floor_tasks(tuning, lengths[-1])
+        if floor:
+            metrics["floor_tasks"] = sorted(floor)
+            off = aggregate([r for r in longest if r["task"] not in floor])
+            metrics.update({f"{k}_off_floor": v for k, v in goal_metrics(off, budgets).items()})
     if ppl_rows:
         ppl_table = []
         by = {(r["text_kind"], r["method"], r["budget"]): r for r in ppl_rows}
