@@ -10,7 +10,8 @@ with different ones is refused; ``order`` is not one of them: it only says what 
 
 ``config["order"]`` lists steps ``ppl[:TEXT][:PHASE]``, ``tasks[:LENGTH][:PHASE]`` and ``presses``; the
 phase ``headline`` narrows a step to :data:`MAIN_METHODS` at budgets <= 256 (the issue's goals), so a
-partial full run fills in the headline table first, round-robin over tasks, at 8K first.
+partial full run fills in the headline table first, round-robin over tasks, at 8K first (tasks the tuning
+left at the floor after the others).
 
 ``config["tune"]`` (``{"seeds": n, "target": t}``) tunes each task's difficulty at each length so that full
 KV lands between floor and ceiling, on tuning seeds disjoint from the evaluated ones
@@ -511,9 +512,15 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     t0 = time.perf_counter()
     offline = step_calibrate(model, tok, config, out, log)
 
-    def prompts_at(lengths: list[int]) -> list[Trial]:  # tunes the lengths not tuned yet first
+    def prompts_at(lengths: list[int]) -> list[Trial]:
+        """The prompts at ``lengths`` (tuning those not tuned yet first); tasks the tuning left at the floor
+        come after the others at each length (their accuracy says nothing; only the order changes)."""
         params = step_tune_tasks(model, tok, config, out, log, lengths)
-        return step_build_prompts(tok, {**config, "lengths": lengths}, params)
+        trials = step_build_prompts(tok, {**config, "lengths": lengths}, params)
+        path = out / "task-params.json"
+        rungs = json.loads(path.read_text(encoding="utf-8"))["rungs"] if path.exists() else []
+        floor = {(r["length"], r["task"]) for r in rungs if r["floor"]}
+        return sorted(trials, key=lambda t: (lengths.index(t.length), (t.length, t.task) in floor))
 
     answers: list[dict[str, Any]] = read_jsonl(out / "answers.jsonl")
     press_rows: list[dict[str, Any]] = read_jsonl(out / "presses.jsonl")
