@@ -23,7 +23,8 @@ while [ "$(awk '/MemAvailable/ {print int($2 / 1000)}' /proc/meminfo)" -lt "$(aw
 done
 echo "$(date -u +%H:%M) memory available; verifying recorded rows"
 if [ "${SKIP_VERIFY:-0}" != 1 ] && grep -q "\"$VERIFY_ID\"" "$RUN/answers.jsonl" 2>/dev/null; then
-  env OMP_NUM_THREADS=1 .venv/bin/python studies/fasa-eval/verify_rows.py "$RUN" "$VERIFY_ID" || exit 1
+  env THREADS="${THREADS:-1}" OMP_NUM_THREADS="${THREADS:-1}" .venv/bin/python studies/fasa-eval/verify_rows.py \
+      "$RUN" "$VERIFY_ID" || exit 1
 fi
 exec env OMP_NUM_THREADS=${THREADS:-1} .venv/bin/leanlm fasa bench --eval --threads "${THREADS:-1}" \
     --min-available-gb "$PROMPT_GB" --out "$RUN.md" --run-dir "$RUN"
