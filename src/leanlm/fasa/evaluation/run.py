@@ -10,8 +10,8 @@ with different ones is refused; ``order`` is not one of them: it only says what 
 
 ``config["order"]`` lists steps ``ppl[:TEXT][:PHASE]``, ``tasks[:LENGTH][:PHASE]`` and ``presses``; the
 phase ``headline`` narrows a step to :data:`MAIN_METHODS` at budgets <= 256 (the issue's goals), so a
-partial full run fills in the headline table first, round-robin over tasks, at 8K first (tasks the tuning
-left at the floor after the others).
+partial full run computes the headline perplexities first (minutes), then fills in the headline table,
+round-robin over tasks, at 8K first (tasks the tuning left at the floor after the others).
 
 ``config["tune"]`` (``{"seeds": n, "target": t}``) tunes each task's difficulty at each length so that full
 KV lands between floor and ceiling, on tuning seeds disjoint from the evaluated ones
@@ -65,8 +65,8 @@ FULL: dict[str, Any] = {
     "ppl_texts": ["wiki", "code"], "ppl_prefill": 4000, "ppl_predict": 65,
     "ppl_methods": ["FASA", "oracle top-k", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
                     "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
-    "order": ["tasks:7936:headline", "ppl:wiki:headline", "tasks:4096:headline", "tasks:7936", "ppl:wiki",
-              "tasks:4096", "ppl:code", "presses"], "seed": 0,
+    "order": ["ppl:wiki:headline", "ppl:code:headline", "tasks:7936:headline", "tasks:4096:headline",
+              "tasks:7936", "ppl:wiki", "tasks:4096", "ppl:code", "presses"], "seed": 0,
     "tune": {"seeds": 4, "target": 0.5}, "task_params": None,
 }
 #: a step narrowed to the headline comparison: the main methods at these budgets (full KV's 0 included)
