@@ -149,3 +149,28 @@ def test_floor_tasks_and_goal_metrics_on_the_tasks_off_the_floor():
     assert everything["fasa_minus_full_256"] == 0.0 and everything["fasa_margin_over_best_baseline"] == 0.0
     off = goal_metrics(aggregate([r for r in rows if r["task"] not in floor_tasks(tuning, 900)]), [256])
     assert off["fasa_minus_full_256"] == 0.0 and off["fasa_margin_over_best_baseline"] == 100.0
+
+
+def test_perplexity_texts_are_long_enough_and_code_skips_the_haystack_files(monkeypatch):
+    import torch
+
+    import leanlm.fasa.evaluation.run as run
+    from leanlm.common.data import cpython_source_files
+    from leanlm.fasa.evaluation.tasks import CODE_HAYSTACK_FILES
+
+    seen: list[str] = []
+
+    class SplitTokenizer:
+        def __call__(self, text, return_tensors=None):
+            seen.append(text)
+
+            class Out:
+                input_ids = torch.arange(len(text.split()))[None]
+            return Out()
+
+    for kind in ("wiki", "code"):
+        assert run.ppl_text(kind, SplitTokenizer(), 4065).shape == (4065,)
+    first_held_out = cpython_source_files()[CODE_HAYSTACK_FILES].read_text(encoding="utf-8", errors="replace")
+    assert seen[-1].startswith(first_held_out)
+    with pytest.raises(ValueError, match="perplexity text has only"):
+        run.ppl_text("code", SplitTokenizer(), 10**8)

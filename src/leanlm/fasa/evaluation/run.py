@@ -41,7 +41,7 @@ from leanlm.fasa.evaluation.harness import (
 )
 from leanlm.fasa.evaluation.methods import METHODS, Offline, presses, transfer_method
 from leanlm.fasa.evaluation.metrics import score_answer
-from leanlm.fasa.evaluation.tasks import TASKS, Trial, build_suite, build_trial
+from leanlm.fasa.evaluation.tasks import CODE_HAYSTACK_FILES, TASKS, Trial, build_suite, build_trial
 
 MAIN_METHODS = ["full KV", "oracle top-k", "FASA", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
                 "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"]
@@ -448,8 +448,16 @@ def ppl_text(kind: str, tok: Any, n_tokens: int) -> torch.Tensor:
     if kind == "wiki":
         text = wiki_text(400, offset=200)
     elif kind == "code":
-        files = cpython_source_files()[200:260]
-        text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+        # the standard library's files after the first 60 (the code haystacks read those, and calibration
+        # reads the first 60K characters); read in order until there is enough text (a Python 3.11 stdlib
+        # has ~170 top-level files: the earlier ``[200:260]`` was empty there)
+        files = cpython_source_files()[CODE_HAYSTACK_FILES:]
+        chunks: list[str] = []
+        for path in files:
+            chunks.append(path.read_text(encoding="utf-8", errors="replace"))
+            if sum(map(len, chunks)) > 20 * n_tokens:  # BPE takes ~3 characters per token of code
+                break
+        text = "\n".join(chunks)
     else:
         raise ValueError(f"unknown perplexity text {kind!r}; expected 'wiki' or 'code'")
     ids = tok(text, return_tensors="pt").input_ids[0, :n_tokens]

@@ -47,6 +47,7 @@ TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "kv_retrieval", "var
          "qa_article")
 _SYLLABLES = ("ka", "lo", "mi", "ren", "tor", "va", "zel", "qui", "dor", "sha", "mun", "bri", "tal", "po", "nex")
 WIKI_START = 1000  # articles before this index are left to calibration and perplexity text
+CODE_HAYSTACK_FILES = 60  # the code haystacks read the first 60 standard-library files; perplexity the rest
 
 #: The default (hardest) setting of each task's difficulty knobs; ``question_first`` applies to every task.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
@@ -105,7 +106,7 @@ def _code_lines() -> tuple[str, ...]:
     from leanlm.common.data import cpython_source_files
 
     lines: list[str] = []
-    for path in cpython_source_files()[:60]:
+    for path in cpython_source_files()[:CODE_HAYSTACK_FILES]:
         lines.extend(line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
     if not lines:
         raise RuntimeError("no CPython sources found for the code haystack")
