@@ -174,3 +174,22 @@ def test_perplexity_texts_are_long_enough_and_code_skips_the_haystack_files(monk
     assert seen[-1].startswith(first_held_out)
     with pytest.raises(ValueError, match="perplexity text has only"):
         run.ppl_text("code", SplitTokenizer(), 10**8)
+
+
+def test_perplexity_ratio_interval_is_the_paired_t_interval_mapped_to_percent():
+    import math
+
+    from leanlm.fasa.evaluation.metrics import ppl_ratio_interval
+
+    ref = [1.0, 2.0, 3.0, 4.0]
+    same = ppl_ratio_interval(ref, ref)
+    assert same == (0.0, 0.0, 0.0)
+    shifted = ppl_ratio_interval([x + 0.1 for x in ref], ref)  # every token 0.1 nats worse: no spread
+    assert shifted[0] == pytest.approx(100 * math.expm1(0.1)) and shifted[1] == pytest.approx(shifted[2])
+    d = [0.3, -0.1, 0.2, 0.0]  # mean 0.1, sd 0.1826, t(0.975, 3) = 3.1824
+    _, lo, hi = ppl_ratio_interval([a + b for a, b in zip(ref, d, strict=True)], ref)
+    half = 3.182446 * 0.182574 / 2
+    assert lo == pytest.approx(100 * math.expm1(0.1 - half), rel=1e-4)
+    assert hi == pytest.approx(100 * math.expm1(0.1 + half), rel=1e-4)
+    with pytest.raises(ValueError, match="equal lengths"):
+        ppl_ratio_interval([1.0], ref)

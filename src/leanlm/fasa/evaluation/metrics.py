@@ -59,3 +59,22 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[s
 def _nanmean(values: Iterable[float | None]) -> float:
     xs = [v for v in values if v is not None and not math.isnan(v)]
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def ppl_ratio_interval(nll: list[float], nll_ref: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Perplexity of ``nll`` relative to ``nll_ref`` on the same tokens, in % (``100 (exp(mean d) - 1)`` with
+    ``d`` the per-token NLL differences), and a Student-t interval of the paired mean difference mapped the
+    same way. Neighbouring tokens are not independent, so the interval is approximate (too narrow if the
+    differences are positively correlated)."""
+    import statistics
+
+    from scipy import stats
+
+    if len(nll) != len(nll_ref):
+        raise ValueError(f"paired NLLs need equal lengths, got {len(nll)} and {len(nll_ref)}")
+    d = [a - b for a, b in zip(nll, nll_ref, strict=True)]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return 100 * math.expm1(mean), float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return 100 * math.expm1(mean), 100 * math.expm1(mean - half), 100 * math.expm1(mean + half)

@@ -8,7 +8,7 @@ from typing import Any
 
 from leanlm.common.report import Figure, Table
 from leanlm.fasa.evaluation.methods import BASELINES, Offline
-from leanlm.fasa.evaluation.metrics import aggregate
+from leanlm.fasa.evaluation.metrics import aggregate, ppl_ratio_interval
 
 
 def _pct(x: float) -> float:
@@ -173,14 +173,21 @@ def tabulate(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], pp
                 if k != kind:
                     continue
                 rel = (r["ppl"] / full["ppl"] - 1) * 100 if full else float("nan")
+                cell = f"{rel:+.2f}"
+                if full and m != "full KV":
+                    _, lo, hi = ppl_ratio_interval(r["nll"], full["nll"])
+                    cell += f" [{lo:+.1f}, {hi:+.1f}]"
                 err = [x for x in (r.get("rel_err") or []) if x is not None]
-                ppl_table.append([kind, m, b or "all", round(r["ppl"], 3), round(rel, 2),
+                ppl_table.append([kind, m, b or "all", round(r["ppl"], 3), cell,
                                   round(sum(err) / len(err), 3) if err else "-", len(r["nll"])])
         tables.append(Table("Teacher-forced decode perplexity (dense prefill, then one token at a time)",
-                            ["text", "method", "budget", "perplexity", "vs full KV (%)", "attention-output rel. error",
-                             "tokens"], ppl_table,
-                            caption="Held-out Wikipedia summaries / CPython sources; rel. error is the mean over "
-                                    "sparse layers of ‖o − ô‖/‖o‖ at each step (same q/K/V, local error)."))
+                            ["text", "method", "budget", "perplexity", "vs full KV (%) [95% paired t interval]",
+                             "attention-output rel. error", "tokens"], ppl_table,
+                            caption="Held-out Wikipedia summaries / CPython sources; the interval is a Student-t "
+                                    "interval of the mean per-token NLL difference to full KV on the same tokens "
+                                    "(approximate: neighbouring tokens are not independent); rel. error is the "
+                                    "mean over sparse layers of ‖o − ô‖/‖o‖ at each step (same q/K/V, local "
+                                    "error)."))
         increases = [(by[(k, "FASA", 256)]["ppl"] / by[(k, "full KV", 0)]["ppl"] - 1) * 100 for k in kinds
                      if (k, "FASA", 256) in by and (k, "full KV", 0) in by]
         if increases:
