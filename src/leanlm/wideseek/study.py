@@ -10,7 +10,10 @@ so the same command continues an interrupted study):
    number of steps, group size and prompts from ``sft-single``; ``marl-{lead,subagents,noagent}-seed0/``: the
    paper's ablations (train the lead only, the subagents only, no agent-level reweighting).
 3. ``evals/<policy>-seed{s}-w{width}.jsonl``: every held-out task run ``n`` times, all in one batched rollout
-   group with the in-process backend (item F1 Avg@n, success Avg@n, subagents per rollout), one line per task.
+   group with the in-process backend (item F1 Avg@n, success Avg@n, subagents per rollout), one line per task;
+   ``evals/traces/<policy>-seed{s}-w{width}.jsonl``: one transcript per rollout
+   (:func:`leanlm.wideseek.transcript.rollout_transcript`: the lead's raw turns, its subagent calls, the
+   scored answer and why it is not a valid table).
 
 :data:`STAGES` orders the evaluations so that the headline comparison comes first (seed 0: base, SFT,
 SFT+MARL), then seeds 1-2, then the width ablation and the single agent, then the paper's ablations;
@@ -178,6 +181,7 @@ class Study:
         from leanlm.common.models import load_model
         from leanlm.wideseek.rollout import TransformersBackend, rollout_group
         from leanlm.wideseek.train import score_rollout
+        from leanlm.wideseek.transcript import rollout_transcript
 
         cfg = self.config
         path = self.out / "evals" / f"{policy}-seed{seed}-w{width}.jsonl"
@@ -212,10 +216,13 @@ class Study:
                               cfg["n"], mode)
         wall, cpu = _now()
         seconds, cpu_s = round(wall - t0[0], 1), round(cpu - t0[1], 1)
-        lines = []
+        lines, transcripts = [], []
         for i, task in enumerate(tasks):
             mine = [r for r in rolls if r.task_index == i]
             scores = [score_rollout(task, r.result) for r in mine]
+            transcripts += [{"policy": policy, "seed": seed, "width": width, "mode": mode, "rollout": k,
+                             **rollout_transcript(task, r.result, samples=r.samples, tokenizer=tok, score=s)}
+                            for k, (r, s) in enumerate(zip(mine, scores, strict=True))]
             lines.append({"task": task.instance_id, "policy": policy, "seed": seed, "width": width, "mode": mode,
                           "f1": [s[0] for s in scores], "format_ok": [s[1] for s in scores],
                           "success": [s[2] for s in scores], "subagents": [len(r.result.subagents) for r in mine],
@@ -225,6 +232,11 @@ class Study:
                           "calls": sum(len(r.samples) for r in mine),
                           "group_tasks": len(tasks), "group_seconds": seconds, "group_cpu_s": cpu_s,
                           "backend": dict(backend.stats)})
+        # transcripts first: a metrics line (what resume reads) never exists without its transcripts
+        traces = transcript_path(path)
+        traces.parent.mkdir(parents=True, exist_ok=True)
+        with open(traces, "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts))
         with open(path, "a", encoding="utf-8") as handle:  # one write: the group's tasks land together
             handle.write("".join(json.dumps(line) + "\n" for line in lines))
         self._timed(f"eval-{policy}", t0)
@@ -243,6 +255,13 @@ class Study:
                 log.info("study stage %s: %s seed %d width %d", stage, policy, seed, width)
                 self.evaluate(policy, seed, width, mode)
         return summarize(self.out)
+
+
+def transcript_path(eval_path: str | Path) -> Path:
+    """Where the transcripts of an eval file go: ``evals/traces/<name>.jsonl`` (a subfolder, so that readers
+    of ``evals/*.jsonl``, :func:`summarize` included, see metric files only)."""
+    p = Path(eval_path)
+    return p.parent / "traces" / p.name
 
 
 def _now() -> tuple[float, float]:
