@@ -367,3 +367,29 @@ def test_study_timings_accumulate_wall_and_cpu_over_resumes(tmp_path):
     study._timed("sft", (wall - 2.0, cpu - 1.0))
     saved = json.loads((tmp_path / "timings.json").read_text())["sft"]
     assert 14.0 <= saved["wall_s"] < 15.0 and 2.0 <= saved["cpu_s"] < 3.0
+
+
+def test_sft_example_selection_upsamples_answers_and_keeps_the_old_recipe_at_share_0():
+    from leanlm.wideseek.sft import Example, select_examples
+
+    def ex(agent, answer, i):
+        return Example(f"t{i}", agent, [i], [i, i], answer=answer)
+
+    pool = ([ex("lead", True, 0)] + [ex("lead", False, i) for i in range(1, 4)] + [ex("sub-1", True, 4)]
+            + [ex("sub-1", False, i) for i in range(5, 25)])
+    assert select_examples(pool, 100) == pool  # share 0, fewer than n: all, in order (the first study's recipe)
+    assert select_examples(pool, 5) == [pool[int(i * 25 / 5)] for i in range(5)]
+    got = select_examples(pool, 12, answer_share=0.5)
+    assert len(got) == 12
+    assert got[:6] == [pool[0], pool[4]] * 3  # the two answers, repeated to fill ceil(0.5 * 12) places
+    assert got[6:9] == pool[1:4]  # then every lead tool call
+    subs = got[9:]
+    assert len(subs) == 3 and all(e.agent == "sub-1" and not e.answer for e in subs)
+    assert [e.task for e in subs] == ["t5", "t11", "t18"]  # evenly spaced over the 20 subagent calls
+    assert select_examples(pool, 1, answer_share=0.1) == [pool[0]]  # the final table before any report
+    many = [ex("sub-1", True, 100 + i) for i in range(10)] + pool
+    got = select_examples(many, 10, answer_share=0.3)  # more answers than places: the final table, then reports
+    assert [e.task for e in got[:3]] == ["t0", "t100", "t105"] and got[3:6] == pool[1:4]
+    assert [e.task for e in got[6:]] == ["t5", "t10", "t15", "t20"]
+    with pytest.raises(ValueError, match="answer_share"):
+        select_examples(pool, 4, answer_share=1.5)

@@ -12,6 +12,7 @@ Training checkpoints and resumes like :mod:`leanlm.wideseek.train`; the result i
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -49,17 +50,55 @@ class Example:
     agent: str
     prompt_ids: list[int]
     target_ids: list[int]
+    answer: bool = False  # the reply has no tool call: the lead's final table or a subagent's report
+
+
+def select_examples(examples: Sequence[Example], n: int, answer_share: float = 0.0) -> list[Example]:
+    """``n`` training examples from the oracle's. With ``answer_share`` 0 (the first study's recipe): every
+    example when there are at most ``n``, else ``n`` evenly spaced ones. With ``answer_share`` > 0: the answers
+    (replies without a tool call, the turns that end an agent's loop: the lead's final tables first, then evenly
+    spaced subagent reports) fill ``ceil(answer_share * n)`` places, repeated in turn when there are fewer; then
+    the lead's tool calls (evenly spaced when they do not all fit), then evenly spaced subagent tool calls. In the first
+    study's 96 examples the lead's final table was 1 example and 2.5% of the reply tokens (the length filter drops
+    the others): the policy learned to call tools and never to stop (docs/results/wideseek.md, 7, "SFT diagnosis")."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 <= answer_share <= 1.0:
+        raise ValueError(f"answer_share must be in [0, 1], got {answer_share}")
+
+    def spaced(xs: Sequence[Example], k: int) -> list[Example]:
+        if k <= 0:
+            return []
+        if len(xs) <= k:
+            return list(xs)
+        step = len(xs) / k
+        return [xs[int(i * step)] for i in range(k)]
+
+    if answer_share == 0.0:
+        return spaced(examples, n)
+    finals = [e for e in examples if e.answer and e.agent in ("lead", "single")]
+    reports = [e for e in examples if e.answer and e.agent not in ("lead", "single")]
+    lead_calls = [e for e in examples if not e.answer and e.agent in ("lead", "single")]
+    sub_calls = [e for e in examples if not e.answer and e.agent not in ("lead", "single")]
+    k = min(n, math.ceil(answer_share * n)) if finals or reports else 0
+    answers = finals[:k] + spaced(reports, k - len(finals[:k]))  # the final tables first
+    chosen = [answers[i % len(answers)] for i in range(k)] if answers else []
+    chosen += spaced(lead_calls, n - len(chosen))
+    chosen += spaced(sub_calls, n - len(chosen))
+    return chosen
 
 
 def oracle_examples(tasks: Sequence[Task], tools: Any, config: AgentConfig, tokenizer: Any, width: int,
                     mode: str = "multi", max_len: int = 4096) -> tuple[list[Example], dict[str, Any]]:
     """Run the oracle on every task and turn every model call into an :class:`Example`; returns the examples
-    and counts (calls, kept, dropped for length, per-role kept, the oracle's mean item F1)."""
+    and counts (calls, kept, dropped for length, per-role kept, ``answers`` kept (replies without a tool call),
+    ``lead_answers`` (final tables, or the single agent's), ``dropped_answers``, the oracle's mean item F1)."""
     from leanlm.wideseek.bench import OraclePolicy
 
     end = "<|im_end|>"
     examples: list[Example] = []
-    stats: dict[str, Any] = {"calls": 0, "dropped_long": 0, "lead": 0, "subagent": 0, "single": 0, "f1": []}
+    stats: dict[str, Any] = {"calls": 0, "dropped_long": 0, "lead": 0, "subagent": 0, "single": 0, "answers": 0,
+                             "lead_answers": 0, "dropped_answers": 0, "f1": []}
     for task in tasks:
         oracle = OraclePolicy(task, width=width)
 
@@ -71,9 +110,12 @@ def oracle_examples(tasks: Sequence[Task], tools: Any, config: AgentConfig, toke
             y = list(tokenizer(completion_text(out) + end, add_special_tokens=False)["input_ids"])
             if len(p) + len(y) > max_len:
                 stats["dropped_long"] += 1
+                stats["dropped_answers"] += not out.tool_calls
             else:
-                examples.append(Example(_t.instance_id, agent, p, y))
+                examples.append(Example(_t.instance_id, agent, p, y, answer=not out.tool_calls))
                 stats["lead" if agent == "lead" else "single" if agent == "single" else "subagent"] += 1
+                stats["answers"] += not out.tool_calls
+                stats["lead_answers"] += agent in ("lead", "single") and not out.tool_calls
             return out
 
         agent = WideSeek(ScriptedBackend(policy), tools, config)

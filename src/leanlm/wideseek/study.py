@@ -45,7 +45,8 @@ log = get_logger("leanlm.wideseek.study")
 
 QUICK = {
     "smoke": True, "train_max_rows": 2, "marl_max_rows": 2, "eval_max_rows": 2, "eval_tasks": 1, "n": 1,
-    "seeds": [0], "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "steps": 1,
+    "seeds": [0], "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "sft_oracle_widths": None,
+    "sft_answer_share": 0.0, "steps": 1,
     "group_size": 2, "max_new_tokens": 48, "role_max_new_tokens": {"sub": 32}, "max_context": 2048,
     "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2, "widths": [1, 2], "single_agent": False,
     "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu",
@@ -53,7 +54,8 @@ QUICK = {
 """The smoke configuration (minutes on a CPU): it checks that every stage runs, its numbers are not evidence."""
 FULL = {
     "smoke": False, "train_max_rows": 18, "marl_max_rows": 8, "eval_max_rows": 4, "eval_tasks": 3, "n": 4,
-    "seeds": [0, 1, 2], "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 3, "sft_lr": 2e-5, "steps": 6,
+    "seeds": [0, 1, 2], "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 3, "sft_lr": 2e-5,
+    "sft_oracle_widths": None, "sft_answer_share": 0.0, "steps": 6,
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
     "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-6, "oracle_width": 4,
@@ -126,7 +128,7 @@ class Study:
     # ------------------------------------------------------------------------------------------ stages
     def sft(self, mode: str = "multi") -> Path:
         from leanlm.common.models import load_embedded
-        from leanlm.wideseek.sft import oracle_examples, train_sft
+        from leanlm.wideseek.sft import oracle_examples, select_examples, train_sft
 
         name = "sft" if mode == "multi" else "sft-single"
         target = self.out / name / "model"
@@ -136,16 +138,25 @@ class Study:
         cfg = self.config
         model, tok = load_embedded()
         model.to(cfg.get("device", "cpu"))
-        # the oracle runs with the paper's turn limits so that its traces are complete, successful runs
-        agent_cfg = AgentConfig(max_lead_turns=10, max_sub_turns=20, max_single_turns=50,
-                                max_subagents_per_call=cfg["oracle_width"], max_subagents_per_turn=cfg["oracle_width"],
-                                max_concurrency=cfg["oracle_width"], few_shot=False)
-        examples, stats = oracle_examples(train_tasks(cfg), self.tools, agent_cfg, tok, width=cfg["oracle_width"],
-                                          mode=mode, max_len=cfg["sft_max_len"])
-        if len(examples) > cfg["sft_examples"]:
-            step = len(examples) / cfg["sft_examples"]
-            examples = [examples[int(i * step)] for i in range(cfg["sft_examples"])]
+        # the oracle runs with the paper's turn limits so that its traces are complete, successful runs; one pass
+        # per width of ``sft_oracle_widths`` (default: ``oracle_width`` only), pooled
+        examples, per_width = [], {}
+        for w in cfg.get("sft_oracle_widths") or [cfg["oracle_width"]]:
+            agent_cfg = AgentConfig(max_lead_turns=10, max_sub_turns=20, max_single_turns=50,
+                                    max_subagents_per_call=w, max_subagents_per_turn=w, max_concurrency=w,
+                                    few_shot=False)
+            found, per_width[w] = oracle_examples(train_tasks(cfg), self.tools, agent_cfg, tok, width=w, mode=mode,
+                                                  max_len=cfg["sft_max_len"])
+            examples += found
+        stats = {k: sum(v[k] for v in per_width.values()) for k in next(iter(per_width.values())) if k != "oracle_f1"}
+        stats["oracle_f1"] = sum(v["oracle_f1"] for v in per_width.values()) / len(per_width)
+        if len(per_width) > 1:
+            stats["per_width"] = per_width
+        examples = select_examples(examples, cfg["sft_examples"], cfg.get("sft_answer_share", 0.0))
         stats["used"] = len(examples)
+        stats["used_answers"] = sum(e.answer for e in examples)
+        stats["used_answer_token_share"] = round(sum(len(e.target_ids) for e in examples if e.answer)
+                                                 / max(1, sum(len(e.target_ids) for e in examples)), 4)
         atomic_write_json(self.out / name / "traces.json", stats)
         train_sft(model, tok, examples, self.out / name, epochs=cfg["sft_epochs"], lr=cfg["sft_lr"], batch=8,
                   checkpoint_every=5)
