@@ -193,3 +193,16 @@ def test_perplexity_ratio_interval_is_the_paired_t_interval_mapped_to_percent():
     assert hi == pytest.approx(100 * math.expm1(0.1 + half), rel=1e-4)
     with pytest.raises(ValueError, match="equal lengths"):
         ppl_ratio_interval([1.0], ref)
+
+
+def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
+    import torch
+
+    from leanlm.fasa.evaluation.harness import flush_denormals
+
+    tiny = torch.tensor([1e-41], dtype=torch.float32)
+    assert float(tiny * 1.0) > 0  # subnormal arithmetic by default
+    with flush_denormals() as supported:
+        if supported:  # x86 with SSE3: subnormal results are flushed to zero
+            assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) > 0

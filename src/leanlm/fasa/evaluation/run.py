@@ -33,6 +33,7 @@ from leanlm.common.atomic import atomic_write_json
 from leanlm.fasa.evaluation.harness import (
     ProbeAttention,
     RewindableCache,
+    flush_denormals,
     greedy,
     n_layers_of,
     perplexity,
@@ -505,7 +506,14 @@ def run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model:
     -> tabulate -> plot.
 
     ``min_available_gb`` > 0: each prompt (and perplexity text) waits until that much memory is available
-    (:func:`wait_for_memory`; nothing about the results depends on it)."""
+    (:func:`wait_for_memory`; nothing about the results depends on it). Runs with subnormal floats flushed to
+    zero (:func:`~leanlm.fasa.evaluation.harness.flush_denormals`)."""
+    with flush_denormals():
+        return _run_eval(config, out, log, model, tok, min_available_gb)
+
+
+def _run_eval(config: dict[str, Any], out: Path, log: Callable[..., None], model: Any,
+              tok: Any, min_available_gb: float) -> dict[str, Any]:
     from leanlm.fasa.evaluation.report import plot, tabulate
 
     unknown = [m for m in config["methods"] + config["ppl_methods"] if m not in METHODS]
