@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.fasa.evaluation.metrics import score_answer
+from leanlm.fasa.evaluation.run import append_jsonl, read_jsonl
 from leanlm.fasa.evaluation.tasks import TASKS, build_trial, task_params
 
 #: First tuning seed; evaluation prompts use seeds 0, 1, ... (n_per_task of them).
@@ -51,12 +52,6 @@ def full_kv_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int) -> st
     return tok.decode(tokens, skip_special_tokens=True).strip()
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    from leanlm.fasa.evaluation.run import read_jsonl
-
-    return read_jsonl(path)
-
-
 def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths: list[int], seeds: int,
                target: float, out: Path | None = None, log: Callable[..., None] = lambda *a: None,
                ladders: dict[str, list[dict[str, Any]]] | None = None,
@@ -78,7 +73,7 @@ def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths
     need = math.ceil(target * seeds - 1e-9)
     path = None if out is None else Path(out) / "tuning.jsonl"
     done = {(r["length"], r["task"], json.dumps(r["params"], sort_keys=True), r["seed"]): r
-            for r in (_read(path) if path else [])}
+            for r in (read_jsonl(path) if path else [])}
     params: dict[str, dict[str, dict[str, Any]]] = {}
     rungs: list[dict[str, Any]] = []
     for length in lengths:
@@ -97,8 +92,6 @@ def tune_suite(model: Any, tok: Any, tasks: list[str] | tuple[str, ...], lengths
                         row = {"length": length, "task": task, "params": knobs, "seed": seed, "answers": trial.answers,
                                "text": text, "correct": score_answer(text, trial.answers)[0]}
                         if path is not None:
-                            from leanlm.fasa.evaluation.run import append_jsonl
-
                             append_jsonl(path, [row])
                         done[key] = row
                     correct += bool(done[key]["correct"])
