@@ -82,3 +82,66 @@ def test_oracle_solves_every_generated_task(world, all_tasks):
         assert result.trace.check_complete() == []
         misses += search_misses(result)
     assert misses <= len(all_tasks)  # the pages are found by search, nearly always
+
+
+@pytest.mark.parametrize("family", ["countries-wide", "elements-wide", "cities-wide", "capitals-wide"])
+def test_oracle_first_delegation_uses_only_the_querys_words(world, family):
+    """The lead's first subtask names the list with words copied from the query (no URL a policy could not
+    know), and its subagent reaches the listing through search: it reads no page no search returned."""
+    from leanlm.wideseek.bench import listing_phrase
+
+    task = next(t for t in generate_wide_tasks(min_rows=2, max_rows=40) if t.family == family)
+    phrase = listing_phrase(task.query)
+    assert phrase and phrase in task.query and "http" not in phrase and "\n" not in phrase
+    assert phrase.startswith("every ") and not phrase.endswith(("with its", ",", " "))
+    policy = OraclePolicy(task, width=4)
+    first = policy("lead", [{"role": "system", "content": ""}, {"role": "user", "content": task.query}], [])
+    (call,) = first.tool_calls
+    assert call.arguments == {"sub_agents": [{"prompt": f"Enumerate the list: {phrase}"}]}
+    result = asyncio.run(WideSeek(ScriptedBackend(policy), world, AgentConfig(max_lead_turns=10, max_sub_turns=20))
+                         .arun(task.query))
+    assert task.score(result.answer).score == 1.0
+    assert search_misses(result) == 0
+
+
+def test_listing_phrase_per_query_shape():
+    from leanlm.wideseek.bench import listing_phrase
+
+    assert listing_phrase("List every city of Spain with at least 500,000 inhabitants, with its population, "
+                          "latitude") == "every city of Spain with at least 500,000 inhabitants"
+    assert listing_phrase("For every country of Sub-Saharan Africa, names A to K, give its capital city") == \
+        "every country of Sub-Saharan Africa, names A to K"
+    assert listing_phrase("List every chemical element of period 4 with its symbol.") == \
+        "every chemical element of period 4"
+    assert listing_phrase("What is the capital of France?") is None
+
+
+def test_column_sets_ask_the_same_rows_for_other_columns(world):
+    """Column sets 1.. of the training families: same rows and listing as set 0, the query names exactly the
+    set's columns in order, the gold table is set 0's table restricted to those columns, and the oracle
+    solves every one; the default task list is unchanged."""
+    from leanlm.wideseek.tasks import COLUMN_SETS
+
+    base = generate_wide_tasks("train", min_rows=2, max_rows=18)
+    assert [t.instance_id for t in generate_wide_tasks("train", min_rows=2, max_rows=18, column_sets=1)] == \
+        [t.instance_id for t in base]
+    every = generate_wide_tasks("train", min_rows=2, max_rows=18, column_sets=5)
+    assert [t.instance_id for t in every[: len(base)]] == [t.instance_id for t in base]
+    assert len(every) == 5 * len(base)
+    by_id = {t.instance_id: t for t in every}
+    headers = set()
+    for task in every[len(base):]:
+        stem, k = task.instance_id.rsplit("-cols", 1)
+        first = by_id[stem]
+        columns = list(COLUMN_SETS[task.family][int(k)])
+        assert task.evaluation["required"] == columns and set(task.evaluation["eval_pipeline"]) == set(columns)
+        assert task.listing == first.listing and list(task.sources) == list(first.sources)
+        assert "columns in this order: " + ", ".join(f"`{c}`" for c in columns) + "." in task.query
+        assert task.gold().astype(str).equals(first.gold()[columns].astype(str)), task.instance_id
+        headers.add(tuple(columns))
+        result = asyncio.run(WideSeek(ScriptedBackend(OraclePolicy(task, width=4)), world,
+                                      AgentConfig(max_lead_turns=10, max_sub_turns=20)).arun(task.query))
+        assert task.score(result.answer).score == 1.0, task.instance_id
+    assert len(headers) == 8
+    with pytest.raises(ValueError, match=r"column_sets must be 1\.\.5"):
+        generate_wide_tasks("train", column_sets=6)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -69,11 +70,37 @@ def entities(task: Task) -> list[str]:
 _ENUMERATE = "Enumerate the list: "
 _FIND = "for: "
 _SEP = " ;; "
+_LIST_PHRASE = re.compile(r"\b[Ee]very (.+?)(?:, with its |, give | with its )")
+
+
+def listing_phrase(query: str) -> str | None:
+    """The words of a table query that name its set of rows ("every city of Spain with at least 500,000
+    inhabitants"), or None. What the oracle's lead delegates and its enumerating subagent searches: both come
+    from the query, so a trained policy can reproduce them (the listing's URL is not in the query)."""
+    match = _LIST_PHRASE.search(query)
+    return f"every {match.group(1)}" if match else None
 
 
 def _data(messages: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
     """Every structured result of ``tool`` in an agent's context (tool messages carry ``data``)."""
     return [d for m in messages if m["role"] == "tool" for d in m.get("data") or [] if d.get("tool") == tool]
+
+
+def _part_of(listing: str, url: str) -> bool:
+    """Whether ``url`` is a part of the listing whose first part is ``listing`` (``.../list/<slug>-<k>``)."""
+    stem = listing.rsplit("-", 1)[0] + "-"
+    return url.startswith(stem) and url[len(stem):].isdigit()
+
+
+def _listing_members(listing: str, read: dict[str, Any]) -> list[str] | None:
+    """The listing's members in part order once every part has been read, else None."""
+    pages = [u for u in read if _part_of(listing, u)]
+    if not pages:
+        return None
+    parts = read[pages[0]]["facts"]["parts"]
+    if not all(u in read for u in parts):
+        return None
+    return [n for u in parts for n in read[u]["facts"]["members"]]
 
 
 @dataclass
@@ -100,6 +127,9 @@ class OraclePolicy:
         if not self.task.sources:
             raise ValueError(f"task {self.task.instance_id} has no sources: the oracle cannot know its pages")
         self.names = list(self.task.sources)
+        # the listing as the query words it; a query that does not name its rows "every ..." falls back to the
+        # listing's URL, which only this oracle knows (a policy cannot imitate that first delegation)
+        self.list_words = (listing_phrase(self.task.query) or self.task.listing) if self.task.listing else None
 
     def __call__(self, agent: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Completion:
         if agent == "lead":
@@ -113,7 +143,7 @@ class OraclePolicy:
                   for n in line[len("Members: "):].split(_SEP)]
         if self.task.listing and not listed:
             return Completion("", [ToolCall("create_sub_agents", {"sub_agents": [
-                {"prompt": f"{_ENUMERATE}{self.task.listing}"}]})])
+                {"prompt": f"{_ENUMERATE}{self.list_words}"}]})])
         names = listed or self.names
         done = {line.split(" | ")[0].removeprefix("| ") for r in reports for line in r.splitlines()
                 if line.startswith("| ")}
@@ -150,16 +180,14 @@ class OraclePolicy:
         read = {p["url"]: p for p in pages}
         subtask = messages[1]["content"].split("Your current subtask is:\n", 1)[-1].split("\n\n[Turn")[0]
         if scalar:
-            listing = self.task.listing if self.task.listing else None
-            listed = [n for p in pages if p["kind"] == "list" for n in p["facts"]["members"]]
-            if listing and not (listing in read and all(u in read for u in read[listing]["facts"]["parts"])):
-                return self._enumerate(listing, searches, read, step, scalar)
+            listed = _listing_members(self.task.listing, read) if self.task.listing else None
+            if self.task.listing and listed is None:
+                return self._enumerate(searches, read, step, scalar)
             mine = listed or self.names
         elif subtask.startswith(_ENUMERATE):
-            listing = subtask[len(_ENUMERATE):].strip()
-            if not (listing in read and all(u in read for u in read[listing]["facts"]["parts"])):
-                return self._enumerate(listing, searches, read, step, scalar)
-            members = [n for u in read[listing]["facts"]["parts"] for n in read[u]["facts"]["members"]]
+            members = _listing_members(self.task.listing, read) if self.task.listing else None
+            if members is None:
+                return self._enumerate(searches, read, step, scalar)
             return Completion("Members: " + _SEP.join(members))
         else:
             mine = subtask.split(_FIND, 1)[1].split(_SEP)
@@ -184,16 +212,23 @@ class OraclePolicy:
         rows = [self._row(name, read) for name in mine]
         return Completion(self._table(rows) if scalar else "\n".join(rows))
 
-    def _enumerate(self, listing: str, searches: list[dict[str, Any]], read: dict[str, Any], step: int,
+    def _enumerate(self, searches: list[dict[str, Any]], read: dict[str, Any], step: int,
                    scalar: bool) -> Completion:
-        """Search the listing's title, read its first part (found among the hits, else read anyway: a search
-        miss), then the other parts that the first one names."""
-        if listing not in read:
-            if not searches:
-                title = listing.rsplit("/", 1)[-1].rsplit("-", 1)[0].replace("-", " ")
-                return self._call("search", [{"query": f"list of {title}"}], scalar)
+        """Find the task's listing through search and read all its parts: search the list's words from the query
+        (again with 9 hits when no part of the listing is among the hits), read the first hit that is a part
+        of the listing (a policy tells it by its title), then the other parts it names; when search never
+        returns a part, read the listing's first part anyway (a *search miss*)."""
+        listing = str(self.task.listing)
+        pages = [u for u in read if _part_of(listing, u)]
+        if not pages:
+            hits = [h["url"] for s in searches for h in s["hits"] if _part_of(listing, h["url"])]
+            if hits:
+                return self._call("access", [{"url": hits[0], "info_to_extract": "all members"}], scalar)
+            words = str(self.list_words).removeprefix("every ")
+            if len(searches) < 2:
+                return self._call("search", [{"query": words, **({"count": 9} if searches else {})}], scalar)
             return self._call("access", [{"url": listing, "info_to_extract": "all members"}], scalar)
-        rest = [u for u in read[listing]["facts"]["parts"] if u not in read]
+        rest = [u for u in read[pages[0]]["facts"]["parts"] if u not in read]
         return self._call("access", [{"url": u, "info_to_extract": "all members"} for u in rest[:step]], scalar)
 
     def _row(self, name: str, read: dict[str, Any]) -> str:

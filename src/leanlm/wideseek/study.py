@@ -46,7 +46,7 @@ log = get_logger("leanlm.wideseek.study")
 QUICK = {
     "smoke": True, "train_max_rows": 2, "marl_max_rows": 2, "eval_max_rows": 2, "eval_tasks": 1, "n": 1,
     "seeds": [0], "sft_examples": 6, "sft_max_len": 1024, "sft_epochs": 1, "sft_lr": 2e-5, "sft_oracle_widths": None,
-    "sft_answer_share": 0.0, "steps": 1,
+    "sft_answer_share": 0.0, "train_column_sets": 1, "steps": 1,
     "group_size": 2, "max_new_tokens": 48, "role_max_new_tokens": {"sub": 32}, "max_context": 2048,
     "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2, "widths": [1, 2], "single_agent": False,
     "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu",
@@ -54,14 +54,18 @@ QUICK = {
 """The smoke configuration (minutes on a CPU): it checks that every stage runs, its numbers are not evidence."""
 FULL = {
     "smoke": False, "train_max_rows": 18, "marl_max_rows": 8, "eval_max_rows": 4, "eval_tasks": 3, "n": 4,
-    "seeds": [0, 1, 2], "sft_examples": 96, "sft_max_len": 1536, "sft_epochs": 3, "sft_lr": 2e-5,
-    "sft_oracle_widths": None, "sft_answer_share": 0.0, "steps": 6,
+    "seeds": [0, 1, 2], "sft_examples": 128, "sft_max_len": 2560, "sft_epochs": 3, "sft_lr": 2e-5,
+    "sft_oracle_widths": [1, 2, 4], "sft_answer_share": 0.3, "train_column_sets": 5, "steps": 6,
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
     "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-6, "oracle_width": 4,
     "wiki_limit": 2000, "device": "cpu",
 }
-"""The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, GRPO prompts from those
+"""The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, each asked for
+``train_column_sets`` column sets, run by the oracle at each width of ``sft_oracle_widths``; ``sft_examples`` of
+them of up to ``sft_max_len`` tokens are kept, with ``sft_answer_share`` of them final answers or reports (the
+first recipe, 96 examples of 1,536 tokens at width 4 with one column set, held one final table and never taught
+the lead to stop: docs/results/wideseek.md, 7e). GRPO prompts come from those
 of up to ``marl_max_rows`` (with the 17-18-row tasks a rollout costs twice the prompt tokens, 61k vs 29k, and
 the oracle itself reaches item F1 0.5 under these turn limits, vs 1.0). Reply caps per role from the oracle's longest replies
 (lead: final table and decomposition, at most 358 tokens on the training tasks; subagent at most 92;
@@ -86,7 +90,8 @@ def eval_tasks(config: dict[str, Any]) -> list[Task]:
 def train_tasks(config: dict[str, Any]) -> list[Task]:
     from leanlm.wideseek.tasks import generate_wide_tasks
 
-    return generate_wide_tasks("train", min_rows=2, max_rows=config["train_max_rows"])
+    return generate_wide_tasks("train", min_rows=2, max_rows=config["train_max_rows"],
+                               column_sets=config.get("train_column_sets", 1))
 
 
 def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode: str = "multi",
@@ -99,6 +104,7 @@ def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode:
                        max_lead_turns=config["max_lead_turns"], max_sub_turns=config["max_sub_turns"],
                        max_subagents=config["max_subagents"],
                        max_rows=config.get("marl_max_rows", config["train_max_rows"]), mode=mode,
+                       column_sets=config.get("train_column_sets", 1),
                        max_single_turns=config["max_lead_turns"] * config["max_sub_turns"],
                        checkpoint_every=1, wiki_limit=config["wiki_limit"], device=config.get("device", "cpu"),
                        **ABLATIONS.get(ablation or "", {}))

@@ -274,49 +274,115 @@ WIDE_FAMILIES = {"countries-wide": "train", "elements-wide": "train", "cities-wi
 """Task family -> split. Training never sees the ``eval`` families (held out for evaluation)."""
 
 
-def countries_wide_task(group: str) -> Task:
+COUNTRY_PHRASES = {"capital": "its capital", "capitalpopulation": "the population of its capital city",
+                   "area": "the country's area in km²", "currency": "the ISO 4217 code of its currency",
+                   "currencyname": "the name of its currency",
+                   "languages": "its official languages as ISO 639-1 codes"}
+ELEMENT_PHRASES = {"symbol": "its symbol", "atomicnumber": "its atomic number",
+                   "atomicweight": "its standard atomic weight", "density": "its density in g/cm³",
+                   "discoveryyear": "its year of discovery", "block": "its block"}
+COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "countries-wide": (
+        ("country", "capital", "capitalpopulation", "area", "currency", "currencyname", "languages"),
+        ("country", "capital", "area"),
+        ("country", "currency", "currencyname"),
+        ("country", "languages", "capital", "area"),
+        ("country", "capitalpopulation", "capital"),
+    ),
+    "elements-wide": (
+        ("element", "symbol", "atomicnumber", "atomicweight", "density", "discoveryyear", "block"),
+        ("element", "symbol", "atomicnumber"),
+        ("element", "block", "density"),
+        ("element", "discoveryyear", "atomicweight", "symbol"),
+        ("element", "atomicnumber", "block", "density"),
+    ),
+}
+"""Column sets of the training families: the first is the family's task as WideSearch-style queries state it;
+the others (``column_set`` 1..) ask the same rows for other columns in other orders, so that a policy trained on
+them learns to copy the header from the query rather than remember one (docs/results/wideseek.md, 7e)."""
+
+
+def _phrase_list(phrases: Sequence[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _column_set(family: str, column_set: int) -> list[str]:
+    sets = COLUMN_SETS[family]
+    if not 0 <= column_set < len(sets):
+        raise ValueError(f"{family} has column sets 0..{len(sets) - 1}, got {column_set}")
+    return list(sets[column_set])
+
+
+def countries_wide_task(group: str, column_set: int = 0) -> Task:
     """Countries of a :data:`~leanlm.wideseek.corpus.REGION_GROUPS` entry (15-40 rows, 7 columns over three
-    pages per row: the country page, its capital's city page, its currency's page)."""
+    pages per row: the country page, its capital's city page, its currency's page); ``column_set`` > 0 asks
+    another :data:`COLUMN_SETS` entry (only the pages its columns need)."""
     rows = world.group_countries(group)
-    columns = ["country", "capital", "capitalpopulation", "area", "currency", "currencyname", "languages"]
+    columns = _column_set("countries-wide", column_set)
+    wanted = set(columns)
+
+    def pick(cells: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in cells.items() if k in wanted}
+
     sources = {c["name"]: _country_sources(
-        c, {"capital": "capital", "area": "area", "currency": "currency", "languages": "languages"},
-        capital={"capitalpopulation": "population"}, currency={"currencyname": "currency_name"}) for c in rows}
+        c, pick({"capital": "capital", "area": "area", "currency": "currency", "languages": "languages"}),
+        capital=pick({"capitalpopulation": "population"}), currency=pick({"currencyname": "currency_name"}))
+        for c in rows}
+    if column_set == 0:
+        intro = (f"List every country of {group} with its capital, the population of that capital city, the "
+                 "country's area in km², the ISO 4217 code and the name of its currency, and its official "
+                 "languages as ISO 639-1 codes.")
+        extra = ("Give the area with its unit (km²). If a country has several currencies, use the first one "
+                 "listed on its page. Write all language codes in alphabetical order separated by ', '. Write "
+                 "unknown where no page gives a value.")
+    else:
+        intro = f"List every country of {group} with {_phrase_list([COUNTRY_PHRASES[c] for c in columns[1:]])}."
+        rules = ["Give the area with its unit (km²)." if "area" in wanted else "",
+                 "If a country has several currencies, use the first one listed on its page."
+                 if wanted & {"currency", "currencyname"} else "",
+                 "Write all language codes in alphabetical order separated by ', '." if "languages" in wanted else "",
+                 "Write unknown where no page gives a value."]
+        extra = " ".join(r for r in rules if r)
+    pipeline = {"country": _EXACT, "capital": _EXACT, "capitalpopulation": _number(0.05), "area": _number(0.01),
+                "currency": _EXACT, "currencyname": _TEXT, "languages": _TEXT}
     return Task(
-        instance_id=f"wide-countries-{world.slug(group)}",
-        query=_query(f"List every country of {group} with its capital, the population of that capital city, the "
-                     "country's area in km², the ISO 4217 code and the name of its currency, and its official "
-                     "languages as ISO 639-1 codes.", columns,
-                     "Give the area with its unit (km²). If a country has several currencies, use the first one "
-                     "listed on its page. Write all language codes in alphabetical order separated by ', '. Write "
-                     "unknown where no page gives a value."),
+        instance_id=f"wide-countries-{world.slug(group)}" + (f"-cols{column_set}" if column_set else ""),
+        query=_query(intro, columns, extra),
         evaluation={"required": columns, "unique_columns": ["country"],
-                    "eval_pipeline": {"country": _EXACT, "capital": _EXACT, "capitalpopulation": _number(0.05),
-                                      "area": _number(0.01), "currency": _EXACT, "currencyname": _TEXT,
-                                      "languages": _TEXT}},
+                    "eval_pipeline": {c: pipeline[c] for c in columns}},
         gold_csv=_csv(columns, _rows(sources, columns, _facts)), aliases={a: c["name"] for c in rows for a in c["aliases"]},
         family="countries-wide", split=WIDE_FAMILIES["countries-wide"], sources=sources,
         listing=world.list_page_url(f"countries-group-{world.slug(group)}"),
     )
 
 
-def elements_wide_task(period: int) -> Task:
+def elements_wide_task(period: int, column_set: int = 0) -> Task:
+    """Elements of one period (7 columns from the element page); ``column_set`` > 0 asks another
+    :data:`COLUMN_SETS` entry."""
     rows = [e for e in world.element_records() if e["period"] == period]
-    columns = ["element", "symbol", "atomicnumber", "atomicweight", "density", "discoveryyear", "block"]
+    columns = _column_set("elements-wide", column_set)
     pages = world_pages()
-    sources = {e["name"]: [_source(pages["element"][e["name"]], f"{e['name']} chemical element", {
-        "symbol": "symbol", "atomicnumber": "atomic_number", "atomicweight": "atomic_weight", "density": "density",
-        "discoveryyear": "discovery_year", "block": "block"})] for e in rows}
+    cells = {"symbol": "symbol", "atomicnumber": "atomic_number", "atomicweight": "atomic_weight",
+             "density": "density", "discoveryyear": "discovery_year", "block": "block"}
+    sources = {e["name"]: [_source(pages["element"][e["name"]], f"{e['name']} chemical element",
+                                   {k: v for k, v in cells.items() if k in columns})] for e in rows}
+    if column_set == 0:
+        intro = (f"List every chemical element of period {period} with its symbol, atomic number, standard "
+                 "atomic weight, density in g/cm³, year of discovery and block.")
+        extra = ("Give the density with its unit (g/cm³). Write unknown where no page gives a value (for "
+                 "example elements known since antiquity have no discovery year).")
+    else:
+        intro = (f"List every chemical element of period {period} with "
+                 f"{_phrase_list([ELEMENT_PHRASES[c] for c in columns[1:]])}.")
+        extra = " ".join(r for r in ["Give the density with its unit (g/cm³)." if "density" in columns else "",
+                                     "Write unknown where no page gives a value."] if r)
+    pipeline = {"element": _EXACT, "symbol": _EXACT, "atomicnumber": _number(0.0), "atomicweight": _number(0.01),
+                "density": _number(0.01), "discoveryyear": _number(0.0), "block": _TEXT}
     return Task(
-        instance_id=f"wide-elements-period-{period}",
-        query=_query(f"List every chemical element of period {period} with its symbol, atomic number, standard "
-                     "atomic weight, density in g/cm³, year of discovery and block.", columns,
-                     "Give the density with its unit (g/cm³). Write unknown where no page gives a value (for "
-                     "example elements known since antiquity have no discovery year)."),
+        instance_id=f"wide-elements-period-{period}" + (f"-cols{column_set}" if column_set else ""),
+        query=_query(intro, columns, extra),
         evaluation={"required": columns, "unique_columns": ["element"],
-                    "eval_pipeline": {"element": _EXACT, "symbol": _EXACT, "atomicnumber": _number(0.0),
-                                      "atomicweight": _number(0.01), "density": _number(0.01),
-                                      "discoveryyear": _number(0.0), "block": _TEXT}},
+                    "eval_pipeline": {c: pipeline[c] for c in columns}},
         gold_csv=_csv(columns, _rows(sources, columns, _facts)), family="elements-wide",
         split=WIDE_FAMILIES["elements-wide"], sources=sources, listing=world.list_page_url(f"elements-period-{period}"),
     )
@@ -369,10 +435,16 @@ def capitals_wide_task(group: str) -> Task:
     )
 
 
-def generate_wide_tasks(split: str | None = None, min_rows: int = 15, max_rows: int = 40) -> list[Task]:
-    """Every wide task (15-40 rows) of the families of ``split`` ("train", "eval" or None for both)."""
+def generate_wide_tasks(split: str | None = None, min_rows: int = 15, max_rows: int = 40,
+                        column_sets: int = 1) -> list[Task]:
+    """Every wide task (15-40 rows) of the families of ``split`` ("train", "eval" or None for both);
+    ``column_sets`` > 1 adds, for the families of :data:`COLUMN_SETS` (the training ones), the same rows asked
+    for the next ``column_sets - 1`` column sets (after all first-set tasks, so that a prefix of the list is
+    the default task set)."""
     if split not in (None, "train", "eval"):
         raise ValueError(f"split must be 'train', 'eval' or None, got {split!r}")
+    if not 1 <= column_sets <= min(len(v) for v in COLUMN_SETS.values()):
+        raise ValueError(f"column_sets must be 1..{min(len(v) for v in COLUMN_SETS.values())}, got {column_sets}")
     tasks: list[Task] = []
     for group in world.REGION_GROUPS:
         tasks += [countries_wide_task(group), capitals_wide_task(group)]
@@ -384,6 +456,9 @@ def generate_wide_tasks(split: str | None = None, min_rows: int = 15, max_rows: 
         names = [c["name"] for c in world.city_records(500_000) if c["country"] == country]
         if min_rows <= k <= max_rows and len(set(names)) == len(names):
             tasks.append(cities_wide_task(country))
+    for k in range(1, column_sets):
+        tasks += [countries_wide_task(group, k) for group in world.REGION_GROUPS]
+        tasks += [elements_wide_task(p, k) for p in sorted({e["period"] for e in world.element_records()})]
     return [t for t in tasks if (split is None or t.split == split)
             and min_rows <= len(t.sources) <= max_rows]
 

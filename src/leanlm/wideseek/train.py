@@ -97,6 +97,7 @@ class TrainConfig:
     split: str = "train"
     min_rows: int = 2
     max_rows: int = 40
+    column_sets: int = 1  # training families asked for this many column sets (tasks.COLUMN_SETS)
     wiki_limit: int | None = 2000
     checkpoint_every: int = 5
     keep_checkpoints: int = 1
@@ -159,7 +160,7 @@ def training_tasks(cfg: TrainConfig) -> list[Task]:
     """The wide tasks of the configured split (training families only for ``train``)."""
     from leanlm.wideseek.tasks import generate_wide_tasks
 
-    tasks = generate_wide_tasks(cfg.split, min_rows=cfg.min_rows, max_rows=cfg.max_rows)
+    tasks = generate_wide_tasks(cfg.split, min_rows=cfg.min_rows, max_rows=cfg.max_rows, column_sets=cfg.column_sets)
     if not tasks:
         raise ValueError(f"no {cfg.split} tasks with {cfg.min_rows}..{cfg.max_rows} rows")
     return tasks
