@@ -216,3 +216,29 @@ def test_real_runtime_group_reuses_caches_and_still_scores(tokenizer, full_world
     assert on["reused_tokens"] > 0.3 * on["prompt_tokens"]
     assert on["prefilled_tokens"] + on["reused_tokens"] <= on["padded_prompt_tokens"]
     assert on["prefilled_tokens"] < 0.8 * on["padded_prompt_tokens"]
+
+
+def test_kv_bench_compares_tokens_only_over_batches_with_the_same_rows():
+    """The bench's identity check compares row by row while the batches hold the same prompts in the same rows
+    (agent names may swap: two rollouts of one task have identical prompts), stops at the first batch whose
+    rows differ (from there the sampler's random stream is consumed differently), and flags a token or
+    log-prob difference before it."""
+    from leanlm.wideseek.kv_bench import identity_check
+
+    a, b, c, d = (0, "lead", 1), (1, "lead", 1), (0, "sub-1", 1), (0, "lead", 2)
+    turns = {a: ([1, 2], [5, 6], [-0.1, -0.2]), b: ([1, 2], [7], [-0.3]), c: ([3], [8], [-1.0]),
+             d: ([4], [9], [-2.0])}
+    off = [[a, b], [c], [d]]
+    # same prompts in the same rows although the names swapped: comparable, row by row
+    swapped = {**turns, a: ([1, 2], [7], [-0.3]), b: ([1, 2], [5, 6], [-0.1, -0.2])}
+    assert identity_check(0, off, turns, [[b, a], [c], [d]], swapped)["identical_tokens"] is True
+    # the subagent's turn and the lead's second turn swapped batches: only the first batch is compared
+    moved = {**turns, c: ([3], [1], [-9.0])}
+    check = identity_check(0, off, turns, [[a, b], [d], [c]], moved)
+    assert check == {"repeat": 0, "batches": 3, "same_batches": 1, "compared": 2, "identical_tokens": True,
+                     "max_logprob_diff": 0.0}
+    drift = {**turns, a: ([1, 2], [5, 6], [-0.1, -0.25])}
+    assert identity_check(1, off, turns, off, drift)["max_logprob_diff"] == pytest.approx(0.05)
+    changed = {**turns, b: ([1, 2], [4], [-0.3])}
+    assert identity_check(2, off, turns, off, changed)["identical_tokens"] is False
+    assert identity_check(3, off, turns, off, turns)["same_batches"] == 3

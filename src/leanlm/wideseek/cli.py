@@ -551,9 +551,11 @@ def kv_bench(
     max_new_tokens: int = typer.Option(16, help="new tokens per model call at most"),
     repeats: int = typer.Option(3, help="interleaved repeats (each runs both modes)"),
     threads: int = typer.Option(1, help="CPU threads (the study runs with OMP_NUM_THREADS=1)"),
+    gather_s: float = typer.Option(0.05, help="backend gather window (s); a longer one makes the two modes' "
+                                   "batches more often the same, so more turns are compared token for token"),
 ) -> None:
     """What cross-turn KV reuse saves on an oracle-driven rollout group of the real SmolLM2 (same tokens)."""
     from leanlm.wideseek.kv_bench import run
 
     _write_report(out, *run(tasks=tasks, n=n, width=width, max_new_tokens=max_new_tokens, repeats=repeats,
-                            threads=threads))
+                            threads=threads, gather_s=gather_s))

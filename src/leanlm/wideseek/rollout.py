@@ -124,6 +124,7 @@ class TransformersBackend:
     tokens: int = 0
     generate_s: float = 0.0
     batches: list[int] = field(default_factory=list)
+    batch_members: list[list[tuple[int, str, int]]] = field(default_factory=list)  # (traj, agent, turn) per row
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("calls", "prompt_tokens", "padded_prompt_tokens", "prefilled_tokens", "reused_tokens", "generated_tokens",
          "decoded_tokens"), 0))
@@ -300,6 +301,7 @@ class TransformersBackend:
                                           token_ids=toks, logprobs=lp))
         self.generate_s += elapsed
         self.batches.append(len(batch))
+        self.batch_members.append([(r.traj, r.agent, self._turns[(r.traj, r.agent)]) for r in batch])
         return completions
 
     def _batch_cache(self, batch: list[_Request], held: list[_Held | None], width: int) -> tuple[Any, int]:
