@@ -242,3 +242,34 @@ def test_kv_bench_compares_tokens_only_over_batches_with_the_same_rows():
     changed = {**turns, b: ([1, 2], [4], [-0.3])}
     assert identity_check(2, off, turns, off, changed)["identical_tokens"] is False
     assert identity_check(3, off, turns, off, turns)["same_batches"] == 3
+
+
+def test_sampled_logprobs_equal_generates_output_scores_with_top_p(tokenizer):
+    """The backend records each sampled token's log-prob one step at a time (no ``output_scores``); with
+    temperature and top-p it samples the same tokens as ``generate``'s own warpers under one seed and gives the
+    log-softmax of the same processed scores."""
+    torch.set_num_threads(1)
+    model = tiny(tokenizer, seed=1)
+    backend = TransformersBackend(model, tokenizer, kv_reuse=False, gather_s=0.0, max_new_tokens=12, temperature=0.8,
+                                  top_p=0.9)
+    messages = [{"role": "system", "content": "You are lead."}, {"role": "user", "content": "Name three rivers."}]
+
+    async def one():
+        TRAJECTORY.set(0)
+        return await backend.complete(messages, [], agent="lead")
+
+    torch.manual_seed(11)
+    asyncio.run(one())
+    (sample,) = backend.samples
+    ids = torch.tensor([sample.prompt_ids])
+    torch.manual_seed(11)
+    ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8,
+                         top_p=0.9, top_k=0, max_new_tokens=12, return_dict_in_generate=True, output_scores=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(backend.eos_ids))
+    tokens = ref.sequences[0, ids.shape[1]:].tolist()
+    n = len(sample.completion_ids)
+    assert sample.completion_ids == tokens[:n] and n >= 1
+    scores = torch.stack(ref.scores, dim=1)[0].float()
+    want = torch.log_softmax(scores, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0][:n]
+    assert torch.allclose(torch.tensor(sample.logprobs), want, atol=1e-6)
+    assert (torch.tensor(sample.logprobs) > float("-inf")).all()  # never a token outside the top-p set

@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from leanlm.wideseek.agents import AgentConfig, RunResult, Toolbox, WideSeek
 from leanlm.wideseek.grpo import TurnSample
@@ -257,17 +265,24 @@ class TransformersBackend:
         cache, cached = self._batch_cache(batch, held, width) if reuse else (None, 0)
         was_training = self.model.training
         self.model.eval()
+        # temperature and top-p as our own processors, before the recorder: transformers would apply its own
+        # warpers after every custom processor, so the recorder would not see the sampled distribution
+        recorder = _SampledLogprobs()
+        warpers = ([TemperatureLogitsWarper(self.temperature)] if self.temperature != 1.0 else []) + \
+            ([TopPLogitsWarper(self.top_p, min_tokens_to_keep=1)] if self.top_p < 1.0 else [])
         out = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=self.temperature,
-            top_p=self.top_p, top_k=0, max_new_tokens=max(caps), return_dict_in_generate=True, output_scores=True,
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0, top_p=1.0,
+            top_k=0, max_new_tokens=max(caps), return_dict_in_generate=True,
+            logits_processor=LogitsProcessorList([*warpers, recorder]),
             pad_token_id=pad, eos_token_id=sorted(self.eos_ids), stopping_criteria=StoppingCriteriaList([stop]),
             past_key_values=cache, use_cache=True,
         )
         if was_training:
             self.model.train()
         seqs = out.sequences[:, width:].cpu()
-        scores = torch.stack(out.scores, dim=1).float()  # (batch, steps, vocab), after temperature/top-p
-        logps = torch.log_softmax(scores, dim=-1).gather(-1, seqs[:, : scores.shape[1], None].to(scores.device))[..., 0]
+        logps = recorder.finish(out.sequences)  # (batch, steps): log-softmax of the sampled distribution
+        if logps.shape[1] != seqs.shape[1]:
+            raise RuntimeError(f"recorded {logps.shape[1]} decode steps for {seqs.shape[1]} new tokens")
         elapsed = time.perf_counter() - t0
         completions = []
         self.stats["calls"] += len(batch)
@@ -343,6 +358,34 @@ class TransformersBackend:
         held = _Held(seq[:n], kv, sum(2 * k.numel() * k.element_size() for k, _ in kv))
         with self._lock:
             self._hold((r.traj, r.agent), held)
+
+
+class _SampledLogprobs(LogitsProcessor):
+    """The last logits processor: the log-prob of each sampled token under the distribution it was sampled
+    from. It holds one step's processed scores until the next step's input ids show the token drawn from them,
+    so memory is O(batch × vocabulary), where ``output_scores`` keeps O(steps × batch × vocabulary) (18 GB at
+    a 40-row batch of 384 steps: docs/results/wideseek.md, 7f)."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self.logps: list[torch.Tensor] = []
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        assert self.pending is not None
+        self.logps.append(torch.log_softmax(self.pending.float(), dim=-1).gather(-1, tokens[:, None])[:, 0].cpu())
+        self.pending = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self._take(input_ids[:, -1])
+        self.pending = scores
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """``(batch, steps)`` log-probs once ``generate`` returned ``sequences`` (its last column: the last draw)."""
+        if self.pending is not None:
+            self._take(sequences[:, -1])
+        return torch.stack(self.logps, dim=1) if self.logps else torch.zeros((sequences.shape[0], 0))
 
 
 class _RowCaps(StoppingCriteria):
