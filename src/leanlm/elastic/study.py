@@ -26,7 +26,6 @@ resumes from its checkpoint, so the study can span sessions. :func:`summarize` w
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import torch
 
 from leanlm.common.atomic import atomic_write_json
 from leanlm.common.progress import get_logger
+from leanlm.common.stats import mean_interval
 from leanlm.elastic.config import ElasticMoeConfig
 from leanlm.elastic.elastic import ElasticSampler, fraction_count
 from leanlm.elastic.extract import plan_subnet
@@ -194,25 +194,13 @@ def run_study(
     return summarize(study, out) if shard is None else None
 
 
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile ``t_{0.975, df}`` (table; between entries the smaller df, which is
-    conservative; the normal 1.96 beyond 30)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-             12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-    if df < 1:
-        return float("nan")
-    if df > 30:
-        return 1.96
-    return table[max(d for d in table if d <= df)]
-
-
 def paired(diffs: list[float]) -> dict[str, Any]:
     """Mean of paired differences with its t-based 95% interval (``n`` seeds; n < 2 gives no interval)."""
     n = len(diffs)
     if n == 0:
         return {"n": 0, "mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "half": float("nan"), "diffs": []}
     mean = statistics.fmean(diffs)
-    half = t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
+    half = mean_interval(diffs).half
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "half": half, "diffs": diffs}
 
 
@@ -320,5 +308,5 @@ def summarize(study: StudyConfig, out_dir: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "AXES", "CUT_OF_AXIS", "StudyConfig", "axis_elastic", "c_model_overrides", "expected_flops", "full_claim", "grid",
-    "paired", "plan_runs", "run_one", "run_study", "sub_claim", "summarize", "t_quantile_975",
+    "paired", "plan_runs", "run_one", "run_study", "sub_claim", "summarize",
 ]

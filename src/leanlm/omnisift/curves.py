@@ -188,16 +188,11 @@ def curves_report(out_dir: Path) -> str:
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t interval of the mean (small n)."""
-    import statistics
+    """Mean and two-sided Student-t interval of the mean (small n): :func:`leanlm.common.stats.mean_interval`."""
+    from leanlm.common.stats import mean_interval
 
-    from scipy import stats
-
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return m, m - half, m + half
+    m = mean_interval(values, level)
+    return m.mean, m.lo, m.hi
 
 
 def final_comparison(runs: list[dict[str, Any]], retentions: list[str]) -> list[str]:

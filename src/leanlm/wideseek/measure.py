@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -25,20 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leanlm.common.progress import get_logger, progress
+from leanlm.common.stats import mean_interval
 from leanlm.wideseek.agents import AgentConfig, WideSeek
 from leanlm.wideseek.bench import LatencyModel, OraclePolicy, run_point, search_misses
 from leanlm.wideseek.llm import Backend, Completion, ScriptedBackend
 from leanlm.wideseek.tasks import Task
 
 log = get_logger("leanlm.wideseek.measure")
-
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
-
-
-def _t95(df: int) -> float:
-    return T95.get(df) or T95[max(k for k in T95 if k <= df)]
-
 
 def _md(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> str:
     lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -130,7 +122,7 @@ def width_model_report(task: Task, tools: Any, seeds: Sequence[int] = tuple(rang
     for k, ratios in data["speedups"].items():
         n = len(ratios)
         mean = statistics.mean(ratios)
-        half = _t95(n - 1) * statistics.stdev(ratios) / math.sqrt(n) if n > 1 else float("nan")
+        half = mean_interval(ratios).half
         rows.append([k, n, f"{statistics.median(ratios):.2f}", f"{mean:.2f} ± {half:.2f}", f"{min(ratios):.2f}",
                      f"{max(ratios):.2f}"])
     text = _md(f"MODEL (simulated latencies, not a measurement): speed-up of width {hi} over width {lo}, task "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -307,10 +306,9 @@ def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:
 
 def _ci95(xs: list[float]) -> float | None:
     """Half width of the 95% t interval of the mean (None below two values)."""
-    if len(xs) < 2:
-        return None
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(len(xs), 2.0)
-    return t * statistics.stdev(xs) / math.sqrt(len(xs))
+    from leanlm.common.stats import mean_interval
+
+    return mean_interval(xs).half if len(xs) >= 2 else None
 
 
 def summarize(out: str | Path) -> dict[str, Any]:

@@ -67,18 +67,14 @@ class StudyConfig:
 
 
 def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean of a - b over paired seeds with a Student-t interval (``scipy.stats.t``); NaN half-width for n < 2."""
-    from scipy.stats import t as student_t
+    """Mean of a - b over paired seeds with a Student-t interval (:func:`leanlm.common.stats.paired_interval`);
+    NaN half-width for n < 2."""
+    from leanlm.common.stats import paired_interval
 
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    n = len(d)
-    if n == 0:
+    if len(a) == 0:
         raise ValueError("paired_ci needs at least one pair")
-    mean = float(d.mean())
-    if n < 2:
-        return {"n": 1, "mean": mean, "half": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    half = float(student_t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
-    return {"n": n, "mean": mean, "half": half, "lo": mean - half, "hi": mean + half}
+    d = paired_interval(a, b, level)
+    return {"n": d.n, "mean": d.mean, "half": d.half, "lo": d.lo, "hi": d.hi}
 
 
 def _cell_key(selector: str, budget: float, seed: int) -> str:
@@ -306,11 +302,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import t as student_t
+
+    from leanlm.common.stats import t_quantile
 
     def half(c: dict[str, Any]) -> float:
         sd = c.get("sd", float("nan"))
-        return float(student_t.ppf(0.975, c["n"] - 1) * sd / math.sqrt(c["n"])) if c["n"] > 1 and sd == sd else 0.0
+        return t_quantile(c["n"] - 1) * sd / math.sqrt(c["n"]) if c["n"] > 1 and sd == sd else 0.0
 
     fig, ax = plt.subplots(figsize=(8, 5))
     sels = [s for s in SELECTORS if any(c["selector"] == s for c in summary["cells"])]

@@ -66,15 +66,9 @@ def ppl_ratio_interval(nll: list[float], nll_ref: list[float], level: float = 0.
     ``d`` the per-token NLL differences), and a Student-t interval of the paired mean difference mapped the
     same way. Neighbouring tokens are not independent, so the interval is approximate (too narrow if the
     differences are positively correlated)."""
-    import statistics
-
-    from scipy import stats
+    from leanlm.common.stats import paired_interval
 
     if len(nll) != len(nll_ref):
         raise ValueError(f"paired NLLs need equal lengths, got {len(nll)} and {len(nll_ref)}")
-    d = [a - b for a, b in zip(nll, nll_ref, strict=True)]
-    mean = statistics.fmean(d)
-    if len(d) < 2:
-        return 100 * math.expm1(mean), float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
-    return 100 * math.expm1(mean), 100 * math.expm1(mean - half), 100 * math.expm1(mean + half)
+    d = paired_interval(nll, nll_ref, level)
+    return 100 * math.expm1(d.mean), 100 * math.expm1(d.lo), 100 * math.expm1(d.hi)
