@@ -273,3 +273,14 @@ def test_sampled_logprobs_equal_generates_output_scores_with_top_p(tokenizer):
     want = torch.log_softmax(scores, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0][:n]
     assert torch.allclose(torch.tensor(sample.logprobs), want, atol=1e-6)
     assert (torch.tensor(sample.logprobs) > float("-inf")).all()  # never a token outside the top-p set
+
+
+def test_backend_folds_gqa_attention_unless_told_not_to(tokenizer):
+    from leanlm.common.attention import FOLDED_SDPA
+
+    model = tiny(tokenizer)
+    assert model.config._attn_implementation == "sdpa"
+    TransformersBackend(model, tokenizer, fold_gqa=False)
+    assert model.config._attn_implementation == "sdpa"
+    TransformersBackend(model, tokenizer)
+    assert model.config._attn_implementation == FOLDED_SDPA
