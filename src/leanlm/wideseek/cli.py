@@ -553,9 +553,12 @@ def kv_bench(
     threads: int = typer.Option(1, help="CPU threads (the study runs with OMP_NUM_THREADS=1)"),
     gather_s: float = typer.Option(0.05, help="backend gather window (s); a longer one makes the two modes' "
                                    "batches more often the same, so more turns are compared token for token"),
+    axis: str = typer.Option("kv-reuse", help="what is switched off and on: kv-reuse (cross-turn KV reuse) or "
+                             "fold-gqa (folded-GQA attention vs transformers' sdpa)"),
 ) -> None:
-    """What cross-turn KV reuse saves on an oracle-driven rollout group of the real SmolLM2 (same tokens)."""
+    """What cross-turn KV reuse (or the folded-GQA attention) saves on an oracle-driven rollout group of the real
+    SmolLM2 (same tokens)."""
     from leanlm.wideseek.kv_bench import run
 
     _write_report(out, *run(tasks=tasks, n=n, width=width, max_new_tokens=max_new_tokens, repeats=repeats,
-                            threads=threads, gather_s=gather_s))
+                            threads=threads, gather_s=gather_s, axis=axis))

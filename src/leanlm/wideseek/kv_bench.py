@@ -3,7 +3,8 @@
 One batched group of ``n`` rollouts of each of the first ``tasks`` held-out tasks (the study's evaluation
 settings: real offline tools, turn limits, context) runs with the real SmolLM2-135M generating every model call
 through :class:`~leanlm.wideseek.rollout.TransformersBackend`, once re-prefilling every prompt and once with
-cross-turn KV reuse, in interleaved repeats (the order alternates per repeat). The conversation is driven by
+cross-turn KV reuse (``axis`` ``kv-reuse``; with ``fold-gqa``, once with transformers' ``sdpa`` and once with
+the folded-GQA attention), in interleaved repeats (the order alternates per repeat). The conversation is driven by
 the scripted oracle (:class:`~leanlm.wideseek.bench.OraclePolicy`), so every rollout has the multi-turn shape of
 a protocol-following policy whatever the model writes (the base model answers in one turn without a tool call,
 which leaves nothing to reuse); the model's replies are generated, timed and discarded. Since the oracle's
@@ -81,14 +82,23 @@ def identity_check(repeat: int, members_off: list[Any], turns_off: dict[Any, Any
             "identical_tokens": identical, "max_logprob_diff": worst}
 
 
+AXES = {"kv-reuse": "KV reuse", "fold-gqa": "GQA folded"}
+"""What a run switches on and off: cross-turn KV reuse (attention folded in both modes) or the folded-GQA
+attention of :mod:`leanlm.common.attention` (KV reuse on in both modes)."""
+
+
 def run(tasks: int = 1, n: int = 2, width: int = 2, max_new_tokens: int = 16, repeats: int = 3, threads: int = 1,
-        seed: int = 0, gather_s: float = 0.05) -> tuple[str, dict[str, Any]]:
-    """Interleaved repeats of the oracle-driven group with and without KV reuse; (Markdown report, data)."""
+        seed: int = 0, gather_s: float = 0.05, axis: str = "kv-reuse") -> tuple[str, dict[str, Any]]:
+    """Interleaved repeats of the oracle-driven group with ``axis`` (:data:`AXES`) off and on; (Markdown report,
+    data)."""
     from leanlm.common.models import load_embedded
     from leanlm.wideseek.rollout import TransformersBackend
     from leanlm.wideseek.runner import default_world
     from leanlm.wideseek.study import FULL, _train_config, eval_tasks
 
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+    label = AXES[axis]
     torch.set_num_threads(threads)
     cfg = dict(FULL)
     loaded = load_embedded()
@@ -99,32 +109,35 @@ def run(tasks: int = 1, n: int = 2, width: int = 2, max_new_tokens: int = 16, re
     rows: list[dict[str, Any]] = []
     tokens: dict[tuple[int, bool], tuple[list[Any], dict[Any, Any]]] = {}
     for r in range(repeats):
-        for reuse in ((False, True) if r % 2 == 0 else (True, False)):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):
+            reuse, fold = (on, True) if axis == "kv-reuse" else (True, on)
+            loaded.model.set_attn_implementation("sdpa")  # the backend switches it to the folded form if fold
             backend = TransformersBackend(loaded.model, loaded.tokenizer, max_new_tokens=max_new_tokens,
                                           max_context=cfg["max_context"], kv_reuse=reuse, kv_hold_all=True,
-                                          gather_s=gather_s)
+                                          gather_s=gather_s, fold_gqa=fold)
             torch.manual_seed(seed + r)
             t0 = time.perf_counter()
             oracle_group(backend, chosen, tools, agent_cfg, n, width)
             wall = time.perf_counter() - t0
             key = lambda s: (s.traj, s.agent_name, s.turn)  # noqa: E731
             samples = sorted(backend.samples, key=key)
-            tokens[(r, reuse)] = (list(backend.batch_members), {key(s): (s.prompt_ids, s.completion_ids, s.logprobs)
+            tokens[(r, on)] = (list(backend.batch_members), {key(s): (s.prompt_ids, s.completion_ids, s.logprobs)
                                                                 for s in samples})
             st = dict(backend.stats)
-            rows.append({"repeat": r, "kv_reuse": reuse, "wall_s": round(wall, 1),
+            rows.append({"repeat": r, "on": on, "kv_reuse": reuse, "fold_gqa": fold, "wall_s": round(wall, 1),
                          "generate_s": round(backend.generate_s, 1), "generate_calls": len(backend.batches),
                          **st})
-            log.info("repeat %d reuse=%s: %.1f s wall, %.1f s generate, prefilled %d of %d", r, reuse, wall,
+            log.info("repeat %d %s=%s: %.1f s wall, %.1f s generate, prefilled %d of %d", r, axis, on, wall,
                      backend.generate_s, st["prefilled_tokens"], st["padded_prompt_tokens"])
     checks = [identity_check(r, *tokens[(r, False)], *tokens[(r, True)]) for r in range(repeats)]
 
-    def med(field: str, reuse: bool) -> float:
-        return statistics.median(x[field] for x in rows if x["kv_reuse"] == reuse)
+    def med(field: str, on: bool) -> float:
+        return statistics.median(x[field] for x in rows if x["on"] == on)
 
-    paired = [next(x for x in rows if x["repeat"] == r and x["kv_reuse"])["generate_s"]
-              / next(x for x in rows if x["repeat"] == r and not x["kv_reuse"])["generate_s"] for r in range(repeats)]
-    data = {"tasks": [t.instance_id for t in chosen], "n": n, "width": width, "max_new_tokens": max_new_tokens,
+    paired = [next(x for x in rows if x["repeat"] == r and x["on"])["generate_s"]
+              / next(x for x in rows if x["repeat"] == r and not x["on"])["generate_s"] for r in range(repeats)]
+    data = {"axis": axis, "tasks": [t.instance_id for t in chosen], "n": n, "width": width,
+            "max_new_tokens": max_new_tokens,
             "gather_s": gather_s,
             "repeats": repeats, "threads": threads, "rows": rows, "checks": checks,
             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -135,13 +148,14 @@ def run(tasks: int = 1, n: int = 2, width: int = 2, max_new_tokens: int = 16, re
             "wall_ratio_of_medians": med("wall_s", True) / med("wall_s", False),
             "paired_generate_ratios": [round(p, 3) for p in paired],
             "prefill_ratio": med("prefilled_tokens", True) / med("prefilled_tokens", False)}
-    lines = [f"### Cross-turn KV reuse: {len(chosen)} held-out task(s) x {n} rollouts, width {width}, oracle-driven, "
+    other = "GQA folded in both modes" if axis == "kv-reuse" else "KV reuse on in both modes"
+    lines = [f"### {label} off and on ({other}): {len(chosen)} held-out task(s) x {n} rollouts, width {width}, oracle-driven, "
              f"SmolLM2-135M fp32, {threads} thread(s), <= {max_new_tokens} new tokens per call, gather window "
              f"{gather_s:g} s",
              "", f"Measured {data['measured']}.", "",
-             "| repeat | KV reuse | wall s | generate s | generate calls | model calls | prompt tok | prefilled "
+             f"| repeat | {label} | wall s | generate s | generate calls | model calls | prompt tok | prefilled "
              "columns | padded columns | reused tok |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {x['repeat']} | {'on' if x['kv_reuse'] else 'off'} | {x['wall_s']} | {x['generate_s']} | "
+    lines += [f"| {x['repeat']} | {'on' if x['on'] else 'off'} | {x['wall_s']} | {x['generate_s']} | "
               f"{x['generate_calls']} | {x['calls']} | {x['prompt_tokens']} | {x['prefilled_tokens']} | "
               f"{x['padded_prompt_tokens']} | {x['reused_tokens']} |" for x in rows]
     lines += ["", "| | off | on | on / off |", "|---|---|---|---|",
