@@ -155,3 +155,54 @@ def test_study_evaluate_writes_one_transcript_per_rollout_beside_the_metrics(tok
         assert study.evaluate("sft", 0, 2) == path and len(traces.read_text().splitlines()) == cfg["n"]  # resumed
     finally:
         torch.set_num_threads(n_threads)
+
+
+def test_study_evaluate_in_groups_resumes_after_a_kill_at_the_next_group(tokenizer, tmp_path):
+    """With ``eval_group_tasks`` 1 each task's rollouts are one group whose lines land when it ends: a kill in the
+    second group keeps the first task's line and transcripts, and the rerun evaluates the second task only."""
+    from leanlm.common.models import tiny_llama
+    from leanlm.wideseek import study as st
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=1, max_position_embeddings=4096, seed=0)
+        model.save_pretrained(tmp_path / "sft" / "model")
+        tokenizer.save_pretrained(tmp_path / "sft" / "model")
+        cfg = {**st.QUICK, "eval_tasks": 2, "eval_max_rows": 3, "n": 2, "max_new_tokens": 8, "role_max_new_tokens": {},
+               "max_lead_turns": 1, "eval_group_tasks": 1}
+        study = object.__new__(st.Study)
+        study.config, study.out, study.tools, study.timings = cfg, tmp_path, ToyTools(), {}
+        tasks = [t.instance_id for t in st.eval_tasks(cfg)]
+        assert len(tasks) == 2
+        real_group, calls, kill = st.Study._evaluate_group, [], {"at": 2}
+
+        class Killed(Exception):
+            pass
+
+        def killed_in_second(self, path, group, *args):
+            calls.append([t.instance_id for t in group])
+            if len(calls) == kill["at"]:
+                raise Killed
+            return real_group(self, path, group, *args)
+
+        st.Study._evaluate_group = killed_in_second
+        try:
+            with pytest.raises(Killed):
+                study.evaluate("sft", 0, 2)
+            path = tmp_path / "evals" / "sft-seed0-w2.jsonl"
+            assert [json.loads(x)["task"] for x in path.read_text().splitlines()] == tasks[:1]
+            assert len(st.transcript_path(path).read_text().splitlines()) == cfg["n"]
+            assert calls == [tasks[:1], tasks[1:]]
+            calls.clear()
+            kill["at"] = None
+            study.evaluate("sft", 0, 2)
+        finally:
+            st.Study._evaluate_group = real_group
+        assert calls == [tasks[1:]]  # only the task without a line
+        assert [json.loads(x)["task"] for x in path.read_text().splitlines()] == tasks
+        assert all(json.loads(x)["group_tasks"] == 1 for x in path.read_text().splitlines())
+        assert len(st.transcript_path(path).read_text().splitlines()) == 2 * cfg["n"]
+    finally:
+        torch.set_num_threads(n_threads)

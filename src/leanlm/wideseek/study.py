@@ -58,7 +58,7 @@ FULL = {
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
     "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-6, "oracle_width": 4,
-    "wiki_limit": 2000, "device": "cpu",
+    "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1,
 }
 """The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, each asked for
 ``train_column_sets`` column sets, run by the oracle at each width of ``sft_oracle_widths``; ``sft_examples`` of
@@ -68,7 +68,9 @@ the lead to stop: docs/results/wideseek.md, 7e). GRPO prompts come from those
 of up to ``marl_max_rows`` (with the 17-18-row tasks a rollout costs twice the prompt tokens, 61k vs 29k, and
 the oracle itself reaches item F1 0.5 under these turn limits, vs 1.0). Reply caps per role from the oracle's longest replies
 (lead: final table and decomposition, at most 358 tokens on the training tasks; subagent at most 92;
-single agent at most 119); see docs/results/wideseek.md, "study", for the measurements."""
+single agent at most 119); see docs/results/wideseek.md, "study", for the measurements. Evaluations run one
+task's ``n`` rollouts per batched group (``eval_group_tasks`` 1): a group's lines land when it ends, and on this
+machine no process outlives a 3-hour session, so a 3-task group that took longer was lost whole (2026-11-30)."""
 
 ABLATIONS = {"lead": {"train_roles": "lead"}, "subagents": {"train_roles": "subagents"},
              "noagent": {"agent_level": False}}
@@ -191,13 +193,12 @@ class Study:
         return target
 
     def evaluate(self, policy: str, seed: int, width: int, mode: str = "multi") -> Path:
-        """Run every held-out task ``n`` times with the policy's model, all tasks' rollouts in one batched group
-        (their turns share ``generate`` calls); one JSON line per task. ``policy`` is ``base``, ``sft``,
-        ``marl``, ``single`` or ``marl-<ablation>``."""
+        """Run every held-out task ``n`` times with the policy's model; one JSON line per task. The tasks' rollouts
+        run in batched groups of ``eval_group_tasks`` tasks (default: all in one group; their turns share
+        ``generate`` calls); each group's lines are written when it ends, so a killed evaluation resumes at the
+        first task without a line. ``policy`` is ``base``, ``sft``, ``marl``, ``single`` or
+        ``marl-<ablation>``."""
         from leanlm.common.models import load_model
-        from leanlm.wideseek.rollout import TransformersBackend, rollout_group
-        from leanlm.wideseek.train import score_rollout
-        from leanlm.wideseek.transcript import rollout_transcript
 
         cfg = self.config
         path = self.out / "evals" / f"{policy}-seed{seed}-w{width}.jsonl"
@@ -218,10 +219,23 @@ class Study:
             spec = self.marl(seed, ablation=policy.removeprefix("marl-"))
         else:
             raise ValueError(f"unknown policy {policy!r}")
-        t0 = _now()
         loaded = load_model(str(spec))
         tok = loaded.tokenizer or load_model("embedded").tokenizer
         model = loaded.model.to(cfg.get("device", "cpu"))
+        size = cfg.get("eval_group_tasks") or len(tasks)
+        for start in range(0, len(tasks), size):
+            self._evaluate_group(path, tasks[start:start + size], model, tok, policy, seed, width, mode)
+        return path
+
+    def _evaluate_group(self, path: Path, tasks: list[Task], model: Any, tok: Any, policy: str, seed: int,
+                        width: int, mode: str) -> None:
+        """One batched group: ``n`` rollouts of each of ``tasks``; appends their transcripts, then their lines."""
+        from leanlm.wideseek.rollout import TransformersBackend, rollout_group
+        from leanlm.wideseek.train import score_rollout
+        from leanlm.wideseek.transcript import rollout_transcript
+
+        cfg = self.config
+        t0 = _now()
         agent_cfg = _train_config(cfg, self.out, "", seed, mode).agent_config()
         agent_cfg.max_subagents_per_call = agent_cfg.max_subagents_per_turn = agent_cfg.max_concurrency = width
         backend = TransformersBackend(model, tok, max_new_tokens=cfg["max_new_tokens"],
@@ -256,7 +270,6 @@ class Study:
         with open(path, "a", encoding="utf-8") as handle:  # one write: the group's tasks land together
             handle.write("".join(json.dumps(line) + "\n" for line in lines))
         self._timed(f"eval-{policy}", t0)
-        return path
 
     def plan(self) -> list[tuple[str, tuple[str, int, int, str]]]:
         return plan(self.config)
