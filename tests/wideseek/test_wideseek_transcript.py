@@ -206,3 +206,27 @@ def test_study_evaluate_in_groups_resumes_after_a_kill_at_the_next_group(tokeniz
         assert len(st.transcript_path(path).read_text().splitlines()) == 2 * cfg["n"]
     finally:
         torch.set_num_threads(n_threads)
+
+
+def test_transcript_records_each_subagent_step_with_its_calls_and_results(task):
+    """A subagent that searches once and then reports: its steps hold the raw reply, the call's name, arguments
+    and the start of the tool's result, then the report turn."""
+    search = ('<tool_call>{"name": "search", "arguments": {"queries": [{"query": "Algiers population", '
+              '"count": 2}]}}</tool_call>')
+
+    def policy(agent, messages, tools):
+        if agent == "lead":
+            return CALL if sum(m["role"] == "assistant" for m in messages) == 0 else gold_answer_text(task)
+        return search if not any(m["role"] == "tool" for m in messages) else f"report of {agent}"
+
+    cfg = AgentConfig(max_lead_turns=2, max_sub_turns=3, few_shot=False)
+    result = WideSeek(ScriptedBackend(policy), ToyTools(), cfg).run(task.query, "table")
+    t = rollout_transcript(task, result)
+    sub = t["subagents"][0]
+    assert sub["status"] == "answered" and sub["report"] == "report of sub-1"
+    first, second = sub["steps"]
+    assert first["turn"] == 1 and second["turn"] == 2 and second["calls"] == []
+    assert [c["name"] for c in first["calls"]] == ["search"] and first["calls"][0]["malformed"] is False
+    assert "Algiers population" in first["calls"][0]["arguments"]
+    assert first["calls"][0]["result"].startswith("[Doc 1](http://toy/Algiers population)")
+    json.dumps(t)

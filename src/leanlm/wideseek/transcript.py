@@ -9,7 +9,8 @@ run's :class:`~leanlm.wideseek.trace.Trace` and, with the in-process backend, th
   blocks included; without samples, the visible text plus each call's raw JSON), prompt and completion tokens,
   ``finish_reason`` (``length`` = cut by the reply cap), the tool calls it made (name, malformed reason,
   subagent prompts) and the subagents they started; a call that failed (context overflow) has ``error``.
-- ``subagents``: per subagent its lead turn, status, turns and report.
+- ``subagents``: per subagent its lead turn, status, turns and report, and ``steps``: per model call the raw reply
+  (clipped), finish reason, each tool call's name, arguments and the start of its result, and any error.
 - ``answer``: the text that was scored, ``status`` of the lead, ``f1``/``format_ok``/``success`` and
   :func:`format_problem` (why the answer is not a valid table, or None), the scorer's ``score_msg``.
 
@@ -54,6 +55,35 @@ def format_problem(task: Task, answer: str | None) -> str | None:
     except Exception as exc:  # the scorer treats any parse failure as an invalid table
         return f"table parse error: {type(exc).__name__}: {exc}"
     return None
+
+
+def _agent_steps(events: Sequence[dict[str, Any]], agent: str, raw: dict[int, str]) -> list[dict[str, Any]]:
+    """A subagent's turns: raw reply (clipped to 400 characters), each tool call's name, arguments and the start
+    of its result (200), and the error of a failed call (context overflow, backend error)."""
+    results = {e["id"]: e for e in events if e["agent"] == agent and e["type"] == "tool_result"}
+    steps: list[dict[str, Any]] = []
+    for e in events:
+        if e["agent"] != agent:
+            continue
+        if e["type"] == "llm_call":
+            step: dict[str, Any] = {"turn": e["turn"], "prompt_tokens": e.get("prompt_tokens"),
+                                    "completion_tokens": e.get("completion_tokens"),
+                                    "finish_reason": e.get("finish_reason"), "calls": []}
+            if not e.get("ok", True):
+                step["error"] = e.get("error")
+            elif e["turn"] in raw:
+                step["text"] = clip(raw[e["turn"]], 400)
+            steps.append(step)
+        elif e["type"] == "tool_call" and steps:
+            res = results.get(e["id"], {})
+            steps[-1]["calls"].append({"name": e.get("name"), "malformed": bool(e.get("malformed")),
+                                       "arguments": clip(str(e.get("arguments")), 200),
+                                       "result": clip(str(res.get("content", "")), 200)})
+        elif e["type"] == "error":
+            if not steps:  # e.g. the context estimate stopped the agent before its first call
+                steps.append({"turn": 0, "calls": []})
+            steps[-1].setdefault("errors", []).append(f"{e.get('kind')}: {clip(e.get('message'), 200)}")
+    return steps
 
 
 def _raw_texts(result: RunResult, samples: Sequence[Any], tokenizer: Any, agent: str) -> dict[int, str]:
@@ -113,7 +143,9 @@ def rollout_transcript(task: Task, result: RunResult, *, samples: Sequence[Any] 
             subagents.append({"agent": e["agent"], "lead_turn": e.get("lead_turn"),
                               "subtask": clip(e.get("subtask"), 300),
                               "status": run.status if run else None, "turns": run.turns if run else None,
-                              "report": clip(run.answer if run else "", 500)})
+                              "report": clip(run.answer if run else "", 500),
+                              "steps": _agent_steps(events, e["agent"], _raw_texts(result, samples, tokenizer,
+                                                                                   e["agent"]))})
     out: dict[str, Any] = {"task": task.instance_id, "status": result.status, "lead_turns": result.lead.turns,
                            "subagents_started": len(result.subagents),
                            "lead_errors": [{"kind": e.get("kind"), "message": clip(e.get("message"), 300)}
