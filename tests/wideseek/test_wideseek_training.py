@@ -379,17 +379,30 @@ def test_sft_example_selection_upsamples_answers_and_keeps_the_old_recipe_at_sha
             + [ex("sub-1", False, i) for i in range(5, 25)])
     assert select_examples(pool, 100) == pool  # share 0, fewer than n: all, in order (the first study's recipe)
     assert select_examples(pool, 5) == [pool[int(i * 25 / 5)] for i in range(5)]
-    got = select_examples(pool, 12, answer_share=0.5)
-    assert len(got) == 12
-    assert got[:6] == [pool[0], pool[4]] * 3  # the two answers, repeated to fill ceil(0.5 * 12) places
-    assert got[6:9] == pool[1:4]  # then every lead tool call
-    subs = got[9:]
-    assert len(subs) == 3 and all(e.agent == "sub-1" and not e.answer for e in subs)
-    assert [e.task for e in subs] == ["t5", "t11", "t18"]  # evenly spaced over the 20 subagent calls
-    assert select_examples(pool, 1, answer_share=0.1) == [pool[0]]  # the final table before any report
-    many = [ex("sub-1", True, 100 + i) for i in range(10)] + pool
-    got = select_examples(many, 10, answer_share=0.3)  # more answers than places: the final table, then reports
-    assert [e.task for e in got[:3]] == ["t0", "t100", "t105"] and got[3:6] == pool[1:4]
-    assert [e.task for e in got[6:]] == ["t5", "t10", "t15", "t20"]
+    got = select_examples(pool, 12, answer_share=0.5)  # 6 places per side, ceil(0.5 * 6) = 3 of them answers
+    assert got[:6] == [pool[0]] * 3 + pool[1:4]  # the one final table, repeated; every lead tool call
+    assert got[6:9] == [pool[4]] * 3  # the one report, repeated
+    assert [e.task for e in got[9:]] == ["t5", "t11", "t18"]  # evenly spaced over the 20 subagent calls
+    assert select_examples(pool, 1, answer_share=0.1) == [pool[0]]  # one place: the lead's side, its table
+    got = select_examples(pool, 20, answer_share=0.1)  # the lead's side has 1 + 3 examples for 10 places
+    assert got[:4] == [pool[0], *pool[1:4]] and sum(e.agent == "sub-1" for e in got) == 16 and len(got) == 20
+    assert sum(e.answer for e in got[4:]) == 1  # the subagents' side: ceil(0.1 * 10) = 1 report, then calls
     with pytest.raises(ValueError, match="answer_share"):
         select_examples(pool, 4, answer_share=1.5)
+
+
+def test_sft_selection_at_the_study_scale_gives_both_roles_their_calls_and_answers():
+    """The recipe that starved the subagents (2026-11-30): with many lead calls, the lead's calls took every place
+    left after the answers. Now each side gets half, answers and calls within it."""
+    from leanlm.wideseek.sft import Example, select_examples
+
+    pool = ([Example(f"f{i}", "lead", [i], [i], answer=True) for i in range(80)]
+            + [Example(f"l{i}", "lead", [i], [i]) for i in range(240)]
+            + [Example(f"r{i}", f"sub-{i % 4 + 1}", [i], [i], answer=True) for i in range(160)]
+            + [Example(f"s{i}", f"sub-{i % 4 + 1}", [i], [i]) for i in range(1330)])
+    got = select_examples(pool, 128, answer_share=0.3)
+    kinds = {k: sum(e.task.startswith(k) for e in got) for k in "flrs"}
+    assert kinds == {"f": 20, "l": 44, "r": 20, "s": 44} and len({id(e) for e in got}) == 128
+    single = [e for e in pool if e.agent == "lead"]  # single-agent mode: one side takes every place
+    got = select_examples([Example(e.task, "single", e.prompt_ids, e.target_ids, e.answer) for e in single], 128, 0.3)
+    assert sum(e.answer for e in got) == 39 and len(got) == 128

@@ -55,12 +55,19 @@ class Example:
 
 def select_examples(examples: Sequence[Example], n: int, answer_share: float = 0.0) -> list[Example]:
     """``n`` training examples from the oracle's. With ``answer_share`` 0 (the first study's recipe): every
-    example when there are at most ``n``, else ``n`` evenly spaced ones. With ``answer_share`` > 0: the answers
-    (replies without a tool call, the turns that end an agent's loop: the lead's final tables first, then evenly
-    spaced subagent reports) fill ``ceil(answer_share * n)`` places, repeated in turn when there are fewer; then
-    the lead's tool calls (evenly spaced when they do not all fit), then evenly spaced subagent tool calls. In the first
-    study's 96 examples the lead's final table was 1 example and 2.5% of the reply tokens (the length filter drops
-    the others): the policy learned to call tools and never to stop (docs/results/wideseek.md, 7, "SFT diagnosis")."""
+    example when there are at most ``n``, else ``n`` evenly spaced ones.
+
+    With ``answer_share`` > 0 both roles get half of the ``n`` places (the lead's side: ``lead`` or ``single``;
+    the subagents' side: every ``sub-*``), since one model plays both. Within a side, its answers (replies
+    without a tool call, the turns that end an agent's loop: the lead's final tables, the subagents' reports)
+    fill ``ceil(answer_share * places)``, repeated in turn when there are fewer, and its tool calls, evenly
+    spaced, the rest; places a side cannot fill go to the other side's tool calls. Lead's side first.
+
+    Two recipes this replaced, each found from the evaluated policy's transcripts (docs/results/wideseek.md, 7e
+    and 7g): spacing over all calls gave 1 final table in 96 examples (the lead never learned to stop); filling
+    the answer places with final tables first and then the lead's calls before any subagent call gave 39 tables
+    and 89 lead calls in 128 examples and **no subagent example**: the subagents never learned to search, read
+    and report, and hit their turn limit."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not 0.0 <= answer_share <= 1.0:
@@ -76,16 +83,31 @@ def select_examples(examples: Sequence[Example], n: int, answer_share: float = 0
 
     if answer_share == 0.0:
         return spaced(examples, n)
-    finals = [e for e in examples if e.answer and e.agent in ("lead", "single")]
-    reports = [e for e in examples if e.answer and e.agent not in ("lead", "single")]
-    lead_calls = [e for e in examples if not e.answer and e.agent in ("lead", "single")]
-    sub_calls = [e for e in examples if not e.answer and e.agent not in ("lead", "single")]
-    k = min(n, math.ceil(answer_share * n)) if finals or reports else 0
-    answers = finals[:k] + spaced(reports, k - len(finals[:k]))  # the final tables first
-    chosen = [answers[i % len(answers)] for i in range(k)] if answers else []
-    chosen += spaced(lead_calls, n - len(chosen))
-    chosen += spaced(sub_calls, n - len(chosen))
-    return chosen
+
+    def side(lead: bool) -> tuple[list[Example], list[Example]]:
+        mine = [e for e in examples if (e.agent in ("lead", "single")) == lead]
+        return [e for e in mine if e.answer], [e for e in mine if not e.answer]
+
+    sides = [s for s in (side(True), side(False)) if s[0] or s[1]]
+    places = [n // len(sides) + (i < n % len(sides)) for i in range(len(sides))] if sides else []
+    chosen: list[list[Example]] = []
+    for (answers, _calls), k_side in zip(sides, places, strict=True):
+        k = min(k_side, math.ceil(answer_share * k_side)) if answers else 0
+        chosen.append([answers[i % len(answers)] for i in range(k)])
+    short = 0
+    for i, ((_answers, calls), k_side) in enumerate(zip(sides, places, strict=True)):
+        want = k_side - len(chosen[i])
+        chosen[i] += spaced(calls, want)
+        short += want - min(want, len(calls))
+    for i, (_answers, calls) in enumerate(sides):  # places a side could not fill: the other side's calls
+        if short <= 0:
+            break
+        used = {id(e) for e in chosen[i]}
+        spare = [e for e in calls if id(e) not in used]
+        extra = spaced(spare, short)
+        chosen[i] += extra
+        short -= len(extra)
+    return [e for part in chosen for e in part]
 
 
 def oracle_examples(tasks: Sequence[Task], tools: Any, config: AgentConfig, tokenizer: Any, width: int,

@@ -162,6 +162,10 @@ class Study:
         examples = select_examples(examples, cfg["sft_examples"], cfg.get("sft_answer_share", 0.0))
         stats["used"] = len(examples)
         stats["used_answers"] = sum(e.answer for e in examples)
+        stats["used_by_kind"] = {kind: sum(1 for e in examples if (e.agent in ("lead", "single"), e.answer) == key)
+                                 for kind, key in (("lead_calls", (True, False)), ("lead_answers", (True, True)),
+                                                   ("subagent_calls", (False, False)),
+                                                   ("subagent_reports", (False, True)))}
         stats["used_answer_token_share"] = round(sum(len(e.target_ids) for e in examples if e.answer)
                                                  / max(1, sum(len(e.target_ids) for e in examples)), 4)
         atomic_write_json(self.out / name / "traces.json", stats)
