@@ -67,6 +67,9 @@ def test_wilson_interval_and_scoring():
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
     assert wilson(0, 10)[0] == 0.0 and wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
     assert math.isnan(wilson(0, 0)[0])
+    # all or none correct: the bound at the point is exact (computed, 63 of n < 200 missed 1.0 by rounding,
+    # e.g. n = 4, 10, 14: a negative error bar in the accuracy plot)
+    assert all(wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0 for n in range(1, 200))
     assert score_answer("The numbers are 12, 34", ["12", "34", "56"]) == (False, 2 / 3)
     assert score_answer("abc DEF", ["def"]) == (True, 1.0)
     rows = [{"method": "m", "budget": 64, "correct": c, "agree": a, "recall": [None, r]}

@@ -18,7 +18,11 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at p = 0 (p = 1) the low (high) bound is 0 (1) exactly; computed, it can miss by a rounding error, which
+    # put the point outside its own interval (a negative error bar, which matplotlib rejects)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def score_answer(text: str, answers: list[str]) -> tuple[bool, float]:

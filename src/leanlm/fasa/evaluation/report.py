@@ -226,8 +226,8 @@ def plot(answers: list[dict[str, Any]], press_rows: list[dict[str, Any]], ppl_ro
         for m in methods:
             xs = [b for b in budgets if (m, b) in agg] or [b for (mm, b) in agg if mm == m]
             ys = [100 * agg[(m, b)]["acc"] for b in xs]
-            lo = [y - 100 * agg[(m, b)]["acc_lo"] for y, b in zip(ys, xs, strict=True)]
-            hi = [100 * agg[(m, b)]["acc_hi"] - y for y, b in zip(ys, xs, strict=True)]
+            lo = [max(0.0, y - 100 * agg[(m, b)]["acc_lo"]) for y, b in zip(ys, xs, strict=True)]
+            hi = [max(0.0, 100 * agg[(m, b)]["acc_hi"] - y) for y, b in zip(ys, xs, strict=True)]
             style = dict(lw=2.2) if m == "FASA" else dict(lw=1, ls="--" if m.startswith("kvpress") else "-")
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, label=m, **style)
         if ("full KV", 0) in agg:
