@@ -103,25 +103,33 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(embedded_cache_path()))
 
 
+def _tiny_sft_study(tokenizer, out, cfg):
+    """A Study on toy tools (no world) whose SFT policy is a tiny random model saved under ``out``."""
+    from leanlm.common.models import tiny_llama
+    from leanlm.wideseek import study as st
+
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, max_position_embeddings=4096, seed=0)
+    model.save_pretrained(out / "sft" / "model")
+    tokenizer.save_pretrained(out / "sft" / "model")
+    study = object.__new__(st.Study)
+    study.config, study.out, study.tools, study.timings = cfg, out, ToyTools(), {}
+    return study
+
+
 def test_study_evaluate_writes_one_transcript_per_rollout_beside_the_metrics(tokenizer, tmp_path):
     """Study.evaluate on a tiny random model saved as the SFT policy: one transcript line per rollout whose turns,
     subagents and scores match the metrics line, raw lead text equal to the decoded sampled tokens; summarize and
     resume read the metric files only."""
-    from leanlm.common.models import tiny_llama
     from leanlm.wideseek import study as st
     from leanlm.wideseek.rollout import TransformersBackend
 
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           num_key_value_heads=1, max_position_embeddings=4096, seed=0)
-        model.save_pretrained(tmp_path / "sft" / "model")
-        tokenizer.save_pretrained(tmp_path / "sft" / "model")
         cfg = {**st.QUICK, "eval_tasks": 1, "eval_max_rows": 2, "n": 2, "max_new_tokens": 12, "role_max_new_tokens": {},
                "max_lead_turns": 2}
-        study = object.__new__(st.Study)  # no world: toy tools
-        study.config, study.out, study.tools, study.timings = cfg, tmp_path, ToyTools(), {}
+        study = _tiny_sft_study(tokenizer, tmp_path, cfg)
         decoded: list[str] = []
         real_generate = TransformersBackend._generate
 
@@ -160,20 +168,14 @@ def test_study_evaluate_writes_one_transcript_per_rollout_beside_the_metrics(tok
 def test_study_evaluate_in_groups_resumes_after_a_kill_at_the_next_group(tokenizer, tmp_path):
     """With ``eval_group_tasks`` 1 each task's rollouts are one group whose lines land when it ends: a kill in the
     second group keeps the first task's line and transcripts, and the rerun evaluates the second task only."""
-    from leanlm.common.models import tiny_llama
     from leanlm.wideseek import study as st
 
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           num_key_value_heads=1, max_position_embeddings=4096, seed=0)
-        model.save_pretrained(tmp_path / "sft" / "model")
-        tokenizer.save_pretrained(tmp_path / "sft" / "model")
         cfg = {**st.QUICK, "eval_tasks": 2, "eval_max_rows": 3, "n": 2, "max_new_tokens": 8, "role_max_new_tokens": {},
                "max_lead_turns": 1, "eval_group_tasks": 1}
-        study = object.__new__(st.Study)
-        study.config, study.out, study.tools, study.timings = cfg, tmp_path, ToyTools(), {}
+        study = _tiny_sft_study(tokenizer, tmp_path, cfg)
         tasks = [t.instance_id for t in st.eval_tasks(cfg)]
         assert len(tasks) == 2
         real_group, calls, kill = st.Study._evaluate_group, [], {"at": 2}
