@@ -57,7 +57,7 @@ FULL = {
     "sft_oracle_widths": [1, 2, 4], "sft_answer_share": 0.3, "train_column_sets": 5, "steps": 6,
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
-    "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-6, "oracle_width": 4,
+    "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-5, "oracle_width": 4,
     "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1,
 }
 """The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, each asked for
@@ -70,7 +70,10 @@ the oracle itself reaches item F1 0.5 under these turn limits, vs 1.0). Reply ca
 (lead: final table and decomposition, at most 358 tokens on the training tasks; subagent at most 92;
 single agent at most 119); see docs/results/wideseek.md, "study", for the measurements. Evaluations run one
 task's ``n`` rollouts per batched group (``eval_group_tasks`` 1): a group's lines land when it ends, and on this
-machine no process outlives a 3-hour session, so a 3-task group that took longer was lost whole (2026-11-30)."""
+machine no process outlives a 3-hour session, so a 3-task group that took longer was lost whole (2026-11-30).
+GRPO's ``lr`` is 1e-5, not the paper's 1e-6: a CPU-scale deviation. The paper takes ~156 steps, this study 6;
+a one-step probe from the SFT policy (``bench/wideseek_lr_probe.py``, docs/results/wideseek.md, 7g) moved the
+batch's log-probs by 0.4% at 1e-6 (KL 1.2e-4) and by 4% at 1e-5 (KL 0.009, a usual PPO step's size)."""
 
 ABLATIONS = {"lead": {"train_roles": "lead"}, "subagents": {"train_roles": "subagents"},
              "noagent": {"agent_level": False}}
