@@ -8,6 +8,7 @@ import torch
 from leanlm.fasa.selectors import (
     DoubleSparsitySelector,
     FASASelector,
+    ForcedWindow,
     H2OSelector,
     KeyQueryStats,
     LokiSelector,
@@ -47,6 +48,7 @@ def all_selectors(budget: int) -> dict[str, object]:
         "sparq": SparQSelector(r=4), "double sparsity": DoubleSparsitySelector.from_stats(stats(), 4),
         "loki": LokiSelector.from_stats(stats(), 4), "h2o": H2OSelector(budget=budget),
         "snapkv": SnapKVDecodeSelector(budget=budget, window=3, interval=4, kernel=3),
+        "fasa + forced window": ForcedWindow(FASASelector.from_fcs(fcs, D, "half"), n_sink=1, n_recent=2),
     }
 
 
@@ -82,6 +84,19 @@ def test_oracle_equals_brute_force_and_full_rank_subspace_methods_equal_the_orac
             "loki full basis": LokiSelector.from_stats(stats(), D)}
     for name, sel in full.items():  # every dim (or an orthonormal basis of them) ranks exactly as q·k
         assert [set(h.tolist()) for h in sel.select(query, keys, 7)[0]] == truth, name
+
+
+def test_forced_window_keeps_sinks_and_recent_and_fills_the_rest_by_the_inner_ranking():
+    query, keys = qk(50, seed=4)
+    t, budget, n_sink, n_recent = keys.shape[2], 9, 2, 3
+    forced = set(range(n_sink)) | set(range(t - n_recent, t))
+    got = ForcedWindow(OracleSelector(), n_sink=n_sink, n_recent=n_recent).select(query, keys, budget)
+    for h in range(HQ):  # brute force: the window, then the oracle's best of the other tokens
+        kv = h // (HQ // HKV)
+        rest = sorted(set(range(t)) - forced, key=lambda j: -float(query[0, h, 0] @ keys[0, kv, j]))
+        assert set(got[0, h].tolist()) == forced | set(rest[: budget - len(forced)])
+    with pytest.raises(ValueError, match="exceeds the budget of 4"):
+        ForcedWindow(OracleSelector(), n_sink=2, n_recent=3).select(query, keys, 4)
 
 
 def test_sparq_scores_only_the_largest_query_components():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from leanlm.fasa.cache import FasaLayer
+from leanlm.fasa.selectors.window import force_window
 from leanlm.fasa.topk import exact_topk
 
 
@@ -87,11 +88,7 @@ def fasa_c_attention(
         q = query.view(b, n_kv, group, d) if pooled else query  # pooled: the group folds into q_len
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=scaling)  # FAC, Eq. 7
         return out.view(b, n_q, 1, d), indices
-    scores = tip_scores(query, layer, pooled, kernels)  # TIP, Eq. 6
-    if n_sink:
-        scores[..., :n_sink] = float("inf")
-    if n_recent:
-        scores[..., max(0, t - n_recent) :] = float("inf")
+    scores = force_window(tip_scores(query, layer, pooled, kernels), n_sink, n_recent, inplace=True)  # TIP, Eq. 6
     if valid is not None:  # after forcing: a forced token that is padding is still never preferred
         if pooled and valid.shape[1] != 1:
             valid = valid.view(b, n_kv, group, t).any(2)

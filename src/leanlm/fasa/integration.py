@@ -23,6 +23,7 @@ from leanlm.fasa.decode import fasa_c_attention
 from leanlm.fasa.hooks import FASA_IMPL, attention_handler, dense_attention_forward, register
 from leanlm.fasa.offload import FasaMCache
 from leanlm.fasa.selectors import FASASelector, TokenSelector, top_budget
+from leanlm.fasa.selectors.window import force_window
 
 __all__ = ["FASA_IMPL", "DecodeStats", "FasaAttention", "apply", "attention_handler", "dense_attention_forward",
            "register"]
@@ -116,13 +117,7 @@ class FasaAttention:
             scores = tip_scores(query, key, self.selector.dims[layer])  # TIP, Eq. 6 (GPU kernel)
         else:
             scores = self.selector.scores(query, key, layer)  # TIP, Eq. 6
-        if self.n_sink or self.n_recent:
-            t = key.shape[2]
-            scores = scores.clone()
-            scores[..., : self.n_sink] = float("inf")
-            if self.n_recent:
-                scores[..., max(0, t - self.n_recent) :] = float("inf")
-        return top_budget(scores, self.budget, valid)
+        return top_budget(force_window(scores, self.n_sink, self.n_recent), self.budget, valid)
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         layer = module.layer_idx

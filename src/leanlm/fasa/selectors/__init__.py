@@ -17,8 +17,9 @@ from leanlm.fasa.selectors.quest import QuestPages, QuestSelector
 from leanlm.fasa.selectors.sparq import SparQSelector
 from leanlm.fasa.selectors.static_dims import DoubleSparsitySelector, KeyQueryStats, LokiSelector
 from leanlm.fasa.selectors.streaming import StreamingSelector
+from leanlm.fasa.selectors.window import ForcedWindow, force_window
 
-__all__ = ["DoubleSparsitySelector", "FASASelector", "H2OSelector", "KeyQueryStats", "LokiSelector",
+__all__ = ["DoubleSparsitySelector", "FASASelector", "ForcedWindow", "H2OSelector", "KeyQueryStats", "LokiSelector",
            "OracleSelector", "QuestPages", "QuestSelector", "SnapKVDecodeSelector", "SparQSelector",
-           "StreamingSelector", "TokenSelector", "expand_kv", "gqa_gather_dims", "gqa_logits", "gqa_weighted",
-           "numba_gathers", "shared_logits", "top_budget"]
+           "StreamingSelector", "TokenSelector", "expand_kv", "force_window", "gqa_gather_dims", "gqa_logits",
+           "gqa_weighted", "numba_gathers", "shared_logits", "top_budget"]
