@@ -317,10 +317,12 @@ def test_study_plan_orders_headline_first_and_gpu_script_dry_run(tmp_path):
     assert steps[:3] == [("headline", ("base", 0, 4, "multi")), ("headline", ("sft", 0, 4, "multi")),
                          ("headline", ("marl", 0, 4, "multi"))]
     stages = [s for s, _ in steps]
-    assert stages == sorted(stages, key=["headline", "seeds", "width", "single", "ablations", "single-seeds"].index)
+    assert stages == sorted(stages, key=["headline", "in-distribution", "seeds", "width", "single", "ablations",
+                                         "single-seeds"].index)
+    assert [p for s, (p, _, _, _) in steps if s == "in-distribution"] == ["base", "sft", "marl"]
     assert {w for s, (_, _, w, _) in steps if s == "width"} == {1, 2, 8}
     assert {p for s, (p, _, _, _) in steps if s == "ablations"} == {"marl-lead", "marl-subagents", "marl-noagent"}
-    assert len(steps) == 3 + 6 + 3 + 1 + 3 + 2 and [s for s, _ in plan(QUICK)] == ["headline"] * 3 + ["width"]
+    assert len(steps) == 3 + 3 + 6 + 3 + 1 + 3 + 2 and [s for s, _ in plan(QUICK)] == ["headline"] * 3 + ["width"]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
     out = subprocess.run(["bash", str(root / "bench" / "gpu_wideseek.sh"), "--cpu"], env=env, capture_output=True,

@@ -210,6 +210,36 @@ def test_study_evaluate_in_groups_resumes_after_a_kill_at_the_next_group(tokeniz
         torch.set_num_threads(n_threads)
 
 
+def test_study_evaluate_train_split_runs_grpo_pool_prompts_into_their_own_folder(tokenizer, tmp_path):
+    """``split="train"`` evaluates prompts of GRPO's pool, spread over it, into ``evals-train`` (which
+    ``summarize`` does not mix with the held-out results); an unknown split is refused."""
+    from leanlm.wideseek import study as st
+    from leanlm.wideseek.tasks import generate_wide_tasks
+
+    cfg = {**st.QUICK, "eval_tasks": 3, "marl_max_rows": 8, "train_column_sets": 5, "eval_group_tasks": 1}
+    pool = generate_wide_tasks("train", min_rows=2, max_rows=8, column_sets=5)
+    chosen = st.train_eval_tasks(cfg)
+    assert len(pool) == 15 and [t.instance_id for t in chosen] == [pool[i].instance_id for i in (0, 5, 10)]
+    assert {t.split for t in chosen} == {"train"} and not {t.family for t in chosen} & {t.family for t in st.eval_tasks(cfg)}
+    study = _tiny_sft_study(tokenizer, tmp_path, cfg)
+    real_group, groups = st.Study._evaluate_group, []
+    st.Study._evaluate_group = lambda self, path, group, *args: groups.append((path, [t.instance_id for t in group]))
+    try:
+        study.evaluate("sft", 0, 2, split="train")
+        with pytest.raises(ValueError, match="unknown split 'dev'"):
+            study.evaluate("sft", 0, 2, split="dev")
+    finally:
+        st.Study._evaluate_group = real_group
+    assert [p for p, _ in groups] == [tmp_path / "evals-train" / "sft-seed0-w2.jsonl"] * 3
+    assert [ids for _, ids in groups] == [[t.instance_id] for t in chosen]
+    (tmp_path / "evals-train" / "sft-seed0-w2.jsonl").write_text(
+        json.dumps({"task": "a", "f1": [0.5, 0.0], "format_ok": [True, False]}) + "\n"
+        + json.dumps({"task": "b", "f1": [0.25, 0.25], "format_ok": [True, True]}) + "\n")
+    metrics = st.summarize(tmp_path)
+    assert metrics["in_distribution"] == {"sft-seed0-w2": {"f1": 25.0, "format_ok": 0.75, "tasks": 2}}
+    assert "f1_sft" not in metrics  # held-out metrics read evals/ only
+
+
 def test_transcript_records_each_subagent_step_with_its_calls_and_results(task):
     """A subagent that searches once and then reports: its steps hold the raw reply, the call's name, arguments
     and the start of the tool's result, then the report turn."""

@@ -48,7 +48,7 @@ QUICK = {
     "sft_answer_share": 0.0, "train_column_sets": 1, "steps": 1,
     "group_size": 2, "max_new_tokens": 48, "role_max_new_tokens": {"sub": 32}, "max_context": 2048,
     "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2, "widths": [1, 2], "single_agent": False,
-    "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu",
+    "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu", "in_distribution": False,
 }
 """The smoke configuration (minutes on a CPU): it checks that every stage runs, its numbers are not evidence."""
 FULL = {
@@ -58,7 +58,7 @@ FULL = {
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
     "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-5, "oracle_width": 4,
-    "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1,
+    "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1, "in_distribution": True,
 }
 """The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, each asked for
 ``train_column_sets`` column sets, run by the oracle at each width of ``sft_oracle_widths``; ``sft_examples`` of
@@ -79,8 +79,11 @@ ABLATIONS = {"lead": {"train_roles": "lead"}, "subagents": {"train_roles": "suba
              "noagent": {"agent_level": False}}
 """The paper's ablations (Sec. 4.4): train the lead only, the subagents only, no agent-level reweighting."""
 
-STAGES = ("headline", "seeds", "width", "single", "ablations", "single-seeds")
+STAGES = ("headline", "in-distribution", "seeds", "width", "single", "ablations", "single-seeds")
 """Study stages in run order (see :meth:`Study.plan`)."""
+SPLITS = {"heldout": "evals", "train": "evals-train"}
+"""Evaluation task sets and their folders: ``heldout`` (:func:`eval_tasks`, families never trained on) and
+``train`` (:func:`train_eval_tasks`, prompts of GRPO's own pool: in distribution, possibly trained on)."""
 
 
 def eval_tasks(config: dict[str, Any]) -> list[Task]:
@@ -89,6 +92,18 @@ def eval_tasks(config: dict[str, Any]) -> list[Task]:
 
     tasks = generate_wide_tasks("eval", min_rows=2, max_rows=config["eval_max_rows"])
     return tasks[: config["eval_tasks"]]
+
+
+def train_eval_tasks(config: dict[str, Any]) -> list[Task]:
+    """``eval_tasks`` prompts of GRPO's pool (training tasks of at most ``marl_max_rows`` rows, every column set),
+    spread evenly over it: an in-distribution check that the policy learns what GRPO rewards. Seed 0's 6 steps
+    draw 6 of the pool's 15 prompts, so some of these may have been trained on."""
+    from leanlm.wideseek.tasks import generate_wide_tasks
+
+    pool = generate_wide_tasks("train", min_rows=2, max_rows=config.get("marl_max_rows", config["train_max_rows"]),
+                               column_sets=config.get("train_column_sets", 1))
+    n = min(config["eval_tasks"], len(pool))
+    return [pool[(i * len(pool)) // n] for i in range(n)]
 
 
 def train_tasks(config: dict[str, Any]) -> list[Task]:
@@ -199,19 +214,22 @@ class Study:
         self._timed(name, t0)
         return target
 
-    def evaluate(self, policy: str, seed: int, width: int, mode: str = "multi") -> Path:
-        """Run every held-out task ``n`` times with the policy's model; one JSON line per task. The tasks' rollouts
-        run in batched groups of ``eval_group_tasks`` tasks (default: all in one group; their turns share
-        ``generate`` calls); each group's lines are written when it ends, so a killed evaluation resumes at the
-        first task without a line. ``policy`` is ``base``, ``sft``, ``marl``, ``single`` or
-        ``marl-<ablation>``."""
+    def evaluate(self, policy: str, seed: int, width: int, mode: str = "multi", split: str = "heldout") -> Path:
+        """Run every task of ``split`` (:data:`SPLITS`: held-out families by default) ``n`` times with the
+        policy's model; one JSON line per task. The tasks' rollouts run in batched groups of ``eval_group_tasks``
+        tasks (default: all in one group; their turns share ``generate`` calls); each group's lines are written
+        when it ends, so a killed evaluation resumes at the first task without a line. ``policy`` is ``base``,
+        ``sft``, ``marl``, ``single`` or ``marl-<ablation>``."""
         from leanlm.common.models import load_model
 
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         cfg = self.config
-        path = self.out / "evals" / f"{policy}-seed{seed}-w{width}.jsonl"
+        path = self.out / SPLITS[split] / f"{policy}-seed{seed}-w{width}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         done = {json.loads(x)["task"] for x in path.read_text().splitlines() if x.strip()} if path.exists() else set()
-        tasks = [t for t in eval_tasks(cfg) if t.instance_id not in done]
+        chosen = eval_tasks(cfg) if split == "heldout" else train_eval_tasks(cfg)
+        tasks = [t for t in chosen if t.instance_id not in done]
         if not tasks:
             return path
         if policy == "base":
@@ -289,7 +307,7 @@ class Study:
         for stage, (policy, seed, width, mode) in self.plan():
             if stages is None or stage in stages:
                 log.info("study stage %s: %s seed %d width %d", stage, policy, seed, width)
-                self.evaluate(policy, seed, width, mode)
+                self.evaluate(policy, seed, width, mode, "train" if stage == "in-distribution" else "heldout")
         return summarize(self.out)
 
 
@@ -307,13 +325,15 @@ def _now() -> tuple[float, float]:
 
 def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:
     """Every evaluation ``(stage, (policy, seed, width, mode))`` in run order: ``headline`` (seed 0: base,
-    SFT, SFT+MARL at the top width), ``seeds`` (the same for the other seeds), ``width`` (seed 0's MARL
+    SFT, SFT+MARL at the top width), ``in-distribution`` (with ``in_distribution``: the same three on :func:`train_eval_tasks`), ``seeds`` (the same for the other seeds), ``width`` (seed 0's MARL
     policy at every other width), ``single`` (seed 0's single agent), ``ablations`` (seed 0, top width) and
     ``single-seeds``. Training runs happen inside the first evaluation that needs them."""
     top = cfg["max_subagents"] if cfg["max_subagents"] in cfg["widths"] else max(cfg["widths"])
     first, rest = cfg["seeds"][0], cfg["seeds"][1:]
     out: list[tuple[str, tuple[str, int, int, str]]] = []
     out += [("headline", (p, first, top, "multi")) for p in ("base", "sft", "marl")]
+    if cfg.get("in_distribution"):
+        out += [("in-distribution", (p, first, top, "multi")) for p in ("base", "sft", "marl")]
     out += [("seeds", (p, s, top, "multi")) for s in rest for p in ("base", "sft", "marl")]
     out += [("width", ("marl", first, w, "multi")) for w in cfg["widths"] if w != top]
     if cfg["single_agent"]:
@@ -332,7 +352,7 @@ def _ci95(xs: list[float]) -> float | None:
 
 
 def summarize(out: str | Path) -> dict[str, Any]:
-    """Metrics from ``<out>/evals``: ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
+    """Metrics from ``<out>/evals`` (and ``in_distribution`` from ``evals-train``): ``f1_<policy>`` (mean over seeds of item F1 Avg@n, in %), its seeds,
     ``success_<policy>``, ``marl_minus_sft`` / ``marl_minus_single`` (paired by seed) with ``*_ci95``,
     ``f1_marl-<ablation>`` for the paper's ablations (the differences are left out, and ``*_at_floor`` set,
     when both sides score at most 1 point), ``f1_width_<w>`` and ``width_nondecreasing`` (1 when F1 never drops by more than 1 point as width grows; left
@@ -380,5 +400,21 @@ def summarize(out: str | Path) -> dict[str, Any]:
             metrics[f"f1_width_{w}"] = round(f, 2)
         if len(curve) >= 2 and max(f for _, f in curve) > 1.0:  # all at ~0 F1 (chance) proves nothing
             metrics["width_nondecreasing"] = int(all(b[1] >= a[1] - 1.0 for a, b in itertools.pairwise(curve)))
+    indist = _in_distribution(out)
+    if indist:
+        metrics["in_distribution"] = indist
     atomic_write_json(out / "summary.json", metrics)
     return metrics
+
+
+def _in_distribution(out: Path) -> dict[str, Any]:
+    """Per ``<policy>-seed<s>-w<w>`` of ``<out>/evals-train``: item F1 Avg@n (%), its tasks and format_ok share."""
+    folder = out / SPLITS["train"]
+    result: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if lines:
+            result[path.stem] = {"f1": round(100 * statistics.mean(statistics.mean(x["f1"]) for x in lines), 2),
+                                 "format_ok": round(statistics.mean(statistics.mean(x["format_ok"]) for x in lines), 3),
+                                 "tasks": len(lines)}
+    return result
