@@ -185,6 +185,11 @@ def summary(run_dir: Path, out: Path) -> str:
         wins = {other: paired_wins(got, recorded, other, budget) for other in ("FASA", "SparQ")}
         lines.append(f"| {name} | {budget} | {k}/{n} = {k / n:.0%} [{lo:.0%}, {hi:.0%}] | {agree}/{n} | "
                      f"{kept}/{sum(full[r['id']]['correct'] for r in got)} | {wins['FASA']} | {wins['SparQ']} |")
+    lines += ["", "The run's recorded rows on the same prompts (no window):", "",
+              "| method | budget 64 | budget 128 | budget 256 |", "| --- | --- | --- | --- |"]
+    for method in ("FASA", "SparQ", "Double Sparsity", "oracle top-k"):
+        cells = [sum(recorded[(i, method, b)]["correct"] for i in ids) for b in (64, 128, 256)]
+        lines.append(f"| {method} | " + " | ".join(f"{c}/{len(ids)}" for c in cells) + " |")
     same = sum(r["text"] == recorded[(r["id"], "FASA", r["budget"])]["text"] for r in check)
     lines += ["", f"Check: the pure FASA rerun gave the recorded reply on {same} of {len(check)} prompts."]
     return "\n".join(lines)
