@@ -237,9 +237,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ resume
     def resume(self) -> bool:
-        """Load the newest checkpoint under ``out`` (and drop metric lines written after it); True if found."""
+        """Load the newest checkpoint under ``out`` (and drop metric lines written after it); True if found.
+        Without a checkpoint the run starts at step 0, so every metric line of an earlier, lost run is dropped
+        (otherwise the new run's steps would be appended after them)."""
         path = checkpoint.latest(self.out)
         if path is None:
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
             return False
         state = checkpoint.load(path, self.model, self.optimizer, self.rng)
         self.step = int(state["step"])
