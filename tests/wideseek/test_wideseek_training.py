@@ -209,7 +209,7 @@ def test_resume_after_kill_gives_same_next_step_loss(tokenizer, tmp_path):
     assert json.loads((tmp_path / "b" / "curves.json").read_text())["step"] == [1, 2]
 
 
-def test_resume_without_checkpoint_drops_a_lost_runs_metrics(tokenizer, tmp_path):
+def test_resume_without_checkpoint_sets_a_lost_runs_metrics_aside(tokenizer, tmp_path):
     # a run whose checkpoints were lost (e.g. a fresh checkout: they are not committed) but whose metric lines
     # were: the restarted run must not append its steps after the stale ones
     (tmp_path / "c").mkdir()
@@ -219,6 +219,7 @@ def test_resume_without_checkpoint_drops_a_lost_runs_metrics(tokenizer, tmp_path
     fresh.train(steps=1, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1] and "loss" in lines[0]
+    assert (tmp_path / "c" / "metrics.lost-1.jsonl").read_text().count("step") == 3  # the old record is kept
 
 
 def test_lora_option_trains_only_the_adapter(tokenizer, tmp_path):

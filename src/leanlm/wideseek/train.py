@@ -238,12 +238,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ resume
     def resume(self) -> bool:
         """Load the newest checkpoint under ``out`` (and drop metric lines written after it); True if found.
-        Without a checkpoint the run starts at step 0, so every metric line of an earlier, lost run is dropped
-        (otherwise the new run's steps would be appended after them)."""
+        Without a checkpoint the run starts at step 0: the metric lines of an earlier run whose checkpoints are
+        gone (e.g. a fresh checkout: checkpoints are not committed) are moved to ``metrics.lost-<k>.jsonl``, so
+        the new run's steps are not appended after them and the old record is kept."""
         path = checkpoint.latest(self.out)
         if path is None:
             if self.metrics_path.exists():
-                self.metrics_path.unlink()
+                k = 1
+                while (self.out / f"metrics.lost-{k}.jsonl").exists():
+                    k += 1
+                self.metrics_path.rename(self.out / f"metrics.lost-{k}.jsonl")
+                log.warning("no checkpoint under %s: its metric lines moved to metrics.lost-%d.jsonl", self.out, k)
             return False
         state = checkpoint.load(path, self.model, self.optimizer, self.rng)
         self.step = int(state["step"])
