@@ -140,6 +140,21 @@ def test_checkpoints_resume_and_refuse_other_settings(tmp_path):
     assert FULL["n_per_task"] >= 30 and FULL["budgets"] == [64, 128, 256, 512]
 
 
+def test_ablations_run_at_their_budgets_and_main_methods_at_every_budget():
+    from leanlm.fasa.evaluation.run import MAIN_METHODS, method_table
+
+    table = {name: budgets for name, _, budgets in method_table(FULL)}
+    assert table["full KV"] == [0]
+    assert all(table[m] == [64, 128, 256, 512] for m in MAIN_METHODS if m != "full KV")
+    ablations = [m for m in FULL["methods"] if m not in MAIN_METHODS]
+    assert len(ablations) == 4 and all(table[m] == [64, 256] for m in ablations)
+    assert [b for n, b in table.items() if n.startswith("FASA [calibrated")] == [[256], [256]]
+    # without the key every method runs at every budget (the quick config; older run directories)
+    no_key = {k: v for k, v in FULL.items() if k != "ablation_budgets"}
+    assert all(b == [64, 128, 256, 512] for n, _, b in method_table(no_key)
+               if n != "full KV" and not n.startswith("FASA [calibrated"))
+
+
 def test_agreement_compares_the_answer_span_only():
     from leanlm.fasa.evaluation.report import answer_span, with_agreement
 

@@ -56,7 +56,8 @@ QUICK: dict[str, Any] = {
     "ppl_texts": ["wiki"], "ppl_prefill": 768, "ppl_predict": 9, "ppl_methods": MAIN_METHODS[1:],
     "order": ["ppl", "tasks", "presses"], "seed": 0, "tune": None, "task_params": None,
 }
-#: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method and ablation (~1 CPU-day)
+#: the issue's full config: 7 tasks x 30 prompts at 4K and ~8K, every method at every budget and the
+#: ablations at 64 and 256 (~1 CPU-day); 4K runs in one pass (no headline phase: one prefill per prompt)
 FULL: dict[str, Any] = {
     "lengths": [4096, 7936], "tasks": list(TASKS), "n_per_task": 30, "budgets": [64, 128, 256, 512],
     "methods": list(METHODS), "transfer": ["code", "task"], "transfer_budgets": [256],
@@ -66,14 +67,15 @@ FULL: dict[str, Any] = {
     "ppl_texts": ["wiki", "code"], "ppl_prefill": 4000, "ppl_predict": 65,
     "ppl_methods": ["FASA", "oracle top-k", "Quest (page 16)", "StreamingLLM (8 sinks + recent)", "SparQ",
                     "Double Sparsity", "Loki", "H2O", "SnapKV decode (R-KV style)"],
-    "order": ["ppl:wiki:headline", "ppl:code:headline", "tasks:7936:headline", "tasks:4096:headline",
-              "tasks:7936", "ppl:wiki", "tasks:4096", "ppl:code", "presses"], "seed": 0,
+    "ablation_budgets": [64, 256],
+    "order": ["ppl:wiki:headline", "ppl:code:headline", "tasks:7936:headline", "tasks:7936", "ppl:wiki",
+              "tasks:4096", "ppl:code", "presses"], "seed": 0,
     "tune": {"seeds": 4, "target": 0.5}, "task_params": None,
 }
 #: a step narrowed to the headline comparison: the main methods at these budgets (full KV's 0 included)
 HEADLINE_BUDGET = 256
 #: settings a resumed run must share with the first one (sizes may grow: prompts are seeded by index)
-FIXED = ("tasks", "budgets", "methods", "transfer", "transfer_budgets", "transfer_task", "presses", "press_budgets",
+FIXED = ("tasks", "budgets", "ablation_budgets", "methods", "transfer", "transfer_budgets", "transfer_task", "presses", "press_budgets",
          "calib_tokens", "calib_decode_steps", "calib_stride", "ppl_prefill", "ppl_predict", "ppl_methods", "seed",
          "tune", "task_params")
 
@@ -193,8 +195,17 @@ def step_build_prompts(tok: Any, config: dict[str, Any],
 
 # ----------------------------------------------------------------------------------------- step 4
 def method_table(config: dict[str, Any]) -> list[tuple[str, Any, list[int]]]:
-    """``(name, factory, budgets)`` of every per-step method run on each prompt (full KV first)."""
-    table = [(name, METHODS[name], [0] if name == "full KV" else list(config["budgets"]))
+    """``(name, factory, budgets)`` of every per-step method run on each prompt (full KV first). The
+    ablations (methods outside :data:`MAIN_METHODS`) run at ``config["ablation_budgets"]`` when it is set
+    (the full config: 64, where FASA breaks, and the headline 256), the main methods at every budget."""
+    def budgets_of(name: str) -> list[int]:
+        if name == "full KV":
+            return [0]
+        if name not in MAIN_METHODS and config.get("ablation_budgets"):
+            return [b for b in config["budgets"] if b in config["ablation_budgets"]]
+        return list(config["budgets"])
+
+    table = [(name, METHODS[name], budgets_of(name))
              for name in ["full KV"] + [m for m in config["methods"] if m != "full KV"]]
     for source in config["transfer"]:
         label = f"FASA [calibrated on {'code' if source == 'code' else config['transfer_task'] + ' prompts'}]"
