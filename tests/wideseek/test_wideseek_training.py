@@ -384,6 +384,23 @@ def test_study_timings_accumulate_wall_and_cpu_over_resumes(tmp_path):
     assert 14.0 <= saved["wall_s"] < 15.0 and 2.0 <= saved["cpu_s"] < 3.0
 
 
+def test_study_sets_a_lost_runs_seconds_aside_instead_of_adding_them(tmp_path):
+    from leanlm.wideseek.study import Study
+
+    study = object.__new__(Study)
+    study.out, study.timings = tmp_path, {"sft": {"wall_s": 9.0, "cpu_s": 8.0}, "sft.lost-1": {"wall_s": 1.0}}
+    (tmp_path / "sft" / "checkpoints" / "step-000005").mkdir(parents=True)
+    (tmp_path / "sft" / "checkpoints" / "step-000005" / "state.json").write_text("{}")
+    study._set_aside_lost_timing("sft", tmp_path / "sft")  # a checkpoint: a resume, which accumulates
+    assert study.timings["sft"] == {"wall_s": 9.0, "cpu_s": 8.0}
+    study._set_aside_lost_timing("marl-seed1", tmp_path / "marl-seed1")  # no entry: nothing to set aside
+    assert "marl-seed1" not in study.timings
+    (tmp_path / "sft" / "checkpoints" / "step-000005" / "state.json").unlink()  # checkpoints lost
+    study._set_aside_lost_timing("sft", tmp_path / "sft")
+    saved = json.loads((tmp_path / "timings.json").read_text())
+    assert "sft" not in saved and saved["sft.lost-2"] == {"wall_s": 9.0, "cpu_s": 8.0}
+
+
 def test_sft_example_selection_upsamples_answers_and_keeps_the_old_recipe_at_share_0():
     from leanlm.wideseek.sft import Example, select_examples
 

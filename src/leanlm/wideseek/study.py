@@ -140,6 +140,19 @@ class Study:
         self.timings: dict[str, float] = json.loads((self.out / "timings.json").read_text()) \
             if (self.out / "timings.json").exists() else {}
 
+    def _set_aside_lost_timing(self, name: str, run_dir: Path) -> None:
+        """A training run starting from scratch (no checkpoint under ``run_dir``) while ``timings.json`` holds
+        ``name``: its checkpoints and model were lost (a fresh checkout: they are not committed), so the old
+        seconds move to ``<name>.lost-<k>`` instead of being added to the new run's."""
+        from leanlm.wideseek import checkpoint
+
+        if name in self.timings and checkpoint.latest(run_dir) is None:
+            k = 1
+            while f"{name}.lost-{k}" in self.timings:
+                k += 1
+            self.timings[f"{name}.lost-{k}"] = self.timings.pop(name)
+            atomic_write_json(self.out / "timings.json", self.timings)
+
     def _timed(self, name: str, t0: tuple[float, float]) -> None:
         """Add the wall and CPU seconds (this process, all threads) since ``t0`` (:func:`_now`) to ``name``;
         a run resumed over several sessions accumulates."""
@@ -159,6 +172,7 @@ class Study:
         target = self.out / name / "model"
         if (target / "config.json").exists():
             return target
+        self._set_aside_lost_timing(name, self.out / name)
         t0 = _now()
         cfg = self.config
         model, tok = load_embedded()
@@ -205,6 +219,7 @@ class Study:
         if (target / "config.json").exists():
             return target
         init = self.sft(mode)
+        self._set_aside_lost_timing(name, self.out / name)
         t0 = _now()
         trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode, ablation),
                           tools=self.tools)
