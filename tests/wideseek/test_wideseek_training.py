@@ -330,12 +330,14 @@ def test_study_plan_orders_headline_first_and_gpu_script_dry_run(tmp_path):
     assert steps[:3] == [("headline", ("base", 0, 4, "multi")), ("headline", ("sft", 0, 4, "multi")),
                          ("headline", ("marl", 0, 4, "multi"))]
     stages = [s for s, _ in steps]
-    assert stages == sorted(stages, key=["headline", "in-distribution", "seeds", "width", "single", "ablations",
-                                         "single-seeds"].index)
+    assert stages == sorted(stages, key=["headline", "in-distribution", "seeds", "long", "long-in-distribution",
+                                         "width", "single", "ablations", "single-seeds"].index)
     assert [p for s, (p, _, _, _) in steps if s == "in-distribution"] == ["base", "sft", "marl"]
+    assert [(s, p, seed) for s, (p, seed, _, _) in steps if s.startswith("long")] == \
+        [("long", "marl-long", 0), ("long-in-distribution", "marl-long", 0)]
     assert {w for s, (_, _, w, _) in steps if s == "width"} == {1, 2, 8}
     assert {p for s, (p, _, _, _) in steps if s == "ablations"} == {"marl-lead", "marl-subagents", "marl-noagent"}
-    assert len(steps) == 3 + 3 + 6 + 3 + 1 + 3 + 2 and [s for s, _ in plan(QUICK)] == ["headline"] * 3 + ["width"]
+    assert len(steps) == 3 + 3 + 6 + 2 + 3 + 1 + 3 + 2 and [s for s, _ in plan(QUICK)] == ["headline"] * 3 + ["width"]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
     out = subprocess.run(["bash", str(root / "bench" / "gpu_wideseek.sh"), "--cpu"], env=env, capture_output=True,
@@ -370,6 +372,25 @@ def test_study_cost_model_by_hand():
     assert learner_seconds(shape, 2, units, pack=False) == pytest.approx(2200 / 100 + 2200 / 50)
     assert learner_seconds(shape, 2, units) == pytest.approx(1000 / 100 + 1000 / 50)
     assert learner_seconds(shape, 2, units, recompute_old=True, pack=False) == pytest.approx(2 * 22 + 44)
+
+
+def test_long_run_starts_from_the_short_runs_last_checkpoint_only(tmp_path):
+    from leanlm.wideseek.study import seed_long_run
+
+    short, long = tmp_path / "marl-seed0", tmp_path / "marl-long-seed0"
+    step = short / "checkpoints" / "step-000006"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text('{"step": 6}')
+    (step / "model.pt").write_bytes(b"weights")
+    (short / "metrics.jsonl").write_text("".join(json.dumps({"step": i}) + "\n" for i in range(1, 7)))
+    assert not seed_long_run(short, long, steps=8)  # the short run's checkpoint is not its end: not the same run
+    assert seed_long_run(short, long, steps=6)
+    assert (long / "checkpoints" / "step-000006" / "model.pt").read_bytes() == b"weights"
+    assert [json.loads(x)["step"] for x in (long / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert [p.name for p in (long / "checkpoints").iterdir()] == ["step-000006"]  # no temporary left
+    (long / "metrics.jsonl").write_text(json.dumps({"step": 7}) + "\n")
+    assert not seed_long_run(short, long, steps=6)  # the long run has its own checkpoint: never overwritten
+    assert json.loads((long / "metrics.jsonl").read_text())["step"] == 7
 
 
 def test_study_timings_accumulate_wall_and_cpu_over_resumes(tmp_path):

@@ -458,7 +458,8 @@ def study(
     config: Optional[Path] = typer.Option(None, help="JSON file of settings overriding the full/quick ones"),
     device: Optional[str] = typer.Option(None, help="torch device for every model (cpu, cuda)"),
     stages: Optional[str] = typer.Option(None, help="comma-separated stages to run (default: all, in order): "
-                                         "headline, in-distribution, seeds, width, single, ablations, single-seeds"),
+                                         "headline, in-distribution, seeds, long, long-in-distribution, width, "
+                                         "single, ablations, single-seeds"),
     dry_run: bool = typer.Option(False, help="print the settings and the evaluation plan, load nothing"),
 ) -> None:
     """Base vs SFT vs SFT+MARL on held-out families, width ablation and single agent (resumable)."""

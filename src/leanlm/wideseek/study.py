@@ -49,6 +49,7 @@ QUICK = {
     "group_size": 2, "max_new_tokens": 48, "role_max_new_tokens": {"sub": 32}, "max_context": 2048,
     "max_lead_turns": 2, "max_sub_turns": 3, "max_subagents": 2, "widths": [1, 2], "single_agent": False,
     "ablations": [], "lr": 1e-6, "oracle_width": 2, "wiki_limit": 500, "device": "cpu", "in_distribution": False,
+    "long_steps": None,
 }
 """The smoke configuration (minutes on a CPU): it checks that every stage runs, its numbers are not evidence."""
 FULL = {
@@ -58,7 +59,7 @@ FULL = {
     "group_size": 4, "max_new_tokens": 384, "role_max_new_tokens": {"lead": 384, "sub": 96, "single": 128},
     "max_context": 2560, "max_lead_turns": 3, "max_sub_turns": 6, "max_subagents": 4, "widths": [1, 2, 4, 8],
     "single_agent": True, "ablations": ["lead", "subagents", "noagent"], "lr": 1e-5, "oracle_width": 4,
-    "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1, "in_distribution": True,
+    "wiki_limit": 2000, "device": "cpu", "eval_group_tasks": 1, "in_distribution": True, "long_steps": 18,
 }
 """The CPU study. SFT traces come from training tasks of up to ``train_max_rows`` rows, each asked for
 ``train_column_sets`` column sets, run by the oracle at each width of ``sft_oracle_widths``; ``sft_examples`` of
@@ -71,6 +72,8 @@ the oracle itself reaches item F1 0.5 under these turn limits, vs 1.0). Reply ca
 single agent at most 119); see docs/results/wideseek.md, "study", for the measurements. Evaluations run one
 task's ``n`` rollouts per batched group (``eval_group_tasks`` 1): a group's lines land when it ends, and on this
 machine no process outlives a 3-hour session, so a 3-task group that took longer was lost whole (2026-11-30).
+``long_steps``: the first seed's GRPO run continued to 18 steps (``marl-long-seed0``, stages ``long`` and
+``long-in-distribution``): does the policy learn what GRPO rewards given three times the steps?
 GRPO's ``lr`` is 1e-5, not the paper's 1e-6: a CPU-scale deviation. The paper takes ~156 steps, this study 6;
 a one-step probe from the SFT policy (``bench/wideseek_lr_probe.py``, docs/results/wideseek.md, 7g) moved the
 batch's log-probs by 0.4% at 1e-6 (KL 1.2e-4) and by 4% at 1e-5 (KL 0.009, a usual PPO step's size)."""
@@ -79,7 +82,8 @@ ABLATIONS = {"lead": {"train_roles": "lead"}, "subagents": {"train_roles": "suba
              "noagent": {"agent_level": False}}
 """The paper's ablations (Sec. 4.4): train the lead only, the subagents only, no agent-level reweighting."""
 
-STAGES = ("headline", "in-distribution", "seeds", "width", "single", "ablations", "single-seeds")
+STAGES = ("headline", "in-distribution", "seeds", "long", "long-in-distribution", "width", "single", "ablations",
+          "single-seeds")
 """Study stages in run order (see :meth:`Study.plan`)."""
 SPLITS = {"heldout": "evals", "train": "evals-train"}
 """Evaluation task sets and their folders: ``heldout`` (:func:`eval_tasks`, families never trained on) and
@@ -114,10 +118,10 @@ def train_tasks(config: dict[str, Any]) -> list[Task]:
 
 
 def _train_config(config: dict[str, Any], out: Path, init: str, seed: int, mode: str = "multi",
-                  ablation: str | None = None) -> Any:
+                  ablation: str | None = None, steps: int | None = None) -> Any:
     from leanlm.wideseek.train import TrainConfig
 
-    return TrainConfig(out=str(out), init=init, steps=config["steps"], group_size=config["group_size"], seed=seed,
+    return TrainConfig(out=str(out), init=init, steps=steps or config["steps"], group_size=config["group_size"], seed=seed,
                        lr=config["lr"], max_new_tokens=config["max_new_tokens"], max_context=config["max_context"],
                        role_max_new_tokens=config.get("role_max_new_tokens"), kv_reuse=config.get("kv_reuse", True),
                        max_lead_turns=config["max_lead_turns"], max_sub_turns=config["max_sub_turns"],
@@ -206,22 +210,30 @@ class Study:
         self._timed(name, t0)
         return target
 
-    def marl(self, seed: int, mode: str = "multi", ablation: str | None = None) -> Path:
+    def marl(self, seed: int, mode: str = "multi", ablation: str | None = None, long: bool = False) -> Path:
         """Train (or find) the GRPO policy of ``seed``: multi-agent, ``single`` agent, or an :data:`ABLATIONS`
-        variant of the multi-agent run."""
+        variant of the multi-agent run; ``long``: the multi-agent run continued to ``long_steps`` steps
+        (``marl-long-seed{s}``), started from ``marl-seed{s}``'s last checkpoint when it is on disk (the same run:
+        constant lr, RNGs restored; :func:`seed_long_run`), else from the SFT model."""
         from leanlm.wideseek.train import Trainer
 
         if ablation is not None and ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-        name = (f"marl-{ablation}-seed{seed}" if ablation else f"marl-seed{seed}") if mode == "multi" \
+        if long and (ablation or mode != "multi" or not self.config.get("long_steps")):
+            raise ValueError("a long run is the multi-agent run without ablation, and needs config['long_steps']")
+        name = f"marl-long-seed{seed}" if long else \
+            (f"marl-{ablation}-seed{seed}" if ablation else f"marl-seed{seed}") if mode == "multi" \
             else f"single-seed{seed}"
         target = self.out / name / "model"
         if (target / "config.json").exists():
             return target
         init = self.sft(mode)
         self._set_aside_lost_timing(name, self.out / name)
+        if long and seed_long_run(self.out / f"marl-seed{seed}", self.out / name, self.config["steps"]):
+            log.info("%s continues marl-seed%d from its step %d", name, seed, self.config["steps"])
         t0 = _now()
-        trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode, ablation),
+        steps = self.config["long_steps"] if long else None
+        trainer = Trainer(_train_config(self.config, self.out / name, str(init), seed, mode, ablation, steps),
                           tools=self.tools)
         trainer.resume()
         trainer.train()
@@ -234,7 +246,7 @@ class Study:
         policy's model; one JSON line per task. The tasks' rollouts run in batched groups of ``eval_group_tasks``
         tasks (default: all in one group; their turns share ``generate`` calls); each group's lines are written
         when it ends, so a killed evaluation resumes at the first task without a line. ``policy`` is ``base``,
-        ``sft``, ``marl``, ``single`` or ``marl-<ablation>``."""
+        ``sft``, ``marl``, ``marl-long``, ``single`` or ``marl-<ablation>``."""
         from leanlm.common.models import load_model
 
         if split not in SPLITS:
@@ -255,6 +267,8 @@ class Study:
             spec = self.marl(seed)
         elif policy == "single":
             spec = self.marl(seed, "single")
+        elif policy == "marl-long":
+            spec = self.marl(seed, long=True)
         elif policy.startswith("marl-"):
             spec = self.marl(seed, ablation=policy.removeprefix("marl-"))
         else:
@@ -322,8 +336,34 @@ class Study:
         for stage, (policy, seed, width, mode) in self.plan():
             if stages is None or stage in stages:
                 log.info("study stage %s: %s seed %d width %d", stage, policy, seed, width)
-                self.evaluate(policy, seed, width, mode, "train" if stage == "in-distribution" else "heldout")
+                self.evaluate(policy, seed, width, mode, "train" if stage.endswith("in-distribution") else "heldout")
         return summarize(self.out)
+
+
+def seed_long_run(source: Path, target: Path, steps: int) -> bool:
+    """Start the long run ``target`` from the run ``source``'s checkpoint at ``steps`` (its end) when
+    ``target`` has no checkpoint yet and ``source`` has that one: the checkpoint (model, optimizer, RNGs) and
+    the metric lines up to ``steps`` are copied, so the long run's first ``steps`` steps are ``source``'s and
+    :meth:`Trainer.resume` continues from there. True if it copied."""
+    import shutil
+
+    from leanlm.wideseek import checkpoint
+
+    found = checkpoint.latest(source)
+    if checkpoint.latest(target) is not None or found is None:
+        return False
+    if json.loads((found / "state.json").read_text())["step"] != steps:
+        return False
+    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = target / "checkpoints" / f".{found.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(found, tmp)
+    metrics = source / "metrics.jsonl"
+    if metrics.exists():
+        lines = [x for x in metrics.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= steps]
+        (target / "metrics.jsonl").write_text("".join(x + "\n" for x in lines))
+    tmp.rename(target / "checkpoints" / found.name)  # last: a half-copied checkpoint is never "latest"
+    return True
 
 
 def transcript_path(eval_path: str | Path) -> Path:
@@ -340,7 +380,8 @@ def _now() -> tuple[float, float]:
 
 def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:
     """Every evaluation ``(stage, (policy, seed, width, mode))`` in run order: ``headline`` (seed 0: base,
-    SFT, SFT+MARL at the top width), ``in-distribution`` (with ``in_distribution``: the same three on :func:`train_eval_tasks`), ``seeds`` (the same for the other seeds), ``width`` (seed 0's MARL
+    SFT, SFT+MARL at the top width), ``in-distribution`` (with ``in_distribution``: the same three on :func:`train_eval_tasks`), ``seeds`` (the same for the other seeds), ``long`` and ``long-in-distribution`` (with
+    ``long_steps``: the first seed's run continued to that many steps, on both task sets), ``width`` (seed 0's MARL
     policy at every other width), ``single`` (seed 0's single agent), ``ablations`` (seed 0, top width) and
     ``single-seeds``. Training runs happen inside the first evaluation that needs them."""
     top = cfg["max_subagents"] if cfg["max_subagents"] in cfg["widths"] else max(cfg["widths"])
@@ -350,6 +391,8 @@ def plan(cfg: dict[str, Any]) -> list[tuple[str, tuple[str, int, int, str]]]:
     if cfg.get("in_distribution"):
         out += [("in-distribution", (p, first, top, "multi")) for p in ("base", "sft", "marl")]
     out += [("seeds", (p, s, top, "multi")) for s in rest for p in ("base", "sft", "marl")]
+    if cfg.get("long_steps"):
+        out += [("long", ("marl-long", first, top, "multi")), ("long-in-distribution", ("marl-long", first, top, "multi"))]
     out += [("width", ("marl", first, w, "multi")) for w in cfg["widths"] if w != top]
     if cfg["single_agent"]:
         out += [("single", ("single", first, 1, "single"))]
